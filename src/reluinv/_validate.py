@@ -1,0 +1,58 @@
+"""Input checks shared by the public functions: every failure is a ``ValueError`` naming the culprit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+def as_finite_array(value: Any, name: str, *, ndim: int | None = None) -> NDArray[np.float64]:
+    """Return ``value`` as a float64 array, or raise ``ValueError`` naming ``name``.
+
+    Rejects non-numeric input, the wrong number of dimensions, and NaN or infinite entries.
+    """
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} NaN or infinite entr{'y' if bad == 1 else 'ies'}")
+    return arr
+
+
+def as_bounds(
+    lower: Any, upper: Any, n: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Box bounds (Remark 3) as two length-``n`` arrays; ``None`` means no bound (±inf).
+
+    Scalars broadcast. Bounds may be infinite but not NaN; ``lower > upper`` is an error.
+    """
+    out = []
+    for name, value, default in (("lower", lower, -np.inf), ("upper", upper, np.inf)):
+        if value is None:
+            out.append(np.full(n, default))
+            continue
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must be a number or an array, got {type(value).__name__}") from exc
+        if arr.ndim == 0:
+            arr = np.full(n, float(arr))
+        if arr.shape != (n,):
+            raise ValueError(f"{name} must be a scalar or have shape ({n},), got shape {arr.shape}")
+        if np.any(np.isnan(arr)):
+            raise ValueError(f"{name} contains NaN")
+        out.append(arr.astype(np.float64, copy=True))
+    lo, up = out
+    if np.any(np.isposinf(lo)) or np.any(np.isneginf(up)):
+        raise ValueError("lower may not be +inf and upper may not be -inf")
+    bad = np.flatnonzero(lo > up)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"lower > upper at coordinate {i} ({lo[i]} > {up[i]}); the box is empty")
+    return lo, up
