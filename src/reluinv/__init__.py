@@ -8,15 +8,15 @@ Public API (everything else lives in private or topic modules)::
 """
 
 from .geometry import OmniCertificate, is_omnidirectional, omnidirectional_certificate
-# from .preimage import Preimage, PreimageCertificate, layer_preimage, preimage
+from .preimage import Preimage, PreimageCertificate, layer_preimage, preimage
 
 __all__ = [
     "OmniCertificate",
-    # "Preimage",
-    # "PreimageCertificate",
+    "Preimage",
+    "PreimageCertificate",
     "is_omnidirectional",
-    # "layer_preimage",
+    "layer_preimage",
     "omnidirectional_certificate",
-    # "preimage",
+    "preimage",
 ]
 __version__ = "0.1.0"

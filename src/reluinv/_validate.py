@@ -19,7 +19,9 @@ def as_finite_array(value: Any, name: str, *, ndim: int | None = None) -> NDArra
         raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
+    # One reduction finds the common all-finite case without a boolean temporary the size of arr
+    # (a finite sum means no NaN or inf; an overflowing sum falls back to the exact test).
+    if not np.isfinite(arr.sum()) and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name} contains {bad} NaN or infinite entr{'y' if bad == 1 else 'ies'}")
     return arr
@@ -28,7 +30,7 @@ def as_finite_array(value: Any, name: str, *, ndim: int | None = None) -> NDArra
 def as_bounds(
     lower: Any, upper: Any, n: int
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Box bounds (Remark 3) as two length-``n`` arrays; ``None`` means no bound (±inf).
+    """Box bounds (Remark 3) as two length-``n`` arrays; ``None`` (whole or per entry) means no bound.
 
     Scalars broadcast. Bounds may be infinite but not NaN; ``lower > upper`` is an error.
     """
@@ -37,6 +39,8 @@ def as_bounds(
         if value is None:
             out.append(np.full(n, default))
             continue
+        if isinstance(value, (list, tuple)):  # None entries mean "no bound on this coordinate"
+            value = [default if v is None else v for v in value]
         try:
             arr = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError) as exc:

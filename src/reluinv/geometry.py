@@ -14,20 +14,20 @@ Every answer comes with a certificate that can be checked without trusting the s
   omnidirectional, so a subset suffices;
 * not omnidirectional: a unit ``direction`` ``d`` with ``A d <= 0`` (Corollary 2 iv).
 
-Decisions use one linear programme (solved by HiGHS) whose primal gives the direction and whose
-dual gives the multipliers, inside a row-generation loop that usually looks at a small fraction of
+Decisions use one linear programme (solved by HiGHS) whose primal gives the multipliers and whose
+dual gives the direction, inside a row-generation loop that usually looks at a small fraction of
 the rows (see :func:`omnidirectional_certificate`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linprog
-
+from ._lp import ColumnLP
+from ._nullspace import NullBasis
 from ._validate import as_finite_array
 
 __all__ = ["OmniCertificate", "is_omnidirectional", "omnidirectional_certificate"]
@@ -89,15 +89,19 @@ def omnidirectional_certificate(
 
     Corollary 6 gives a free answer when there are at most n rows.  Otherwise the LP
 
-        maximise sum(w)  subject to  A_S z + w <= 0,  0 <= w <= 1
+        maximise tau  subject to  A_S^T lam = 0,  sum(lam) = 1,  lam_i >= tau
 
-    is solved on a subset S of rows.  A positive optimum gives ``z`` with ``A_S z <= 0``, ``z != 0``;
-    an optimum of 0 has dual multipliers ``lam >= 1`` with ``A_S^T lam = 0`` (Stiemke, Theorem 11).
-    A direction that violates no row of the full ``A`` ends the search; multipliers with
-    ``rank A_S = n`` end it too; otherwise the violated rows join S.
+    is solved on a subset S of rows.  ``tau > 0`` gives strictly positive multipliers (Stiemke,
+    Theorem 11); otherwise its dual gives ``u != 0`` with ``A_S u <= 0``.  Multipliers with
+    ``rank A_S = n`` end the search (a superset of an omnidirectional set is omnidirectional), and
+    so does a direction that violates no row of the full ``A``; otherwise the violated rows join S.
     """
     A = as_finite_array(A, "A", ndim=2)
-    return _omni_lazy(_RowSource.from_matrix(A), rtol=rtol)
+    cert = _omni_lazy(_RowSource.from_matrix(A), rtol=rtol)
+    if cert.rows is not None:  # report indices of A itself, not of its non-zero rows
+        nonzero = np.flatnonzero(np.linalg.norm(A, axis=1) > 0)
+        cert = replace(cert, rows=nonzero[cert.rows])
+    return cert
 
 
 # --- implementation -------------------------------------------------------------------------
@@ -105,10 +109,9 @@ def omnidirectional_certificate(
 
 @dataclass
 class _RowSource:
-    """Rows of ``G @ basis`` produced on demand, so large systems are never formed in full.
+    """Rows of a (possibly restricted) system, produced on demand so large systems are never formed.
 
-    ``rows(idx)`` returns the requested rows (unit norm in the original space of G);
-    ``apply(d)`` returns ``G_unit @ (basis @ d)`` for all rows.
+    ``rows(idx)`` returns the requested rows; ``apply(d)`` returns all rows times ``d``.
     """
 
     m: int
@@ -118,66 +121,87 @@ class _RowSource:
 
     @staticmethod
     def from_matrix(A: NDArray[np.float64]) -> _RowSource:
+        """Rows of A scaled to unit norm; zero rows (in no open half-space) dropped."""
         norms = np.linalg.norm(A, axis=1)
         keep = norms > 0
         An = A[keep] / norms[keep, None]
-        return _RowSource(
-            m=An.shape[0],
-            n=A.shape[1],
-            rows=lambda idx: An[idx],
-            apply=lambda d: An @ d,
-        )
+        return _RowSource(m=An.shape[0], n=A.shape[1], rows=lambda idx: An[idx], apply=lambda d: An @ d)
 
     @staticmethod
-    def from_restriction(G_unit: NDArray[np.float64], basis: NDArray[np.float64]) -> _RowSource:
-        """Rows of ``G_unit @ basis`` (A-bar = A O^T of Theorem 4), formed only for requested rows.
+    def from_restriction(G_unit: NDArray[np.float64], basis: NullBasis) -> _RowSource:
+        """Rows of ``G_unit @ O`` (A-bar = A O^T of Theorem 4) for a null-space basis O.
 
-        ``basis`` has orthonormal columns, so ``basis @ z`` is a unit x-space direction for unit z.
+        O has orthonormal columns, so ``O z`` is a unit x-space direction for a unit z, and
+        the tolerance keeps its meaning on the unit rows of ``G_unit``.
         """
-        return _RowSource(
-            m=G_unit.shape[0],
-            n=basis.shape[1],
-            rows=lambda idx: G_unit[idx] @ basis,
-            apply=lambda d: G_unit @ (basis @ d),
-        )
+        return _RowSource(m=G_unit.shape[0], n=basis.k,
+                          rows=lambda idx: basis.restrict(G_unit[idx]),
+                          apply=lambda d: G_unit @ basis.expand(d))
 
 
 def _null_vector(M: NDArray[np.float64]) -> NDArray[np.float64] | None:
-    """A unit vector of N(M) if ``rank M < cols``, else None (rank rule of the module docstring)."""
+    """A unit vector of N(M) if ``rank M < cols``, else None.
+
+    The rows of M are unit rows or their restrictions to a subspace (never longer than 1), so the
+    rank rule compares singular values with ``max(rows, cols) * eps`` times ``max(1, sigma_max)``:
+    a restriction that is zero up to rounding counts as zero.
+    """
     rows, cols = M.shape
-    if rows < cols:
-        _, _, vt = np.linalg.svd(M, full_matrices=True)
-        return vt[-1]
-    _, s, vt = np.linalg.svd(M, full_matrices=False)
-    if s.size == 0 or s[-1] <= max(rows, cols) * np.finfo(float).eps * s[0]:
+    if rows == 0:
+        return np.eye(cols)[0]
+    _, s, vt = np.linalg.svd(M, full_matrices=rows < cols)
+    if rows < cols or s[-1] <= max(rows, cols) * np.finfo(float).eps * max(1.0, s[0]):
         return vt[-1]
     return None
 
 
 def _rank_ratio(M: NDArray[np.float64]) -> float:
     s = np.linalg.svd(M, compute_uv=False)
-    return float(s[-1] / s[0]) if s.size and s[0] > 0 else 0.0
+    return float(s[-1] / max(1.0, s[0])) if s.size else 0.0
 
 
-def _direction_lp(
-    rows: NDArray[np.float64], rtol: float
-) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
-    """Solve max sum(w) s.t. rows z + w <= 0, 0 <= w <= 1.
+class _StiemkeLP:
+    """max tau s.t. sum_i lam_i a_i = 0, sum_i lam_i = 1, lam_i = tau + mu_i, mu >= 0, over a
+    growing set of rows a_i, solved by column generation (its basis has only n + 1 rows).
 
-    Returns ``(z, None)`` when a non-zero z with ``rows z <= 0`` exists, else ``(None, lam)`` with
-    ``lam >= 1`` and ``rows.T @ lam ~ 0`` (the LP dual).
+    tau > 0 gives strictly positive multipliers (Stiemke, Theorem 11).  Otherwise the row duals
+    (u, s) satisfy <a_i, u> <= -s <= 0 on every row of the set: u is a direction for Corollary 2 iv.
     """
-    s, n = rows.shape
-    c = np.concatenate([np.zeros(n), -np.ones(s)])
-    a_ub = np.hstack([rows, np.eye(s)])
-    bounds = [(None, None)] * n + [(0.0, 1.0)] * s
-    res = linprog(c, A_ub=a_ub, b_ub=np.zeros(s), bounds=bounds, method="highs")
-    if res.status != 0:  # pragma: no cover - the LP is feasible and bounded by construction
-        raise RuntimeError(f"HiGHS failed on the omnidirectionality LP: {res.message}")
-    z = res.x[:n]
-    if -res.fun > 1e3 * rtol and np.linalg.norm(z) > 0:
-        return z / np.linalg.norm(z), None
-    return None, -np.asarray(res.ineqlin.marginals)
+
+    def __init__(self, n: int):
+        self.n = n
+        self.lp = ColumnLP(np.r_[np.zeros(n), 1.0])
+        self.sum_rows = np.zeros(n)
+        self.count = 0
+        self.tau = self.lp.add_cols(np.zeros((n + 1, 1)), np.array([-1.0]), np.array([-np.inf]),
+                                    np.array([np.inf]))
+
+    def add(self, rows: NDArray[np.float64]) -> None:
+        s = rows.shape[0]
+        self.lp.add_cols(np.vstack([rows.T, np.ones((1, s))]), np.zeros(s), np.zeros(s),
+                         np.full(s, np.inf))
+        self.sum_rows += rows.sum(axis=0)
+        self.count += s
+        self.lp.set_column(self.tau, np.r_[self.sum_rows, self.count])
+
+    def solve(self, rows: NDArray[np.float64], rtol: float
+              ) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
+        """``(direction, None)`` or ``(None, multipliers)``; multipliers scaled to min 1."""
+        status, v, duals, objective = self.lp.solve()
+        if status == "infeasible":
+            # No lam at all has rows^T lam = 0 and sum(lam) = 1: then some u has rows u = -1
+            # (the rows' affine hull misses 0), a strict direction.
+            u = np.linalg.lstsq(rows, -np.ones(rows.shape[0]), rcond=None)[0]
+            return u / np.linalg.norm(u), None
+        if status != "optimal":  # pragma: no cover - bounded: tau <= 1 / count
+            raise RuntimeError(f"HiGHS did not solve the Stiemke LP: {status}")
+        tau = v[self.tau]
+        if tau > rtol / max(self.count, 1):
+            lam = tau + v[self.tau + 1:]
+            return None, lam / lam.min()
+        u = duals[: self.n]
+        norm = float(np.linalg.norm(u))
+        return (u / norm if norm > 0 else None), None
 
 
 def _initial_subset(m: int, n: int) -> NDArray[np.intp]:
@@ -186,6 +210,7 @@ def _initial_subset(m: int, n: int) -> NDArray[np.intp]:
 
 
 def _omni_lazy(src: _RowSource, *, rtol: float) -> OmniCertificate:
+    """Row-generation decision of omnidirectionality (see :func:`omnidirectional_certificate`)."""
     m, n = src.m, src.n
     if n == 0:
         return OmniCertificate(True, np.zeros(0, np.intp), np.zeros(0), None, 1.0, rtol,
@@ -193,51 +218,46 @@ def _omni_lazy(src: _RowSource, *, rtol: float) -> OmniCertificate:
     if m <= n:
         all_rows = src.rows(np.arange(m))
         d = _null_vector(all_rows)
-        if d is None:  # m == n, invertible: A d = -1 pointwise
+        if d is None:  # m == n, invertible: A d = -1 row-wise
             d = np.linalg.solve(all_rows, -np.ones(m))
             d /= np.linalg.norm(d)
         return OmniCertificate(False, None, None, d, _strictness(src.apply(d)), rtol,
                                f"Corollary 6: {m} non-zero rows <= dimension {n}")
     subset = _initial_subset(m, n)
+    rows = src.rows(subset)
+    lp = _StiemkeLP(n)
+    lp.add(rows)
     batch = max(n, 32)
     while True:
-        rows = src.rows(subset)
-        z, lam = _direction_lp(rows, rtol)
-        if z is None:
-            assert lam is not None
-            d = _null_vector(rows)
-            if d is None:
-                lam = np.maximum(lam, 0.0)
-                if lam.min() > 0:
-                    lam = lam / lam.min()
-                    margin = min(float(lam.min() / lam.max()), _rank_ratio(rows))
-                    return OmniCertificate(True, subset, lam, None, margin, rtol,
-                                           f"strictly positive combination of {subset.size} rows "
-                                           f"with rank {n} (Theorem 5)")
-                z = None  # solver returned a degenerate dual; fall through to add rows
-            else:
-                z = d
+        z, lam = lp.solve(rows, rtol)
+        if lam is not None:
+            null = _null_vector(rows)
+            if null is None:
+                margin = min(float(lam.min() / lam.max()), _rank_ratio(rows))
+                return OmniCertificate(True, subset, lam, None, margin, rtol,
+                                       f"strictly positive combination of {subset.size} rows "
+                                       f"with rank {n} (Theorem 5)")
+            z = null
         if z is not None:
             prod = src.apply(z)
+            if prod.max() > rtol and prod.min() >= -rtol:  # a null vector whose opposite may work
+                z, prod = -z, -prod
             if prod.max() <= rtol:
                 return OmniCertificate(False, None, None, z, _strictness(prod), rtol,
                                        "direction d != 0 with A d <= 0 (Corollary 2 iv)")
-            if np.all(prod >= -rtol) and (prod.max() > rtol):
-                neg = src.apply(-z)
-                if neg.max() <= rtol:  # a null vector whose opposite works
-                    return OmniCertificate(False, None, None, -z, _strictness(neg), rtol,
-                                           "direction d != 0 with A d <= 0 (Corollary 2 iv)")
-            violated = np.flatnonzero(prod > rtol)
+            fresh = np.setdiff1d(np.flatnonzero(prod > rtol), subset)
+            if fresh.size > batch:
+                fresh = fresh[np.argsort(-prod[fresh])[:batch]]
         else:
-            violated = np.arange(m)
-        fresh = np.setdiff1d(violated, subset, assume_unique=False)
-        if fresh.size == 0:
-            fresh = np.setdiff1d(np.arange(m), subset)
+            fresh = np.zeros(0, np.intp)
+        if fresh.size == 0:  # degenerate duals: widen the subset
+            fresh = np.setdiff1d(np.arange(m), subset)[:batch]
             if fresh.size == 0:  # pragma: no cover - the full system always decides
                 raise RuntimeError("omnidirectionality undecided on the full row set")
-        if z is not None and fresh.size > batch:
-            fresh = fresh[np.argsort(-src.apply(z)[fresh])[:batch]]
-        subset = np.union1d(subset, fresh)
+        new_rows = src.rows(fresh)
+        lp.add(new_rows)
+        subset = np.concatenate([subset, fresh])
+        rows = np.vstack([rows, new_rows])
 
 
 def _strictness(prod: NDArray[np.float64]) -> float:

@@ -1,0 +1,100 @@
+"""Speed of ``reluinv.preimage`` against a naive Algorithm 1 (Appendix A3) on a Figure-4-sized layer.
+
+The layer has 3500 units over 784 inputs, as the paper's MLP of Section 2.2.  Each case is an
+input whose number of active units lies between 600 and 900 (the range Figure 4 spans).  The naive
+implementation follows the appendix literally: ``numpy.linalg.matrix_rank`` for the rank,
+``scipy.linalg.null_space`` for the null space and ``scipy.optimize.linprog`` on the printed LP
+over all inactive rows.  Both see the same cases; the verdicts must agree (bounded vs unbounded,
+singleton by rank).  Prints the median seconds per case of each and the ratio.
+
+    python benchmarks/preimage_speed.py [--cases 24] [--repeats 1] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import scipy.linalg
+from scipy.optimize import linprog
+
+import reluinv
+
+
+def naive_algorithm1(A, b, y) -> str:
+    """Appendix A3 as printed: rank test, null space, Corollary 6, then the hull LP."""
+    n = A.shape[1]
+    pos = y > 0
+    if np.linalg.matrix_rank(A[pos]) == n:
+        return "singleton"
+    O = scipy.linalg.null_space(A[pos]).T
+    A_bar = A[~pos] @ O.T
+    k_bar, k = A_bar.shape
+    if k_bar <= k:
+        return "unbounded"
+    a_eq = np.vstack([A_bar.T, np.ones((1, k_bar))])
+    b_eq = np.concatenate([np.zeros(k), [1.0]])
+    res = linprog(np.ones(k_bar), A_eq=a_eq, b_eq=b_eq, bounds=(0, 1), method="highs")
+    return "bounded" if res.status == 0 else "unbounded"
+
+
+def make_layer(rng, m=3500, n=784, drift=0.6):
+    """Gaussian rows plus a shared drift, so that small active sets leave unbounded preimages
+    and large ones bounded ones, as in the trained network of Figure 4."""
+    u = rng.standard_normal(n)
+    u /= np.linalg.norm(u)
+    A = rng.standard_normal((m, n)) / np.sqrt(n) + drift * rng.random((m, 1)) * u
+    return A
+
+
+def make_case(rng, A, n_active):
+    x = rng.standard_normal(A.shape[1])
+    z = A @ x
+    threshold = np.sort(z)[-n_active - 1 : -n_active + 1].mean()
+    b = -threshold * np.ones(A.shape[0])
+    y = np.maximum(A @ x + b, 0.0)
+    return b, y
+
+
+def same_verdict(ours: str, naive: str) -> bool:
+    if naive == "singleton":
+        return ours == "singleton"
+    if naive == "bounded":
+        return ours in ("compact", "singleton")
+    return ours == naive
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    A = make_layer(rng)
+    actives = np.linspace(600, 900, args.cases).round().astype(int)
+    ours_t, naive_t, kinds = [], [], {}
+    for n_active in actives:
+        b, y = make_case(rng, A, int(n_active))
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            r = reluinv.preimage(A, b, y)
+            t1 = time.perf_counter()
+            v = naive_algorithm1(A, b, y)
+            t2 = time.perf_counter()
+            ours_t.append(t1 - t0)
+            naive_t.append(t2 - t1)
+        if not same_verdict(r.kind, v):
+            raise SystemExit(f"verdicts differ at {n_active} active units: reluinv {r.kind}, naive {v}")
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+        print(f"active {int((y > 0).sum()):4d}  nullity {r.nullity:3d}  reluinv {r.kind:9s} "
+              f"{t1 - t0:7.4f}s   naive {v:9s} {t2 - t1:7.4f}s", flush=True)
+    mo, mn = statistics.median(ours_t), statistics.median(naive_t)
+    print(f"\nverdicts agree on all {len(actives)} cases: {kinds}")
+    print(f"median per case: reluinv {mo:.4f}s  naive Algorithm 1 {mn:.4f}s  ratio {mn / mo:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

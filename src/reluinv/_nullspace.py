@@ -1,0 +1,127 @@
+"""Rank, a particular solution and a null-space basis of ``E x = e`` from one QR factorisation.
+
+Theorem 4 needs rank(A_pos), a point solving the equalities and an orthonormal basis ``O`` of
+N(A_pos).  The naive route takes two SVDs; one Householder QR gives all three.  Dense layers almost
+always have independent active rows, so an unpivoted QR (BLAS-3, several times faster than
+pivoting) is tried first and accepted when LAPACK's condition estimate of ``R`` certifies full rank;
+otherwise a rank-revealing QR with column pivoting decides.  Only the k null-space columns of
+``Q`` are formed, by applying the reflectors to ``[0; I_k]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+from numpy.typing import NDArray
+from scipy.linalg import lapack
+
+#: Full rank is accepted from the unpivoted QR when rcond(R) exceeds this multiple of the rank rule.
+_SAFETY = 1e3
+
+
+class NullBasis:
+    """An orthonormal basis ``O`` (n x k) of a null space, applied as ``expand`` / ``restrict``."""
+
+    n: int
+    k: int
+
+    def expand(self, z: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``O @ z`` for z of shape (k,) or (k, s)."""
+        raise NotImplementedError
+
+    def restrict(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``rows @ O`` for rows of shape (s, n)."""
+        raise NotImplementedError
+
+    def matrix(self) -> NDArray[np.float64]:
+        return self.expand(np.eye(self.k))
+
+
+class ExplicitBasis(NullBasis):
+    def __init__(self, O: NDArray[np.float64]):
+        self.O = O
+        self.n, self.k = O.shape
+
+    def expand(self, z):
+        return self.O @ z
+
+    def restrict(self, rows):
+        return rows @ self.O
+
+
+class EqualityFactor:
+    """Solve ``E x = e`` (unit rows) in the sense of Theorem 4.
+
+    Attributes:
+        rank: rank of E (``|R_jj| > max(p, n) * eps * |R_11|`` of a pivoted QR, or full rank
+            certified by ``rcond(R) > 1e3 * max(p, n) * eps`` of the unpivoted one).
+        rank_ratio: how clearly the rank was decided (rcond estimate or |R_rr| / |R_11|).
+        x_p: a solution of the first ``rank`` independent equations (min-norm when E has full row rank).
+        basis: :class:`NullBasis` of N(E).
+    """
+
+    def __init__(self, E: NDArray[np.float64], e: NDArray[np.float64]):
+        p, n = E.shape
+        self.n = n
+        eps_rule = max(p, n, 1) * np.finfo(float).eps
+        if p == 0:
+            self.rank, self.rank_ratio, self.x_p = 0, 1.0, np.zeros(n)
+            self.basis: NullBasis = ExplicitBasis(np.eye(n))
+            return
+        if p < n and self._try_unpivoted_wide(E, e, eps_rule):
+            return
+        if p >= n and self._try_unpivoted_tall(E, e, eps_rule):
+            return
+        self._pivoted(E, e, eps_rule)
+
+    def _try_unpivoted_wide(self, E, e, eps_rule) -> bool:
+        (qr, tau), _ = scipy.linalg.qr(E.T, mode="raw", check_finite=False)
+        p = E.shape[0]
+        R = qr[:p, :p]  # LAPACK reads only the upper triangle
+        rcond = lapack.dtrcon(R, norm="1", uplo="U", diag="N")[0]
+        if not rcond > _SAFETY * eps_rule:
+            return False
+        # E = R^T Q1^T, so x_p = Q1 R^{-T} e; O = Q2.  One application of the reflectors to
+        # [[w, 0], [0, I]] gives both without forming the whole of Q.
+        w = scipy.linalg.solve_triangular(R, e, trans="T", lower=False, check_finite=False)
+        k = self.n - p
+        c = np.zeros((self.n, 1 + k), order="F")
+        c[:p, 0] = w
+        c[p:, 1:] = np.eye(k)
+        out, _work, info = lapack.dormqr("L", "N", qr, tau, c, lwork=max(1, 64 * (1 + k)))
+        if info != 0:  # pragma: no cover - LAPACK argument error
+            raise RuntimeError(f"LAPACK dormqr failed with info={info}")
+        self.x_p = out[:, 0].copy()
+        self.rank, self.rank_ratio, self.basis = p, float(rcond), ExplicitBasis(out[:, 1:].copy())
+        return True
+
+    def _try_unpivoted_tall(self, E, e, eps_rule) -> bool:
+        (qr, tau), _ = scipy.linalg.qr(E, mode="raw", check_finite=False)
+        n = self.n
+        R = qr[:n, :n]  # LAPACK reads only the upper triangle
+        rcond = lapack.dtrcon(R, norm="1", uplo="U", diag="N")[0]
+        if not rcond > _SAFETY * eps_rule:
+            return False
+        qte, _work, info = lapack.dormqr("L", "T", qr, tau, np.asfortranarray(e[:, None]), lwork=64)
+        if info != 0:  # pragma: no cover - LAPACK argument error
+            raise RuntimeError(f"LAPACK dormqr failed with info={info}")
+        self.x_p = scipy.linalg.solve_triangular(R, qte[:n, 0], lower=False, check_finite=False)
+        self.rank, self.rank_ratio = n, float(rcond)
+        self.basis = ExplicitBasis(np.zeros((n, 0)))
+        return True
+
+    def _pivoted(self, E, e, eps_rule) -> None:
+        n = self.n
+        Q, R, piv = scipy.linalg.qr(E.T, mode="full", pivoting=True, check_finite=False)
+        diag = np.abs(np.diag(R))
+        r = int(np.count_nonzero(diag > eps_rule * diag[0])) if diag.size and diag[0] > 0 else 0
+        self.rank = r
+        self.rank_ratio = float(diag[r - 1] / diag[0]) if r else 1.0
+        w = scipy.linalg.solve_triangular(R[:r, :r], e[piv[:r]], trans="T", lower=False,
+                                          check_finite=False)
+        self.x_p = Q[:, :r] @ w
+        self.basis = ExplicitBasis(Q[:, r:])
+
+    @property
+    def nullity(self) -> int:
+        return self.basis.k

@@ -1,0 +1,599 @@
+"""Preimage of one ReLU layer: Theorem 4, Algorithm 1 (Appendix A3), box priors (Remark 3).
+
+Given ``y = ReLU(A x + b)`` with ``A`` (m x n), ``b`` and ``y`` known, the preimage of ``y`` is the
+polyhedron
+
+    P = { x :  A_pos x + b_pos = y_pos,   A_zero x + b_zero <= 0,   lower <= x <= upper }
+
+(equations (1) and (2) of the paper, enriched with a box as Remark 3 allows).  :func:`preimage`
+says whether ``P`` is empty, a single point, a bounded set with more than one point ("compact") or
+unbounded, and returns certificates that :meth:`Preimage.verify` (or anyone) can check.
+
+Method, following Theorem 4 but exact where Algorithm 1 as printed is not:
+
+1. One pivoted QR factorisation of ``A_pos^T`` gives the rank of the equalities, an orthonormal
+   basis ``O`` of ``N(A_pos)`` (k = nullity) and a particular solution.  k = 0 is Theorem 4 i.
+2. A feasible point is found by a Chebyshev-centre LP in the null-space coordinates.  If it has
+   slack in every inequality, P has more than one point (when k > 0).  Otherwise the inequalities
+   tight there are tested for omnidirectionality in N(A_pos) (Theorem 12): if they are, the point
+   is the only one (Theorem 4 ii — a singleton pinned by inequalities, which Algorithm 1 calls
+   "finite").
+3. Boundedness is omnidirectionality of ``A-bar = [A_zero; box rows] O`` (Theorem 4 iii, Theorem
+   5), decided with interior (not only hull membership) as in :mod:`reluinv.geometry`.  When every
+   coordinate has both bounds the box alone bounds P.
+
+Both LPs use row generation: they start from a few rows and add only the rows a candidate
+answer violates, so a 3500 x 784 layer is decided while looking at a small fraction of its rows.
+
+Tolerances: every row is scaled to unit norm; a constraint counts as satisfied when its violation
+is at most ``tolerance = rtol * max(1, |x_p|)`` with ``x_p`` the particular solution (``rtol``
+defaults to 1e-9); ranks count ``|R_jj| > max(m, n) * eps * |R_11|`` of the pivoted QR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import scipy.linalg
+from numpy.typing import NDArray
+from ._lp import ColumnLP
+from ._nullspace import EqualityFactor
+from ._validate import as_bounds, as_finite_array
+from .geometry import DEFAULT_RTOL, OmniCertificate, _omni_lazy, _RowSource
+
+__all__ = ["Preimage", "PreimageCertificate", "CertificateError", "preimage", "layer_preimage"]
+
+Kind = Literal["empty", "singleton", "compact", "unbounded", "unknown"]
+
+#: A result whose margin is below ``NEAR_FACTOR * tolerance`` is reported as near the tolerance.
+NEAR_FACTOR = 1e3
+
+
+class CertificateError(AssertionError):
+    """A certificate of a :class:`Preimage` failed an independent check."""
+
+
+@dataclass(frozen=True)
+class PreimageCertificate:
+    """Evidence for a :class:`Preimage` verdict, checkable without the solver.
+
+    Inequality rows are labelled by integers: ``i < m`` is layer row i (``a_i x + b_i <= 0``),
+    ``m + j`` is ``x_j <= upper_j`` and ``m + n + j`` is ``-x_j <= -lower_j``.
+
+    Attributes:
+        reason: one line saying what decided the kind.
+        rows, multipliers: strictly positive ``multipliers`` on inequality ``rows`` whose
+            restrictions to ``N(A_pos)`` combine to zero and span it (they are omnidirectional in
+            ``N(A_pos)``).  For "compact" these rows bound P (Theorem 4 iii); for a singleton with
+            k > 0 they are tight at ``point`` and pin it (Theorem 4 ii, Theorem 12).
+        bounded_by_box: True when finite bounds on every coordinate bound P.
+        second_point: "compact" and "unbounded": a second point of P, so P is not a singleton.
+        farkas_equalities, farkas_rows, farkas_inequalities: "empty": multipliers ``nu`` (on the
+            active rows) and ``lam >= 0`` (on inequality ``farkas_rows``) with
+            ``A_pos^T nu + G^T lam = 0`` and ``(y - b)_pos . nu + h . lam < 0``, which no x can
+            satisfy (Farkas' lemma).
+    """
+
+    reason: str
+    rows: NDArray[np.intp] | None = None
+    multipliers: NDArray[np.float64] | None = None
+    bounded_by_box: bool = False
+    second_point: NDArray[np.float64] | None = None
+    farkas_equalities: NDArray[np.float64] | None = None
+    farkas_rows: NDArray[np.intp] | None = None
+    farkas_inequalities: NDArray[np.float64] | None = None
+
+
+@dataclass(frozen=True)
+class Preimage:
+    """The preimage of ``y`` under ``x -> ReLU(A x + b)`` (optionally within a box).
+
+    Attributes:
+        kind: "empty", "singleton", "compact" (bounded, more than one point) or "unbounded";
+            :func:`reluinv.network_preimage` may also answer "unknown" when it hits a time limit.
+        point: a point of the preimage (None when empty).
+        direction: "unbounded" only: a unit ``d`` with ``A_pos d = 0``, ``A_zero d <= 0`` and
+            ``point + t d`` inside the box for every ``t >= 0``.
+        nullity: k = dim N(A_pos).
+        n_active: number of i with ``y_i > 0``.
+        rank: rank of ``A_pos``.
+        margin: the smallest relative gap among the quantities that decided the kind (rank ratio
+            of the deciding QR, balance of the multipliers, strictness of the direction, violation
+            that proves emptiness), in [0, 1]; see :attr:`near_tolerance`.
+        tolerance: the absolute tolerance on unit-norm rows that the decision used.
+        certificate: the evidence, see :class:`PreimageCertificate`.
+    """
+
+    kind: Kind
+    point: NDArray[np.float64] | None
+    direction: NDArray[np.float64] | None
+    nullity: int
+    n_active: int
+    rank: int
+    margin: float
+    tolerance: float
+    certificate: PreimageCertificate = field(repr=False)
+
+    @property
+    def near_tolerance(self) -> bool:
+        """True when the decision was within ``1e3 * tolerance`` of flipping."""
+        return self.margin < NEAR_FACTOR * self.tolerance
+
+    @property
+    def bounded(self) -> bool:
+        return self.kind in ("singleton", "compact")
+
+    def verify(self, A: Any, b: Any, y: Any, *, lower: Any = None, upper: Any = None,
+               rtol: float = 1e-6) -> None:
+        """Check the certificate against the layer independently; raise :class:`CertificateError`.
+
+        Uses only numpy/scipy linear algebra (no LP): membership of ``point``, the conditions on
+        ``direction``, the multipliers' combination and rank on a freshly computed null-space basis,
+        and the Farkas inequality for "empty".  ``rtol`` is relative to the data's scale.
+        """
+        _verify(self, A, b, y, lower, upper, rtol)
+
+
+def preimage(
+    A: Any,
+    b: Any,
+    y: Any,
+    *,
+    lower: Any = None,
+    upper: Any = None,
+    rtol: float = DEFAULT_RTOL,
+) -> Preimage:
+    """Classify the preimage of ``y`` under ``x -> ReLU(A x + b)`` (Theorem 4, Remark 3).
+
+    Args:
+        A: weights, shape (m, n).
+        b: bias, shape (m,).
+        y: the layer output, shape (m,), non-negative.  An output no x can produce is not an
+            error: its preimage is "empty".
+        lower, upper: optional box on x (scalars or shape (n,); None or +-inf = no bound).
+        rtol: relative tolerance (module docstring).
+
+    Returns:
+        :class:`Preimage`.
+
+    Raises:
+        ValueError: shapes that do not match, NaN or inf in A, b or y, negative entries of y,
+            ``lower > upper``.
+
+    Example:
+        >>> r = preimage([[1, 0], [0, 1], [1, -1]], [0, 0, -1], [1, 0, 0])
+        >>> r.kind, r.point.round(6).tolist(), r.nullity
+        ('singleton', [1.0, 0.0], 1)
+    """
+    A = as_finite_array(A, "A", ndim=2)
+    m, n = A.shape
+    b = as_finite_array(b, "b", ndim=1)
+    y = as_finite_array(y, "y", ndim=1)
+    if b.shape != (m,):
+        raise ValueError(f"b must have shape ({m},) to match A of shape {A.shape}, got {b.shape}")
+    if y.shape != (m,):
+        raise ValueError(f"y must have shape ({m},) to match A of shape {A.shape}, got {y.shape}")
+    if np.any(y < 0):
+        i = int(np.flatnonzero(y < 0)[0])
+        raise ValueError(f"y is a ReLU output and must be >= 0; y[{i}] = {y[i]}")
+    lo, up = as_bounds(lower, upper, n)
+    return _LayerSystem(A, b, y, lo, up, rtol).decide()
+
+
+def layer_preimage(module: Any, x: Any, *, lower: Any = None, upper: Any = None,
+                   rtol: float = DEFAULT_RTOL) -> Preimage:
+    """:func:`preimage` of ``ReLU(module(x))`` for a ``torch.nn.Linear`` or ``torch.nn.Conv2d``.
+
+    The layer is turned into its explicit matrix (float64) by :func:`affine_matrix`; for a
+    convolution the rank of the active rows is computed, not assumed (paper, Section 4).  ``x``
+    may carry a leading batch dimension of 1.  ``point`` and ``direction`` are flattened inputs.
+    """
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    A, b, in_shape = affine_matrix(module, tuple(x.shape))
+    flat = as_finite_array(x.detach().cpu().double().reshape(-1).numpy(), "x")
+    if flat.size != A.shape[1]:  # pragma: no cover - affine_matrix checks the shape
+        raise ValueError(f"x has {flat.size} entries, the layer expects {A.shape[1]}")
+    y = np.maximum(A @ flat + b, 0.0)
+    return preimage(A, b, y, lower=lower, upper=upper, rtol=rtol)
+
+
+def affine_matrix(module: Any, input_shape: tuple[int, ...]) -> tuple[NDArray[np.float64], NDArray[np.float64], tuple[int, ...]]:
+    """Explicit float64 ``(A, b, in_shape)`` with ``module(x).flatten() = A x.flatten() + b``.
+
+    Supports ``torch.nn.Linear`` (input (in,) or (1, in)) and ``torch.nn.Conv2d`` (input (C, H, W)
+    or (1, C, H, W); any stride, padding, dilation; groups = 1).  The convolution matrix is built by
+    pushing the identity basis through the layer in float64 as one batch.
+    """
+    import torch
+    from torch import nn
+
+    shape = tuple(int(s) for s in input_shape)
+    if isinstance(module, nn.Linear):
+        if shape not in ((module.in_features,), (1, module.in_features)):
+            raise ValueError(f"Linear({module.in_features}, {module.out_features}) needs an input "
+                             f"of shape ({module.in_features},) or (1, {module.in_features}), got {shape}")
+        A = module.weight.detach().cpu().double().numpy().copy()
+        b = (module.bias.detach().cpu().double().numpy().copy() if module.bias is not None
+             else np.zeros(module.out_features))
+        return A, b, (module.in_features,)
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            raise ValueError(f"Conv2d with groups={module.groups} is not supported (groups=1 only)")
+        if len(shape) == 4 and shape[0] == 1:
+            shape = shape[1:]
+        if len(shape) != 3 or shape[0] != module.in_channels:
+            raise ValueError(f"Conv2d({module.in_channels}, {module.out_channels}) needs an input of "
+                             f"shape (C, H, W) or (1, C, H, W) with C = {module.in_channels}, got "
+                             f"{tuple(input_shape)}")
+        n = int(np.prod(shape))
+        weight = module.weight.detach().cpu().double()
+        with torch.no_grad():
+            basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
+            cols = torch.nn.functional.conv2d(basis, weight, None, module.stride, module.padding,
+                                              module.dilation)
+        A = cols.reshape(n, -1).T.contiguous().numpy()
+        out_hw = cols.shape[2] * cols.shape[3]
+        bias = (module.bias.detach().cpu().double().numpy() if module.bias is not None
+                else np.zeros(module.out_channels))
+        return A, np.repeat(bias, out_hw), shape
+    raise ValueError(f"layer_preimage supports torch.nn.Linear and torch.nn.Conv2d, got "
+                     f"{type(module).__name__}")
+
+
+# --- the decision ---------------------------------------------------------------------------
+
+
+class _LayerSystem:
+    """The mixed system (1)-(2) with box rows, in unit-row form."""
+
+    def __init__(self, A, b, y, lo, up, rtol):
+        m, n = A.shape
+        self.m, self.n, self.rtol = m, n, rtol
+        self.active = np.flatnonzero(y > 0)
+        norms = np.sqrt(np.einsum("ij,ij->i", A, A))
+        self.zero_norm = norms == 0
+        inv = 1.0 / np.where(self.zero_norm, 1.0, norms)
+        # Equalities E x = e (active rows), inequalities G x <= h (inactive rows, then box rows),
+        # every row scaled to unit norm.
+        act = self.active[~self.zero_norm[self.active]]
+        self.E = A[act] * inv[act, None]
+        self.e = (y[act] - b[act]) * inv[act]
+        self.eq_rows = act
+        inact = np.flatnonzero((y <= 0) & ~self.zero_norm)
+        up_idx = np.flatnonzero(np.isfinite(up))
+        lo_idx = np.flatnonzero(np.isfinite(lo))
+        G = np.empty((inact.size + up_idx.size + lo_idx.size, n))
+        np.multiply(A[inact], inv[inact, None], out=G[: inact.size])
+        box = G[inact.size:]
+        box.fill(0.0)
+        box[np.arange(up_idx.size), up_idx] = 1.0
+        box[up_idx.size + np.arange(lo_idx.size), lo_idx] = -1.0
+        self.G = G
+        self.h = np.concatenate([-b[inact] * inv[inact], up[up_idx], -lo[lo_idx]])
+        self.labels = np.concatenate([inact, m + up_idx, m + n + lo_idx]).astype(np.intp)
+        self.box_bounded = up_idx.size == n and lo_idx.size == n
+        self.A, self.b, self.y = A, b, y
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _result(self, kind, point, direction, margin, cert, tol):
+        return Preimage(kind=kind, point=point, direction=direction, nullity=self.k,
+                        n_active=int(self.active.size), rank=self.r, margin=float(max(margin, 0.0)),
+                        tolerance=float(tol), certificate=cert)
+
+    def _zero_row_conflict(self) -> str | None:
+        """Rows with a_i = 0 are constants: they either hold for every x or for none."""
+        for i in np.flatnonzero(self.zero_norm):
+            scale = max(1.0, abs(self.b[i]), abs(self.y[i]))
+            if self.y[i] > 0 and abs(self.b[i] - self.y[i]) > self.rtol * scale:
+                return f"row {i} has a_i = 0 but y_i = {self.y[i]} != b_i = {self.b[i]}"
+            if self.y[i] <= 0 and self.b[i] > self.rtol * scale:
+                return f"row {i} has a_i = 0 and b_i = {self.b[i]} > 0, so y_i cannot be 0"
+        return None
+
+    def _factor(self) -> None:
+        """One QR of A_pos^T: rank, null-space basis and a particular solution (module step 1)."""
+        f = EqualityFactor(self.E, self.e)
+        self.r, self.rank_ratio, self.x_p, self.basis = f.rank, f.rank_ratio, f.x_p, f.basis
+
+    def _farkas_from_ineq(self, lam: NDArray[np.float64], rows: NDArray[np.intp]) -> PreimageCertificate:
+        """Complete inequality multipliers ``lam`` with equality multipliers ``nu`` (Farkas)."""
+        g = self.G[rows].T @ lam
+        nu = (np.linalg.lstsq(self.E.T, -g, rcond=None)[0] if self.E.shape[0]
+              else np.zeros(0))
+        return PreimageCertificate(
+            reason="no x satisfies the system (Farkas multipliers)",
+            farkas_equalities=self._expand_eq(nu), farkas_rows=self.labels[rows],
+            farkas_inequalities=lam / self._label_scale(self.labels[rows]))
+
+    def _expand_eq(self, nu: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Multipliers on unit rows -> multipliers on the rows of A_pos as given (all active rows)."""
+        out = np.zeros(self.active.size)
+        pos = np.searchsorted(self.active, self.eq_rows)
+        norms = np.linalg.norm(self.A[self.eq_rows], axis=1) if nu.size else np.zeros(0)
+        out[pos] = nu / norms
+        return out
+
+    def _label_scale(self, labels: NDArray[np.intp]) -> NDArray[np.float64]:
+        scale = np.ones(labels.size)
+        layer = labels < self.m
+        scale[layer] = np.linalg.norm(self.A[labels[layer]], axis=1)
+        return scale
+
+    # -- the decision ----------------------------------------------------------------------
+
+    def decide(self) -> Preimage:
+        self._factor()  # zero rows add nothing to A_pos's null space, so E suffices
+        self.k = self.basis.k
+        conflict = self._zero_row_conflict()
+        if conflict is not None:
+            return self._result("empty", None, None, 1.0, PreimageCertificate(reason=conflict),
+                                self.rtol)
+        tol = self.rtol * max(1.0, float(np.linalg.norm(self.x_p)))
+        eq_res = float(np.max(np.abs(self.E @ self.x_p - self.e))) if self.E.shape[0] else 0.0
+        if eq_res > tol:
+            res = self.e - self.E @ np.linalg.lstsq(self.E, self.e, rcond=None)[0]
+            cert = PreimageCertificate(
+                reason="the equations A_pos x + b_pos = y_pos have no solution",
+                farkas_equalities=self._expand_eq(-res), farkas_rows=np.zeros(0, np.intp),
+                farkas_inequalities=np.zeros(0))
+            return self._result("empty", None, None, min(1.0, eq_res / max(1.0, np.abs(self.e).max())),
+                                cert, tol)
+        if self.k == 0:
+            return self._decide_full_rank(tol)
+        return self._decide_with_nullspace(tol)
+
+    def _decide_full_rank(self, tol: float) -> Preimage:
+        slack = self.h - self.G @ self.x_p
+        if slack.size and slack.min() < -tol:
+            i = int(np.argmin(slack))
+            return self._result("empty", None, None, min(1.0, -slack[i]),
+                                self._farkas_from_ineq(np.ones(1), np.array([i])), tol)
+        cert = PreimageCertificate(reason=f"rank(A_pos) = n = {self.n} (Theorem 4 i)")
+        return self._result("singleton", self.x_p.copy(), None, self.rank_ratio, cert, tol)
+
+    def _decide_with_nullspace(self, tol: float) -> Preimage:
+        if self.G.shape[0] == 0:  # no inequality at all: the whole affine subspace x_p + N(A_pos)
+            d = self.basis.expand(np.eye(self.k)[0])
+            cert = PreimageCertificate(reason="no inequality constrains N(A_pos) (Theorem 4 iii)",
+                                       second_point=self.x_p + d)
+            return self._result("unbounded", self.x_p.copy(), d, self.rank_ratio, cert, tol)
+        rows_src = _RowSource.from_restriction(self.G, self.basis)
+        omni: OmniCertificate | None = None
+        if not self.box_bounded:
+            # An unbounded verdict with a strict direction also gives an interior point for free.
+            omni = _omni_lazy(rows_src, rtol=self.rtol)
+            if not omni.omnidirectional and omni.margin > NEAR_FACTOR * tol:
+                return self._unbounded_from_strict_direction(omni, tol)
+        feasible = self._chebyshev_point(tol, None if omni is None else omni.rows)
+        if isinstance(feasible, Preimage):
+            return feasible
+        x0, slack = feasible
+        tight = np.flatnonzero(slack <= tol)
+        step_dir = None
+        if tight.size:
+            pin = _omni_lazy(_RowSource.from_restriction(self.G[tight], self.basis), rtol=self.rtol)
+            if pin.omnidirectional:
+                assert pin.rows is not None and pin.multipliers is not None
+                labels = self.labels[tight[pin.rows]]
+                cert = PreimageCertificate(
+                    reason=f"{tight.size} inequalities tight at the point are omnidirectional in "
+                           f"N(A_pos) (Theorem 4 ii, Theorem 12)",
+                    rows=labels, multipliers=pin.multipliers / self._label_scale(labels))
+                return self._result("singleton", x0, None, min(self.rank_ratio, pin.margin), cert, tol)
+            assert pin.direction is not None
+            step_dir = self.basis.expand(pin.direction)
+        second = self._second_point(x0, slack, step_dir, tol)
+        if self.box_bounded:
+            cert = PreimageCertificate(reason="every coordinate is boxed (Remark 3), so P is bounded",
+                                       bounded_by_box=True, second_point=second)
+            return self._result("compact", x0, None, self.rank_ratio, cert, tol)
+        assert omni is not None
+        if omni.omnidirectional:
+            assert omni.rows is not None and omni.multipliers is not None
+            labels = self.labels[omni.rows]
+            cert = PreimageCertificate(
+                reason=f"{omni.rows.size} inequality rows are omnidirectional in N(A_pos) "
+                       f"(Theorem 4 iii, Theorem 5)",
+                rows=labels, multipliers=omni.multipliers / self._label_scale(labels),
+                second_point=second)
+            return self._result("compact", x0, None, min(self.rank_ratio, omni.margin), cert, tol)
+        assert omni.direction is not None
+        d = self.basis.expand(omni.direction)
+        d /= np.linalg.norm(d)
+        cert = PreimageCertificate(reason="direction d in N(A_pos) with A_zero d <= 0 (Theorem 4 iii)",
+                                   second_point=x0 + d)
+        return self._result("unbounded", x0, d, min(self.rank_ratio, omni.margin), cert, tol)
+
+    def _unbounded_from_strict_direction(self, omni: OmniCertificate, tol: float) -> Preimage:
+        assert omni.direction is not None
+        d = self.basis.expand(omni.direction)
+        d /= np.linalg.norm(d)
+        gd = self.G @ d  # all <= -margin < 0
+        slack0 = self.h - self.G @ self.x_p
+        # Walk along d until every inequality has slack of at least 1 (relative to |x| scale).
+        target = max(1.0, float(np.linalg.norm(self.x_p))) * 1e-3
+        t = float(np.max((target - slack0) / -gd))
+        x0 = self.x_p + max(t, 0.0) * d
+        cert = PreimageCertificate(
+            reason="direction d in N(A_pos) with A_zero d < 0 strictly (Theorem 4 iii); "
+                   "walking along it from the equations' solution gives an interior point",
+            second_point=x0 + d)
+        return self._result("unbounded", x0, d, min(self.rank_ratio, omni.margin), cert, tol)
+
+    def _second_point(self, x0, slack, step_dir, tol) -> NDArray[np.float64] | None:
+        """A point of P other than x0: move in N(A_pos) along a direction that keeps tight rows."""
+        if step_dir is None:
+            step_dir = self.basis.expand(np.eye(self.k)[0])
+        gd = self.G @ step_dir
+        tight = slack <= tol
+        if np.any(gd[tight] > tol):  # pragma: no cover - step_dir came from a tight-row direction
+            return None
+        blocking = (~tight) & (gd > 0)
+        t = 0.5 * float(np.min(slack[blocking] / gd[blocking])) if np.any(blocking) else 1.0
+        return x0 + min(t, 1.0) * step_dir
+
+    def _chebyshev_point(self, tol: float, seed_rows: NDArray[np.intp] | None):
+        """A point of P with slack in as many rows as possible, or an "empty" result.
+
+        Solves, on a row subset S, the dual of the capped Chebyshev-centre LP
+
+            maximise s  s.t.  Gbar_S z + s |Gbar_S| <= hbar_S,  s <= cap
+
+        (``Gbar = G O``, ``hbar = h - G x_p``), i.e.  minimise hbar_S . lam + cap sigma  subject to
+        ``Gbar_S^T lam = 0``, ``|Gbar_S| . lam + sigma = 1``, ``lam, sigma >= 0``, whose basis has
+        only k + 1 rows.  Its row duals are (z, s).  Rows violated at ``x_p + O z`` join S and HiGHS
+        re-solves from its basis.  A negative optimum leaves ``lam`` as Farkas multipliers.  The cap
+        (1e-3 of the data scale) stops the search once the point is clearly interior.
+        """
+        G, k = self.G, self.k
+        h_bar = self.h - G @ self.x_p
+        M = G.shape[0]
+        cap = 1e-3 * max(1.0, float(np.linalg.norm(self.x_p)))
+        batch = max(2 * k, 32)
+        subset = np.argsort(h_bar)[: min(M, 4 * k + 16)]
+        if seed_rows is not None:
+            subset = np.union1d(subset, seed_rows)
+        lp = ColumnLP(np.r_[np.zeros(k), 1.0])
+        lp.add_cols(np.eye(k + 1)[:, k:], np.array([cap]), np.zeros(1), np.array([np.inf]))
+        in_lp: list[NDArray[np.intp]] = []
+        while True:
+            rows = self.basis.restrict(G[subset])
+            weights = np.linalg.norm(rows, axis=1)
+            constant = weights <= 1e-12
+            if np.any(constant & (h_bar[subset] < -tol)):
+                i = int(subset[np.flatnonzero(constant & (h_bar[subset] < -tol))[0]])
+                return self._result("empty", None, None, min(1.0, -h_bar[i]),
+                                    self._farkas_from_ineq(np.ones(1), np.array([i])), tol)
+            keep = ~constant
+            lp.add_cols(np.vstack([rows[keep].T, weights[keep][None]]), h_bar[subset][keep],
+                        np.zeros(int(keep.sum())), np.full(int(keep.sum()), np.inf))
+            in_lp.append(subset[keep])
+            status, v, duals, s_max = lp.solve()
+            if status != "optimal":  # pragma: no cover - sigma = 1 is always feasible
+                raise RuntimeError(f"HiGHS did not solve the Chebyshev LP: {status}")
+            if s_max < -tol:
+                idx = np.concatenate(in_lp)
+                lam = v[1:]
+                pos = lam > 0
+                return self._result("empty", None, None, min(1.0, -s_max),
+                                    self._farkas_from_ineq(lam[pos], idx[pos]), tol)
+            x0 = self.x_p + self.basis.expand(duals[:k])
+            slack = self.h - G @ x0
+            fresh = np.setdiff1d(np.flatnonzero(slack < -tol), np.concatenate(in_lp))
+            if fresh.size == 0:
+                return x0, slack
+            if fresh.size > batch:
+                fresh = fresh[np.argsort(slack[fresh])[:batch]]
+            subset = fresh
+
+
+# --- independent verification ---------------------------------------------------------------
+
+
+def _verify(r: Preimage, A, b, y, lower, upper, rtol) -> None:
+    A = np.asarray(A, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    m, n = A.shape
+    lo, up = as_bounds(lower, upper, n)
+    pos = y > 0
+    scale = max(1.0, float(np.abs(A).max(initial=0.0)), float(np.abs(b).max(initial=0.0)),
+                float(np.abs(y).max(initial=0.0)))
+
+    def in_preimage(x: NDArray[np.float64], what: str) -> None:
+        xs = max(1.0, float(np.abs(x).max()))
+        z = A @ x + b
+        atol = rtol * scale * xs
+        if np.any(np.abs(z[pos] - y[pos]) > atol):
+            raise CertificateError(f"{what} misses the equations by {np.abs(z[pos] - y[pos]).max():.3g}")
+        if np.any(z[~pos] > atol):
+            raise CertificateError(f"{what} violates an inactive row by {z[~pos].max():.3g}")
+        if np.any(x < lo - rtol * xs) or np.any(x > up + rtol * xs):
+            raise CertificateError(f"{what} lies outside the box")
+
+    def rows_matrix(labels: NDArray[np.intp]) -> NDArray[np.float64]:
+        out = np.zeros((labels.size, n))
+        for t, lab in enumerate(labels):
+            if lab < m:
+                out[t] = A[lab]
+            elif lab < m + n:
+                out[t, lab - m] = 1.0
+            else:
+                out[t, lab - m - n] = -1.0
+        return out
+
+    def rows_rhs(labels: NDArray[np.intp]) -> NDArray[np.float64]:
+        return np.array([-b[lab] if lab < m else (up[lab - m] if lab < m + n else -lo[lab - m - n])
+                         for lab in labels])
+
+    cert = r.certificate
+    null = scipy.linalg.null_space(A[pos]) if pos.any() else np.eye(n)
+    if r.nullity != null.shape[1]:
+        raise CertificateError(f"nullity {r.nullity} but N(A_pos) has dimension {null.shape[1]}")
+    if r.kind == "empty":
+        if r.point is not None:
+            raise CertificateError("an empty preimage has no point")
+        if cert.farkas_equalities is None:
+            return  # a zero row decided it; the reason names the row
+        nu, lam, labels = cert.farkas_equalities, cert.farkas_inequalities, cert.farkas_rows
+        assert lam is not None and labels is not None
+        if np.any(lam < 0):
+            raise CertificateError("Farkas inequality multipliers must be >= 0")
+        G = rows_matrix(labels)
+        combo = A[pos].T @ nu + G.T @ lam
+        value = (y[pos] - b[pos]) @ nu + rows_rhs(labels) @ lam
+        size = max(1e-300, float(np.abs(nu).sum() + np.abs(lam).sum()))
+        if np.abs(combo).max(initial=0.0) > rtol * scale * size:
+            raise CertificateError(f"Farkas combination is not zero ({np.abs(combo).max():.3g})")
+        if not value < 0:
+            raise CertificateError(f"Farkas value {value:.3g} is not negative")
+        return
+    if r.point is None:
+        raise CertificateError(f"a {r.kind} preimage must carry a point")
+    in_preimage(r.point, "point")
+    if r.kind == "unbounded":
+        d = r.direction
+        if d is None or abs(np.linalg.norm(d) - 1) > 1e-8:
+            raise CertificateError("unbounded needs a unit direction")
+        z = A @ d
+        if np.abs(z[pos]).max(initial=0.0) > rtol * scale or z[~pos].max(initial=0.0) > rtol * scale:
+            raise CertificateError("direction leaves the preimage (A_pos d != 0 or A_zero d > 0)")
+        if np.any(d[np.isfinite(up)] > rtol) or np.any(d[np.isfinite(lo)] < -rtol):
+            raise CertificateError("direction leaves the box")
+        in_preimage(r.point + 1e3 * d, "point + 1000 d")
+        return
+    if r.kind in ("compact", "singleton") and r.direction is not None:
+        raise CertificateError("a bounded preimage has no direction")
+    if cert.second_point is not None:
+        in_preimage(cert.second_point, "second point")
+        if r.kind == "singleton":
+            raise CertificateError("a singleton cannot have a second point")
+        if np.linalg.norm(cert.second_point - r.point) == 0:
+            raise CertificateError("second point equals the point")
+    if r.kind == "singleton" and r.nullity == 0:
+        return
+    if cert.bounded_by_box:
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(up))):
+            raise CertificateError("bounded_by_box claimed but the box is not finite")
+        return
+    if cert.rows is None or cert.multipliers is None:
+        raise CertificateError(f"a {r.kind} preimage with nullity > 0 needs multipliers")
+    lam = cert.multipliers
+    if np.any(lam <= 0):
+        raise CertificateError("multipliers must be strictly positive")
+    restricted = rows_matrix(cert.rows) @ null
+    combo = restricted.T @ lam
+    if np.abs(combo).max(initial=0.0) > rtol * scale * float(lam.sum()):
+        raise CertificateError(f"multipliers do not combine to zero ({np.abs(combo).max():.3g})")
+    if np.linalg.matrix_rank(restricted) < null.shape[1]:
+        raise CertificateError("certifying rows do not span N(A_pos)")
+    if r.kind == "singleton":
+        slack = rows_rhs(cert.rows) - rows_matrix(cert.rows) @ r.point
+        if np.abs(slack).max(initial=0.0) > rtol * scale * max(1.0, float(np.abs(r.point).max())):
+            raise CertificateError("pinning rows are not tight at the point")

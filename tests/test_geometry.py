@@ -1,0 +1,121 @@
+"""Omnidirectionality (Definition 1, Theorem 5, Corollary 6) against independent checks."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linprog
+
+import reluinv
+from reluinv.geometry import omnidirectional_certificate
+
+
+def brute_force_omni(A: np.ndarray) -> bool:
+    """Corollary 2 iv by LPs alone: A is omnidirectional iff no d != 0 has A d <= 0, i.e. iff
+    for every coordinate j and sign, max +-d_j over {A d <= 0, |d| <= 1} is 0."""
+    m, n = A.shape
+    for j in range(n):
+        for sign in (1.0, -1.0):
+            c = np.zeros(n)
+            c[j] = -sign
+            res = linprog(c, A_ub=A, b_ub=np.zeros(m), bounds=[(-1, 1)] * n, method="highs")
+            assert res.status == 0
+            if -res.fun > 1e-7:
+                return False
+    return True
+
+
+def check_certificate(A, cert):
+    A = np.asarray(A, float)
+    if cert.omnidirectional:
+        rows = A[cert.rows]
+        rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        assert np.all(cert.multipliers > 0)
+        assert np.abs(rows.T @ cert.multipliers).max() <= 1e-7 * cert.multipliers.sum()
+        assert np.linalg.matrix_rank(rows) == A.shape[1]
+    else:
+        d = cert.direction
+        assert abs(np.linalg.norm(d) - 1) < 1e-9
+        unit = A[np.linalg.norm(A, axis=1) > 0]
+        unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+        assert (unit @ d).max(initial=0.0) <= 1e-7
+
+
+def test_square_cross_is_omnidirectional():
+    assert reluinv.is_omnidirectional([[1, 0], [-1, 0], [0, 1], [0, -1]])
+
+
+def test_hull_boundary_is_not_omnidirectional():
+    # 0 = (a_1 + a_2) / 2 lies in conv(rows), so the printed LP of Appendix A3 accepts it,
+    # but every row has <a_i, (0, -1)> <= 0.
+    A = [[1, 0], [-1, 0], [0, 1]]
+    cert = omnidirectional_certificate(A)
+    assert not cert.omnidirectional
+    check_certificate(A, cert)
+    assert cert.margin == 0.0  # a decision on the boundary is reported as such
+
+
+def test_simplex_is_omnidirectional_with_positive_multipliers():
+    A = [[1, 0], [-1, -1], [-1, 1]]
+    cert = omnidirectional_certificate(A)
+    assert cert.omnidirectional
+    check_certificate(A, cert)
+
+
+@pytest.mark.parametrize("m,n", [(1, 1), (2, 2), (3, 3), (3, 5)])
+def test_corollary6_few_rows_never_omnidirectional(m, n):
+    A = np.random.default_rng(m * 10 + n).standard_normal((m, n))
+    cert = omnidirectional_certificate(A)
+    assert not cert.omnidirectional
+    assert "Corollary 6" in cert.reason
+    check_certificate(A, cert)
+
+
+def test_rank_deficient_rows_are_not_omnidirectional():
+    # 0 is a strictly positive combination, but all rows lie in a plane of R^3.
+    A = [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]]
+    cert = omnidirectional_certificate(A)
+    assert not cert.omnidirectional
+    check_certificate(A, cert)
+
+
+def test_one_dimensional():
+    assert reluinv.is_omnidirectional([[2.0], [-0.5]])
+    assert not reluinv.is_omnidirectional([[2.0], [0.5], [3.0]])
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="2-dimensional"):
+        reluinv.is_omnidirectional([1.0, 2.0])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        reluinv.is_omnidirectional([[1.0, np.nan], [0, 1]])
+
+
+def test_many_rows_use_a_small_certifying_subset():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3000, 20))
+    cert = omnidirectional_certificate(A)
+    assert cert.omnidirectional
+    assert cert.rows.size < 3000
+    check_certificate(A, cert)
+    # the same rows pushed into a half-space are not omnidirectional
+    B = A.copy()
+    B[:, 0] = np.abs(B[:, 0]) + 0.01
+    cert = omnidirectional_certificate(B)
+    assert not cert.omnidirectional
+    check_certificate(B, cert)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    m=st.integers(1, 12),
+    seed=st.integers(0, 2**31 - 1),
+    integer=st.booleans(),
+)
+def test_matches_brute_force(n, m, seed, integer):
+    rng = np.random.default_rng(seed)
+    A = rng.integers(-2, 3, size=(m, n)).astype(float) if integer else rng.standard_normal((m, n))
+    cert = omnidirectional_certificate(A)
+    assert cert.omnidirectional == brute_force_omni(A)
+    check_certificate(A, cert)

@@ -1,0 +1,197 @@
+"""Preimage of one ReLU layer (Theorem 4, Remark 3) against the 2n-LP oracle and known cases."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import reluinv
+from reluinv.preimage import CertificateError, affine_matrix
+from problems import CONSTRUCTED, brute_force_kind
+
+
+def check_result(r, A, b, y, lower=None, upper=None):
+    """The documented invariants of every result, checked independently."""
+    r.verify(A, b, y, lower=lower, upper=upper)
+    A = np.asarray(A, float)
+    assert r.n_active == int((np.asarray(y) > 0).sum())
+    if r.kind == "unbounded":
+        assert r.direction is not None
+    else:
+        assert r.direction is None
+    assert (r.point is None) == (r.kind == "empty")
+
+
+@pytest.mark.parametrize("name", sorted(CONSTRUCTED))
+def test_constructed_cases(name):
+    A, b, y, lower, upper, expected = CONSTRUCTED[name]
+    r = reluinv.preimage(A, b, y, lower=lower, upper=upper)
+    assert r.kind == expected, r.certificate.reason
+    assert brute_force_kind(A, b, y, lower, upper) == expected
+    check_result(r, A, b, y, lower, upper)
+
+
+def test_pinned_singleton_is_found_although_nullity_is_positive():
+    r = reluinv.preimage([[1, 0], [0, 1], [1, -1]], [0, 0, -1], [1, 0, 0])
+    assert (r.kind, r.nullity, r.n_active) == ("singleton", 1, 1)
+    np.testing.assert_allclose(r.point, [1.0, 0.0], atol=1e-12)
+    assert set(r.certificate.rows.tolist()) == {1, 2}  # x2 <= 0 and x1 - x2 - 1 <= 0 pin x
+
+
+def test_hull_boundary_case_is_unbounded_with_a_checkable_direction():
+    A = np.array([[1.0, 0], [-1, 0], [0, 1]])
+    r = reluinv.preimage(A, np.zeros(3), np.zeros(3))
+    assert r.kind == "unbounded"
+    assert np.all(A @ r.direction <= 1e-12)
+    assert r.near_tolerance  # the direction lies on two hyperplanes: a boundary decision
+
+
+def test_box_turns_unbounded_into_compact_and_direction_respects_box():
+    A = np.array([[1.0, 0], [-1, 0], [0, 1]])
+    assert reluinv.preimage(A, np.zeros(3), np.zeros(3), lower=-1, upper=1).kind == "compact"
+    r = reluinv.preimage(A, np.zeros(3), np.zeros(3), upper=[None, 5])
+    assert r.kind == "unbounded" and r.direction[1] < 0
+
+
+def test_unreachable_output_is_empty_not_an_error():
+    r = reluinv.preimage([[1.0, 0], [1.0, 0]], [0, 0], [1.0, 2.0])
+    assert r.kind == "empty" and r.point is None
+    r.verify([[1.0, 0], [1.0, 0]], [0, 0], [1.0, 2.0])
+
+
+def test_zero_row_constant_conflict_is_empty():
+    assert reluinv.preimage([[0.0, 0.0], [1, 0]], [2.0, 0], [0.0, 1.0]).kind == "empty"
+    assert reluinv.preimage([[0.0, 0.0], [1, 0]], [2.0, 0], [2.0, 1.0]).kind == "unbounded"
+
+
+def test_full_rank_singleton_recovers_the_input():
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((40, 10))
+    x = rng.standard_normal(10)
+    b = rng.standard_normal(40)
+    y = np.maximum(A @ x + b, 0)
+    r = reluinv.preimage(A, b, y)
+    assert r.kind == "singleton" and r.nullity == 0
+    np.testing.assert_allclose(r.point, x, atol=1e-9)
+
+
+def test_verify_rejects_a_forged_certificate():
+    A, b, y = [[1.0, 0], [-1, 0], [0, 1]], [0.0, 0, 0], [0.0, 0, 0]
+    r = reluinv.preimage(A, b, y)
+    from dataclasses import replace
+
+    forged = replace(r, direction=np.array([0.0, 1.0]))
+    with pytest.raises(CertificateError):
+        forged.verify(A, b, y)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (([[1.0, 2.0]], [0.0, 1.0], [1.0]), "b must have shape"),
+        (([[1.0, 2.0]], [0.0], [1.0, 2.0]), "y must have shape"),
+        (([[1.0, np.nan]], [0.0], [1.0]), "A contains 1 NaN"),
+        (([[1.0, 2.0]], [np.inf], [1.0]), "b contains 1 NaN or infinite"),
+        (([[1.0, 2.0]], [0.0], [-1.0]), "must be >= 0"),
+        (([1.0, 2.0], [0.0], [1.0]), "A must be 2-dimensional"),
+    ],
+)
+def test_bad_input_raises_value_error(args, message):
+    with pytest.raises(ValueError, match=message):
+        reluinv.preimage(*args)
+
+
+def test_bad_box_raises_value_error():
+    with pytest.raises(ValueError, match="lower > upper at coordinate 1"):
+        reluinv.preimage([[1.0, 0]], [0.0], [1.0], lower=[0, 2], upper=[1, 1])
+    with pytest.raises(ValueError, match="upper must be a scalar or have shape"):
+        reluinv.preimage([[1.0, 0]], [0.0], [1.0], upper=[1, 1, 1])
+
+
+layers = st.tuples(st.integers(1, 8), st.integers(1, 12), st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=layers,
+    active=st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0]),
+    integer=st.booleans(),
+    box=st.sampled_from(["none", "full", "lower", "mixed"]),
+    reachable=st.booleans(),
+)
+def test_matches_brute_force_on_random_layers(shape, active, integer, box, reachable):
+    n, m, seed = shape
+    rng = np.random.default_rng(seed)
+    A = rng.integers(-2, 3, size=(m, n)).astype(float) if integer else rng.standard_normal((m, n))
+    x = rng.integers(-2, 3, size=n).astype(float) if integer else rng.standard_normal(n)
+    z = A @ x
+    # shift the bias so that about `active` of the units are on
+    b = -np.quantile(z, 1 - active) + (rng.integers(-1, 2, size=m) if integer else 0.0)
+    b = np.broadcast_to(b, (m,)).astype(float)
+    y = np.maximum(A @ x + b, 0.0)
+    if not reachable:
+        y = y + rng.integers(0, 2, size=m) * (y > 0)
+    lower = upper = None
+    if box == "full":
+        lower, upper = x - 1.0, x + 2.0
+    elif box == "lower":
+        lower = np.floor(x) - 1.0
+    elif box == "mixed":
+        lower = np.where(rng.random(n) < 0.5, -np.inf, x - 1.0)
+        upper = np.where(rng.random(n) < 0.5, np.inf, x + 1.0)
+    r = reluinv.preimage(A, b, y, lower=lower, upper=upper)
+    assert r.kind == brute_force_kind(A, b, y, lower, upper), r.certificate.reason
+    check_result(r, A, b, y, lower, upper)
+
+
+def test_layer_preimage_linear_matches_matrix_form():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 9)
+    x = torch.randn(6)
+    r = reluinv.layer_preimage(layer, x)
+    A = layer.weight.detach().double().numpy()
+    b = layer.bias.detach().double().numpy()
+    y = np.maximum(A @ x.double().numpy() + b, 0)
+    expected = reluinv.preimage(A, b, y)
+    assert (r.kind, r.nullity, r.n_active) == (expected.kind, expected.nullity, expected.n_active)
+    assert reluinv.layer_preimage(layer, x[None]).kind == r.kind  # batch dimension of 1
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (1, 1), (2, 1), (2, 0)])
+def test_conv_matrix_matches_torch(stride, padding):
+    torch.manual_seed(stride * 10 + padding)
+    conv = torch.nn.Conv2d(2, 3, 3, stride=stride, padding=padding).double()
+    x = torch.randn(2, 7, 6, dtype=torch.float64)
+    A, b, _ = affine_matrix(conv, tuple(x.shape))
+    np.testing.assert_allclose(A @ x.reshape(-1).numpy() + b, conv(x[None]).reshape(-1).detach().numpy(),
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("stride,padding,bias_shift", [(1, 0, 0.0), (2, 1, -0.3), (1, 1, 0.5), (2, 0, -1.0)])
+def test_layer_preimage_conv_matches_explicit_matrix(stride, padding, bias_shift):
+    torch.manual_seed(stride + 7 * padding)
+    conv = torch.nn.Conv2d(1, 2, 3, stride=stride, padding=padding)
+    with torch.no_grad():
+        conv.bias += bias_shift
+    x = torch.rand(1, 5, 5)
+    r = reluinv.layer_preimage(conv, x)
+    A, b, _ = affine_matrix(conv, tuple(x.shape))
+    y = np.maximum(A @ x.double().reshape(-1).numpy() + b, 0)
+    # the rank of the active rows is computed, not assumed to be the number of active units
+    assert r.rank == np.linalg.matrix_rank(A[y > 0])
+    expected = reluinv.preimage(A, b, y)
+    assert (r.kind, r.nullity) == (expected.kind, expected.nullity)
+    assert r.kind == brute_force_kind(A, b, y)
+    check_result(r, A, b, y)
+
+
+def test_layer_preimage_rejects_unsupported_and_misshaped():
+    with pytest.raises(ValueError, match="supports torch.nn.Linear and torch.nn.Conv2d, got ReLU"):
+        reluinv.layer_preimage(torch.nn.ReLU(), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"Linear\(4, 2\) needs an input of shape \(4,\)"):
+        reluinv.layer_preimage(torch.nn.Linear(4, 2), torch.zeros(5))
+    with pytest.raises(ValueError, match="Conv2d"):
+        reluinv.layer_preimage(torch.nn.Conv2d(3, 2, 3), torch.zeros(1, 5, 5))
+    with pytest.raises(ValueError, match="NaN"):
+        reluinv.layer_preimage(torch.nn.Linear(2, 2), torch.tensor([np.nan, 1.0]))
