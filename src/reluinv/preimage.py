@@ -193,7 +193,7 @@ def layer_preimage(module: Any, x: Any, *, lower: Any = None, upper: Any = None,
     import torch
 
     if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(np.asarray(x))
+        x = torch.as_tensor(np.array(x, dtype=np.float64))
     A, b, in_shape = affine_matrix(module, tuple(x.shape))
     flat = as_finite_array(x.detach().cpu().double().reshape(-1).numpy(), "x")
     if flat.size != A.shape[1]:  # pragma: no cover - affine_matrix checks the shape

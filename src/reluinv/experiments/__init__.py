@@ -1,0 +1,1 @@
+"""One module per analysis or figure; each returns JSON-serialisable numbers, plotting is separate."""
