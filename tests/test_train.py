@@ -266,3 +266,14 @@ def test_glorot_initialisation_zeroes_biases(digits_train):
     assert linear.weight.abs().max() <= bound
     torch_init = train_module._initial_model(TINIER.replace(init="torch"), digits_train)
     assert torch.count_nonzero(torch_init[1].bias) > 0
+
+
+def test_first_bias_init_sets_only_the_first_layer():
+    from reluinv.train import _initial_model
+
+    ds = load_embedded_digits("train", limit=20)
+    model = _initial_model(quick_recipe("mlp_table1").replace(first_bias_init=-0.5), ds)
+    assert torch.all(model[1].bias == -0.5)
+    assert torch.all(model[3].bias == 0.0)
+    with pytest.raises(ValueError, match="first_bias_init"):
+        quick_recipe("mlp_table1").replace(first_bias_init=float("nan"))

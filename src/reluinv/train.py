@@ -120,6 +120,10 @@ class Recipe:
         betas: Adam's moment factors; unused by RMSprop.
         init: ``"glorot"`` (Keras: Glorot-uniform weights, zero biases) or ``"torch"`` (PyTorch's
             default initialisation).
+        first_bias_init: when set, the biases of the first Linear/Conv2d layer start at this
+            value instead of the ``init`` rule.  Not part of the paper's recipes; Figure 4 uses
+            it (``reluinv.experiments.fig4``) to move the number of active first-layer units
+            across the input dimension when the data at hand put it elsewhere.
 
     Example::
 
@@ -139,6 +143,7 @@ class Recipe:
     rho: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     init: Literal["glorot", "torch"] = "glorot"
+    first_bias_init: float | None = None
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -157,6 +162,11 @@ class Recipe:
         object.__setattr__(self, "lr", _check_number("lr", self.lr, positive=True))
         object.__setattr__(self, "eps", _check_number("eps", self.eps, positive=True))
         object.__setattr__(self, "lr_decay", _check_number("lr_decay", self.lr_decay, positive=False))
+        if self.first_bias_init is not None:
+            value = self.first_bias_init
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"first_bias_init must be a finite number or None, got {value!r}")
+            object.__setattr__(self, "first_bias_init", float(value))
         betas = tuple(self.betas)
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair, got {self.betas!r}")
@@ -539,6 +549,10 @@ def _initial_model(recipe: Recipe, dataset: Dataset) -> nn.Sequential:
         model = build_model(recipe.architecture, input_shape=dataset.input_shape, classes=dataset.classes)
         if recipe.init == "glorot":
             _glorot_init(model)
+        if recipe.first_bias_init is not None:
+            first = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+            if first.bias is not None:
+                nn.init.constant_(first.bias, float(recipe.first_bias_init))
     return model.float()
 
 
