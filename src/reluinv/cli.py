@@ -37,7 +37,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     executor = Executor.from_options(backend=args.backend or "serial" if not args.scheduler else None,
                                      scheduler=args.scheduler, workers=args.workers)
     config = RunConfig(quick=not args.full, data_dir=args.data_dir, out=out,
-                       executor=executor, progress=not args.no_progress)
+                       executor=executor, progress=not args.no_progress, limit=args.limit)
     mode = "quick" if config.quick else "full"
     results_path = out / "results.json"
     results = load_results(results_path)
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder with MNIST/Fashion-MNIST IDX files or CIFAR-10 python batches")
     rep.add_argument("--out", default="reluinv-out", metavar="DIR", help="output folder")
     rep.add_argument("--force", action="store_true", help="recompute figures already in results.json")
+    rep.add_argument("--limit", type=int, default=None, metavar="N",
+                     help="cap every sample count at N (a smoke run)")
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_executor_options(rep)
     rep.set_defaults(run=_reproduce)

@@ -8,6 +8,7 @@ this run shows.  Nothing here computes maths.
 from __future__ import annotations
 
 import html
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ KIND_COLOURS = {"unbounded": "#d62728", "compact": "#1f77b4", "singleton": "#2ca
 
 
 def _title(fig: plt.Figure, text: str, note: str = "") -> None:
-    fig.suptitle(text + (f"\n({note})" if note else ""), fontsize=10)
+    lines = textwrap.wrap(text, 100) + (textwrap.wrap(f"({note})", 110) if note else [])
+    fig.suptitle("\n".join(lines), fontsize=9)
 
 
 # --- Figure 1 ----------------------------------------------------------------------------------
@@ -86,7 +88,7 @@ def plot_fig4(result: dict[str, Any], path: Path) -> None:
     bounded = np.array([s["kind"] in ("singleton", "compact") for s in samples])
     fig, ax = plt.subplots(figsize=(7, 4))
     if active.size:
-        bins = np.arange(active.min() - 0.5, active.max() + 1.5, max(1, (active.ptp() + 1) // 40))
+        bins = np.arange(active.min() - 0.5, active.max() + 1.5, max(1, int(np.ptp(active) + 1) // 40))
         ax.hist(active[bounded], bins=bins, histtype="step", color=KIND_COLOURS["compact"],
                 label="bounded (singleton or compact)", linewidth=1.5)
         ax.hist(active[~bounded], bins=bins, histtype="step", color=KIND_COLOURS["unbounded"],

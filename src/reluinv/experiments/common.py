@@ -30,6 +30,8 @@ class RunConfig:
         cache_dir: trained-weights cache (None: ``reluinv.train`` default).
         executor: where per-sample work runs (:mod:`reluinv.parallel`).
         progress: show progress bars.
+        limit: caps every sample count (for tests and smoke runs); None: the mode's counts.
+        epochs: caps every training's epochs (for tests and smoke runs); None: the recipe's.
     """
 
     quick: bool = True
@@ -38,9 +40,12 @@ class RunConfig:
     cache_dir: str | None = None
     executor: Executor = field(default_factory=lambda: Executor(backend="serial"))
     progress: bool = True
+    limit: int | None = None
+    epochs: int | None = None
 
     def samples(self, quick: int, full: int) -> int:
-        return quick if self.quick else full
+        count = quick if self.quick else full
+        return count if self.limit is None else min(count, self.limit)
 
     def store(self, name: str) -> Path:
         """Path of the per-sample result store of one analysis (resumable, see reluinv.parallel)."""
@@ -88,6 +93,8 @@ def trained(architecture: str, train_set: Dataset, test_set: Dataset, config: Ru
     """The architecture trained by the paper's recipe (``--full``) or its quick variant."""
     if recipe is None:
         recipe = quick_recipe(architecture) if config.quick else paper_recipe(architecture)
+    if config.epochs is not None and recipe.epochs > config.epochs:
+        recipe = recipe.replace(epochs=config.epochs)
     model, info = train(recipe, train_set, test_set=test_set, cache_dir=config.cache_dir,
                         progress=config.progress)
     return model, {"architecture": architecture, "epochs": recipe.epochs,
