@@ -29,6 +29,10 @@ def brute_force_kind(A, b, y, lower=None, upper=None, *, spread_tol=1e-7) -> str
         bounds=bounds,
         method="highs",
     )
+    feasible = linprog(np.zeros(n), **kw)
+    if feasible.status == 2:
+        return "empty"
+    assert feasible.status == 0, feasible.message
     spread = 0.0
     for j in range(n):
         values = []
@@ -36,10 +40,9 @@ def brute_force_kind(A, b, y, lower=None, upper=None, *, spread_tol=1e-7) -> str
             c = np.zeros(n)
             c[j] = sign
             res = linprog(c, **kw)
-            if res.status == 2:
-                return "empty"
-            if res.status == 3:
-                return "unbounded"
+            if res.status in (2, 3):  # the set is not empty, so HiGHS' "infeasible or unbounded"
+                return "unbounded"    # is unboundedness
+
             assert res.status == 0, res.message
             values.append(sign * res.fun)
         spread = max(spread, values[1] - values[0])  # max x_j - min x_j

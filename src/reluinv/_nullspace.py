@@ -10,6 +10,8 @@ otherwise a rank-revealing QR with column pivoting decides.  Only the k null-spa
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
@@ -54,7 +56,8 @@ class EqualityFactor:
 
     Attributes:
         rank: rank of E (``|R_jj| > max(p, n) * eps * |R_11|`` of a pivoted QR, or full rank
-            certified by ``rcond(R) > 1e3 * max(p, n) * eps`` of the unpivoted one).
+            certified by ``rcond > 1e3 * max(p, n) * eps`` of the unpivoted QR, or, when p >= n, of
+            the LU factors of n of the rows).
         rank_ratio: how clearly the rank was decided (rcond estimate or |R_rr| / |R_11|).
         x_p: a solution of the first ``rank`` independent equations (min-norm when E has full row rank).
         basis: :class:`NullBasis` of N(E).
@@ -95,7 +98,27 @@ class EqualityFactor:
         self.rank, self.rank_ratio, self.basis = p, float(rcond), ExplicitBasis(out[:, 1:].copy())
         return True
 
+    def _try_square_subset(self, E, e, eps_rule) -> bool:
+        """Rank n from n of the p >= n rows: if they are independent, so is E (a third of the
+        work of a QR of all rows).  x_p then solves those n equations; the caller checks the rest."""
+        n = self.n
+        pick = np.unique(np.linspace(0, E.shape[0] - 1, n).round().astype(np.intp))
+        if pick.size < n:
+            return False
+        with warnings.catch_warnings():  # a singular pick is expected now and then: QR decides
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            lu, piv = scipy.linalg.lu_factor(E[pick], check_finite=False)
+        rcond = lapack.dgecon(lu, np.abs(E[pick]).sum(axis=0).max(), norm="1")[0]
+        if not rcond > _SAFETY * eps_rule:
+            return False
+        self.x_p = scipy.linalg.lu_solve((lu, piv), e[pick], check_finite=False)
+        self.rank, self.rank_ratio = n, float(rcond)
+        self.basis = ExplicitBasis(np.zeros((n, 0)))
+        return True
+
     def _try_unpivoted_tall(self, E, e, eps_rule) -> bool:
+        if self._try_square_subset(E, e, eps_rule):
+            return True
         (qr, tau), _ = scipy.linalg.qr(E, mode="raw", check_finite=False)
         n = self.n
         R = qr[:n, :n]  # LAPACK reads only the upper triangle
