@@ -130,11 +130,200 @@ def summary_fig4(result: dict[str, Any]) -> tuple[str, str]:
     )
 
 
+# --- spectra: Figures 5, 6, 8, 10, 11 ----------------------------------------------------------
+
+
+def _samples_note(result: dict[str, Any]) -> str:
+    parts = [f"median over {result['samples']} test samples"]
+    if result.get("note"):
+        parts.append(result["note"])
+    return "; ".join(parts)
+
+
+def plot_fig5(result: dict[str, Any], path: Path) -> None:
+    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    for key, colour, label in (("wide", "tab:blue", "WideCIFAR"), ("thin", "tab:red", "ThinCIFAR")):
+        layers = result[key]["layers"]
+        x = [layer["index"] + 1 for layer in layers]
+        axes[0].plot(x, [layer["out_dim"] for layer in layers], "o-", color=colour, label=label)
+        axes[1].plot(x, [layer["rank"] for layer in layers], "o-", color=colour, label=label)
+        cond = [np.nan if layer["condition"] is None else layer["condition"] for layer in layers]
+        axes[2].semilogy(x, cond, "o-", color=colour, label=label)
+    axes[0].set_ylabel("output units")
+    axes[1].set_ylabel("non-zero singular values")
+    axes[2].set_ylabel("condition number")
+    axes[2].set_xlabel("layer (convolution and ReLU counted separately)")
+    axes[0].legend(fontsize=8)
+    _title(fig, "Figure 5: WideCIFAR vs ThinCIFAR", _samples_note(result["wide"]))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _decay_axes(ax, layers: list[dict[str, Any]]) -> None:
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(layers))))
+    for colour, layer in zip(colours, layers):
+        values = np.asarray(layer["singular_values"])
+        values = values[values > 0]
+        ax.semilogy(np.arange(1, values.size + 1), values, color=colour, label=layer["name"])
+    ax.set_xlabel("index of singular value")
+    ax.set_ylabel("singular value")
+    ax.legend(fontsize=7)
+
+
+def plot_fig6(result: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _decay_axes(ax, result["decay"])
+    _title(fig, "Figure 6: decay of singular values over the layers of WideCIFAR (after each ReLU)",
+           _samples_note(result))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _effect_and_decay(result: dict[str, Any], path: Path, title: str) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for n, pair in enumerate(result["effect"]):
+        for m, (key, style) in enumerate((("before", "-"), ("after", "--"))):
+            layer = pair[key]
+            values = np.asarray(layer["singular_values"])
+            values = values[values > 0]
+            left.semilogy(np.arange(1, values.size + 1), values, style, color=colours[2 * n + m],
+                          label=f"layer {layer['index'] + 1} ({layer['name'].split(':')[1]})")
+    left.set_xlabel("index of singular value")
+    left.set_ylabel("singular value")
+    left.set_title("just before and after a ReLU")
+    left.legend(fontsize=7)
+    _decay_axes(right, result["decay"])
+    right.set_title("decay over the layers")
+    _title(fig, title, _samples_note(result))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_fig8(result: dict[str, Any], path: Path) -> None:
+    _effect_and_decay(result, path, "Figure 8: effect of ReLU on the singular values of WideCIFAR")
+
+
+def plot_fig10(result: dict[str, Any], path: Path) -> None:
+    _effect_and_decay(result, path, "Figure 10: ThinCIFAR, effect of ReLU and decay over layers")
+
+
+def plot_fig11(result: dict[str, Any], path: Path) -> None:
+    _effect_and_decay(result, path, "Figure 11: MLP of Table 2, effect of ReLU and decay over layers")
+
+
+def _condition_range(layers: list[dict[str, Any]]) -> str:
+    conds = [layer["condition"] for layer in layers if layer["condition"] is not None]
+    return f"{min(conds):.3g} to {max(conds):.3g}" if conds else "undefined"
+
+
+def summary_fig5(result: dict[str, Any]) -> tuple[str, str]:
+    wide, thin = result["wide"]["layers"], result["thin"]["layers"]
+    return (
+        "The paper shows that ThinCIFAR loses singular values (invariance directions appear) from "
+        "layer 5 on, which cuts off the smallest ones and lowers its condition number, while "
+        "WideCIFAR keeps more non-zero singular values and grows a larger condition number.",
+        f"Here the last convolutional ReLU keeps a median of {wide[11]['rank']:.0f} non-zero "
+        f"singular values in WideCIFAR and {thin[11]['rank']:.0f} in ThinCIFAR; condition numbers "
+        f"range over {_condition_range(wide)} (Wide) and {_condition_range(thin)} (Thin).",
+    )
+
+
+def _decay_sentence(decay: list[dict[str, Any]]) -> str:
+    first, last = decay[0], decay[-1]
+    def top_bottom(layer):
+        values = np.asarray(layer["singular_values"])
+        values = values[values > 0]
+        return values.max(), values.min()
+    (f_hi, f_lo), (l_hi, l_lo) = top_bottom(first), top_bottom(last)
+    return (f"from {first['name']} to {last['name']} the largest singular value goes from "
+            f"{f_hi:.3g} to {l_hi:.3g} and the smallest non-zero one from {f_lo:.3g} to {l_lo:.3g}")
+
+
+def summary_fig6(result: dict[str, Any]) -> tuple[str, str]:
+    return (
+        "The paper shows, over WideCIFAR's convolutional layers, the largest singular value growing "
+        "while the small ones decrease significantly.",
+        f"Here {_decay_sentence(result['decay'])}.",
+    )
+
+
+def _effect_sentence(result: dict[str, Any]) -> str:
+    parts = []
+    for pair in result["effect"]:
+        b = np.asarray(pair["before"]["singular_values"])
+        a = np.asarray(pair["after"]["singular_values"])
+        parts.append(f"{pair['after']['name']} keeps {np.count_nonzero(a > 0)} of "
+                     f"{np.count_nonzero(b > 0)} non-zero singular values, smallest "
+                     f"{b[b > 0].min():.3g} -> {a[a > 0].min():.3g}")
+    return "; ".join(parts)
+
+
+def summary_fig8(result: dict[str, Any]) -> tuple[str, str]:
+    return ("The paper shows that in WideCIFAR the ReLU of layers 2 and 5 changes the spectrum "
+            "only mildly: the remaining situation is redundant (M = 5120 rows).",
+            f"Here {_effect_sentence(result)}.")
+
+
+def summary_fig10(result: dict[str, Any]) -> tuple[str, str]:
+    return ("The paper shows a stronger effect of ReLU in ThinCIFAR's layer 2, where fewer rows "
+            "remain, and singular values decaying over the layers.",
+            f"Here {_effect_sentence(result)}; {_decay_sentence(result['decay'])}.")
+
+
+def summary_fig11(result: dict[str, Any]) -> tuple[str, str]:
+    return ("The paper shows the effect of ReLU in the two hidden layers of the MNIST MLP and the "
+            "decay of singular values over its layers.",
+            f"Here {_effect_sentence(result)}; {_decay_sentence(result['decay'])}.")
+
+
+# --- Figure 9 ----------------------------------------------------------------------------------
+
+
+def plot_fig9(result: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    cs, counts = np.asarray(result["cs"]), np.asarray(result["counts"])
+    if result["c_star"] is not None and np.isfinite(result["c_star"]):
+        keep = cs <= 1.15 * result["c_star"]
+        cs, counts = cs[keep], counts[keep]
+    ax.plot(cs, counts, color="tab:blue", label="rows satisfying (3)")
+    ax.axhline(result["remaining"], color="tab:red", label=f"remaining rows M = {result['remaining']}")
+    if result["c_star"] is not None and np.isfinite(result["c_star"]):
+        ax.axvline(result["c_star"], color="0.5", linestyle=":", label=f"c* = {result['c_star']:.3g}")
+    if result.get("sigma_max_after"):
+        ax.axvline(result["sigma_max_after"], color="tab:green", linestyle="--",
+                   label=f"largest singular value after ReLU = {result['sigma_max_after']:.3g}")
+    ax.set_xlabel("c")
+    ax.set_ylabel("number of rows")
+    ax.legend(fontsize=8)
+    _title(fig, f"Figure 9: Lemma 9 condition at the ReLU of WideCIFAR module {result['layer']}, one "
+                f"test sample", result.get("note", ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_fig9(result: dict[str, Any]) -> tuple[str, str]:
+    c_star = result["c_star"]
+    return ("The paper finds that all 5120 remaining rows satisfy condition (3) only from c of about 6, "
+            "while even the largest singular value after ReLU is below 2.5: the bound of Lemma 9 is "
+            "far off in this redundant situation.",
+            f"Here M = {result['remaining']} rows remain, all satisfy (3) from c = {c_star:.3g}, and "
+            f"the singular values after the ReLU lie between {result['sigma_min_after']:.3g} and "
+            f"{result['sigma_max_after']:.3g}.")
+
+
 # --- index ------------------------------------------------------------------------------------
 
-PLOTTERS: dict[str, Callable[[dict[str, Any], Path], None]] = {"fig1": plot_fig1, "fig4": plot_fig4}
+PLOTTERS: dict[str, Callable[[dict[str, Any], Path], None]] = {
+    "fig1": plot_fig1, "fig4": plot_fig4, "fig5": plot_fig5, "fig6": plot_fig6, "fig8": plot_fig8,
+    "fig9": plot_fig9, "fig10": plot_fig10, "fig11": plot_fig11}
 SUMMARIES: dict[str, Callable[[dict[str, Any]], tuple[str, str]]] = {
-    "fig1": summary_fig1, "fig4": summary_fig4}
+    "fig1": summary_fig1, "fig4": summary_fig4, "fig5": summary_fig5, "fig6": summary_fig6,
+    "fig8": summary_fig8, "fig9": summary_fig9, "fig10": summary_fig10, "fig11": summary_fig11}
 
 
 def write_figure(key: str, result: dict[str, Any], out: Path) -> Path:

@@ -10,6 +10,12 @@ from typing import Any
 FIGURES: dict[str, str] = {
     "fig1": "fig1",
     "fig4": "fig4",
+    "fig5": "fig5",
+    "fig6": "fig6",
+    "fig8": "fig8",
+    "fig9": "fig9",
+    "fig10": "fig10",
+    "fig11": "fig11",
 }
 
 
