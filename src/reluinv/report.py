@@ -316,13 +316,102 @@ def summary_fig9(result: dict[str, Any]) -> tuple[str, str]:
             f"{result['sigma_max_after']:.3g}.")
 
 
+# --- Figures 7 / 12 and 7x ---------------------------------------------------------------------
+
+
+def _image(values: Any) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    side = int(round(np.sqrt(arr.size)))
+    return arr.reshape(side, side) if side * side == arr.size else arr.reshape(1, -1)
+
+
+def plot_fig7(result: dict[str, Any], path: Path) -> None:
+    examples = result["examples"]
+    fig, axes = plt.subplots(len(examples), 3, figsize=(6.5, 2.2 * len(examples)), squeeze=False)
+    for row, ex in zip(axes, examples):
+        for ax, key, title in zip(row, ("source", "target", "found"),
+                                  (f"source {ex['source_label']} ({ex['source_active_units']} active)",
+                                   f"target {ex['target_label']}",
+                                   f"found: |dF| = {ex['feature_max_abs_diff']:.1e}")):
+            ax.imshow(_image(ex[key]), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    _title(fig, f"Figures 7/12: identical first-layer features ({result['units']} ReLUs) of the "
+                f"Table 1 MLP", result["data"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_fig7(result: dict[str, Any]) -> tuple[str, str]:
+    ex = result["examples"]
+    worst = max(e["feature_max_abs_diff"] for e in ex)
+    dist = [e["input_l2_distance"] for e in ex]
+    return ("The paper finds, inside the preimage of a '3' and a '4' under the first layer, inputs "
+            "that look like a '6' or a '4' and have exactly the same 100 first-layer features.",
+            f"Here {len(ex)} source/target pairs give inputs with first-layer features equal to "
+            f"within {worst:.1e} (solver precision), at L2 distance {min(dist):.2f} to "
+            f"{max(dist):.2f} from their sources.")
+
+
+def plot_fig7x(result: dict[str, Any], path: Path) -> None:
+    examples = result["examples"]
+    depths = result["depths"]
+    fig = plt.figure(figsize=(2.0 * (len(depths) + 2), 2.3 * len(examples) + 3))
+    grid = fig.add_gridspec(len(examples) + 1, len(depths) + 2)
+    for r, ex in enumerate(examples):
+        ax = fig.add_subplot(grid[r, 0])
+        ax.imshow(_image(ex["image"]), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"source {ex['label']}", fontsize=8)
+        ax.axis("off")
+        ax = fig.add_subplot(grid[r, 1])
+        ax.imshow(_image(ex["target"]), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"target {ex['target_label']}", fontsize=8)
+        ax.axis("off")
+        for c, depth in enumerate(ex["depths"]):
+            search = depth["searches"].get("exact") or depth["searches"].get("region")
+            if not search or search.get("image") is None:
+                continue
+            ax = fig.add_subplot(grid[r, c + 2])
+            ax.imshow(_image(search["image"]), cmap="gray", vmin=0, vmax=1)
+            proven = "proven" if search["proven"] else "not proven"
+            ax.set_title(f"depth {depth['depth']}, {search['mode']}\n{proven}", fontsize=7)
+            ax.axis("off")
+    ax = fig.add_subplot(grid[len(examples), :])
+    for ex in examples:
+        xs = [str(d["depth"]) for d in ex["depths"]]
+        linf = [np.nan if not d.get("extent") else d["extent"].get("linf", np.nan) for d in ex["depths"]]
+        ax.plot(xs, linf, "o-", label=f"source {ex['label']}: largest L-inf move")
+    ax.set_xlabel("depth whose features are kept")
+    ax.set_ylabel("distance")
+    ax.legend(fontsize=7)
+    _title(fig, "Figure 7x: identical features at deeper layers of the Table 1 MLP", result["data"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summary_fig7x(result: dict[str, Any]) -> tuple[str, str]:
+    rows = result["rows"]
+    proven = sum(1 for r in rows if r["mode"] == "exact" and r["proven"])
+    exact = sum(1 for r in rows if r["mode"] == "exact")
+    worst = max((r["feature_max_abs_diff"] for r in rows if r["feature_max_abs_diff"] is not None),
+                default=float("nan"))
+    return ("The paper keeps only first-layer features identical and calls the multi-layer case open.",
+            f"Here {len(rows)} searches keep the features of layers 1, 2, 5 and the logits (largest "
+            f"feature difference {worst:.1e}); {proven} of {exact} exact searches were proven "
+            f"optimal within the time limit.")
+
+
 # --- index ------------------------------------------------------------------------------------
 
 PLOTTERS: dict[str, Callable[[dict[str, Any], Path], None]] = {
-    "fig1": plot_fig1, "fig4": plot_fig4, "fig5": plot_fig5, "fig6": plot_fig6, "fig8": plot_fig8,
+    "fig1": plot_fig1, "fig4": plot_fig4, "fig5": plot_fig5, "fig6": plot_fig6, "fig7": plot_fig7,
+    "fig7x": plot_fig7x, "fig8": plot_fig8,
     "fig9": plot_fig9, "fig10": plot_fig10, "fig11": plot_fig11}
 SUMMARIES: dict[str, Callable[[dict[str, Any]], tuple[str, str]]] = {
     "fig1": summary_fig1, "fig4": summary_fig4, "fig5": summary_fig5, "fig6": summary_fig6,
+    "fig7": summary_fig7, "fig7x": summary_fig7x,
     "fig8": summary_fig8, "fig9": summary_fig9, "fig10": summary_fig10, "fig11": summary_fig11}
 
 

@@ -12,6 +12,8 @@ FIGURES: dict[str, str] = {
     "fig4": "fig4",
     "fig5": "fig5",
     "fig6": "fig6",
+    "fig7": "fig7",
+    "fig7x": "fig7x",
     "fig8": "fig8",
     "fig9": "fig9",
     "fig10": "fig10",
