@@ -34,8 +34,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--data-dir {args.data_dir!r} is not a folder")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    executor = Executor.from_options(backend=args.backend or "serial" if not args.scheduler else None,
-                                     scheduler=args.scheduler, workers=args.workers)
+    executor = Executor.from_options(backend=args.backend, scheduler=args.scheduler,
+                                     workers=args.workers)
     config = RunConfig(quick=not args.full, data_dir=args.data_dir, out=out,
                        executor=executor, progress=not args.no_progress, limit=args.limit)
     mode = "quick" if config.quick else "full"

@@ -380,8 +380,8 @@ def plot_fig7x(result: dict[str, Any], path: Path) -> None:
     ax = fig.add_subplot(grid[len(examples), :])
     for ex in examples:
         xs = [str(d["depth"]) for d in ex["depths"]]
-        linf = [np.nan if not d.get("extent") else d["extent"].get("linf", np.nan) for d in ex["depths"]]
-        ax.plot(xs, linf, "o-", label=f"source {ex['label']}: largest L-inf move")
+        l1 = [np.nan if not d.get("extent") else (d["extent"].get("l1") or np.nan) for d in ex["depths"]]
+        ax.plot(xs, l1, "o-", label=f"source {ex['label']}: largest L1 move in the box")
     ax.set_xlabel("depth whose features are kept")
     ax.set_ylabel("distance")
     ax.legend(fontsize=7)

@@ -38,7 +38,7 @@ def active_counts(model: torch.nn.Sequential, images: np.ndarray) -> np.ndarray:
 
 def run(config: RunConfig) -> dict[str, Any]:
     train_set, test_set = digit_data(config)
-    n_samples = config.samples(200, len(test_set))
+    n_samples = config.samples(100, len(test_set))
     test = test_set.head(n_samples)
     recipe = quick_recipe("mlp_table2") if config.quick else paper_recipe("mlp_table2")
     model, info = trained("mlp_table2", train_set, test_set, config, recipe=recipe)

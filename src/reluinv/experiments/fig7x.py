@@ -16,8 +16,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     model, info = trained("mlp_table1", train_set, test_set, config)
     result = fig7x_examples(model, test_set.images, test_set.labels,
                             depths=(1, 2, 5, "logits"), modes=("region", "exact"),
-                            n_examples=config.samples(2, 3),
-                            time_limit=20.0 if config.quick else 300.0)
+                            n_examples=config.samples(1, 3),
+                            time_limit=5.0 if config.quick else 300.0)
     rows = []
     for example in result["examples"]:
         for depth in example["depths"]:
