@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_executor_options(rep)
     rep.set_defaults(run=_reproduce)
+
+    from .experiments.analyze import add_analyze_parser
+
+    add_analyze_parser(sub)
     return parser
 
 
@@ -95,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError) as exc:
         print(f"reluinv: error: {exc}", file=sys.stderr)
         return 2
 

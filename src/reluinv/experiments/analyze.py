@@ -132,13 +132,15 @@ def analyze(
         from reluinv import zoo
         model = zoo.toy_circles().eval()
         result = analyze(model, np.random.rand(20, 2), out="toy-analysis", backend="serial")
-        result["layers"][0]["kinds"]        # e.g. {'singleton': 0, 'compact': 3, 'unbounded': 17, ...}
+        result["layers"][0]["kinds"]   # e.g. {'singleton': 19, 'compact': 0, 'unbounded': 1, 'empty': 0}
     """
     batch = as_input_batch(inputs, source="inputs")
     torch_device = _checked_device(device)
     executor = Executor.from_options(backend=backend, scheduler=scheduler, workers=workers)
     modules = flatten_modules(model)
     plain = nn.Sequential(*modules)
+    if any(t.device.type != "cpu" for t in [*plain.parameters(), *plain.buffers()]):
+        plain = copy.deepcopy(plain).cpu()  # shipped to workers from the CPU; `device` says where it runs
     chain = _chain_for_inputs(plain, modules, tuple(batch.shape[1:]))
     analysed = _analysed_layers(chain, layers)
     dense = {layer.index: _feeding_map(chain, layer.index) for layer in analysed}
