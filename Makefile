@@ -3,7 +3,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.reluinv-installed
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench bench-fig4 clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements/setup.txt | $(PY)
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/reluinv demo
+	$(VENV)/bin/reluinv reproduce --quick --out reluinv-out
 
 test: setup
 	$(PY) -m pytest -q
@@ -27,6 +27,15 @@ test-all: setup
 
 bench: setup
 	$(PY) benchmarks/preimage_speed.py
+	$(PY) benchmarks/spectra_speed.py
+	$(PY) benchmarks/invariance_speed.py
+
+# The full Figure 4 scan on Fashion-MNIST's 10,000 test images (Debian's dataset-fashion-mnist).
+bench-fig4: setup
+	test -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
+	  echo "dataset-fashion-mnist not installed: the benchmark falls back to synthetic inputs"
+	$(PY) benchmarks/fig4_scan.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
