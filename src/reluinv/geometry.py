@@ -27,7 +27,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 from ._lp import ColumnLP
-from ._nullspace import NullBasis
 from ._validate import as_finite_array
 
 __all__ = ["OmniCertificate", "is_omnidirectional", "omnidirectional_certificate"]
@@ -124,19 +123,13 @@ class _RowSource:
         """Rows of A scaled to unit norm; zero rows (in no open half-space) dropped."""
         norms = np.linalg.norm(A, axis=1)
         keep = norms > 0
-        An = A[keep] / norms[keep, None]
-        return _RowSource(m=An.shape[0], n=A.shape[1], rows=lambda idx: An[idx], apply=lambda d: An @ d)
+        return _RowSource.from_rows(A[keep] / norms[keep, None])
 
     @staticmethod
-    def from_restriction(G_unit: NDArray[np.float64], basis: NullBasis) -> _RowSource:
-        """Rows of ``G_unit @ O`` (A-bar = A O^T of Theorem 4) for a null-space basis O.
-
-        O has orthonormal columns, so ``O z`` is a unit x-space direction for a unit z, and
-        the tolerance keeps its meaning on the unit rows of ``G_unit``.
-        """
-        return _RowSource(m=G_unit.shape[0], n=basis.k,
-                          rows=lambda idx: basis.restrict(G_unit[idx]),
-                          apply=lambda d: G_unit @ basis.expand(d))
+    def from_rows(R: NDArray[np.float64]) -> _RowSource:
+        """Rows of R as given (for A-bar = A O^T of Theorem 4: restrictions of unit rows to a
+        null space with orthonormal basis O, so ``O z`` is a unit x-space direction for unit z)."""
+        return _RowSource(m=R.shape[0], n=R.shape[1], rows=lambda idx: R[idx], apply=lambda d: R @ d)
 
 
 def _null_vector(M: NDArray[np.float64]) -> NDArray[np.float64] | None:

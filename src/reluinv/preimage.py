@@ -363,7 +363,10 @@ class _LayerSystem:
             cert = PreimageCertificate(reason="no inequality constrains N(A_pos) (Theorem 4 iii)",
                                        second_point=self.x_p + d)
             return self._result("unbounded", self.x_p.copy(), d, self.rank_ratio, cert, tol)
-        rows_src = _RowSource.from_restriction(self.G, self.basis)
+        # A-bar = G O for every row, formed once: the omnidirectionality test and the Chebyshev LP
+        # both read it.
+        self.G_bar = self.basis.restrict(self.G)
+        rows_src = _RowSource.from_rows(self.G_bar)
         omni: OmniCertificate | None = None
         if not self.box_bounded:
             # An unbounded verdict with a strict direction also gives an interior point for free.
@@ -377,7 +380,7 @@ class _LayerSystem:
         tight = np.flatnonzero(slack <= tol)
         step_dir = None
         if tight.size:
-            pin = _omni_lazy(_RowSource.from_restriction(self.G[tight], self.basis), rtol=self.rtol)
+            pin = _omni_lazy(_RowSource.from_rows(self.G_bar[tight]), rtol=self.rtol)
             if pin.omnidirectional:
                 assert pin.rows is not None and pin.multipliers is not None
                 labels = self.labels[tight[pin.rows]]
@@ -463,7 +466,7 @@ class _LayerSystem:
         lp.add_cols(np.eye(k + 1)[:, k:], np.array([cap]), np.zeros(1), np.array([np.inf]))
         in_lp: list[NDArray[np.intp]] = []
         while True:
-            rows = self.basis.restrict(G[subset])
+            rows = self.G_bar[subset]
             weights = np.linalg.norm(rows, axis=1)
             constant = weights <= 1e-12
             if np.any(constant & (h_bar[subset] < -tol)):
