@@ -18,7 +18,7 @@ LAYER = 7
 def run(config: RunConfig) -> dict[str, Any]:
     train_set, test_set, note = cnn_data(config)
     model, info = trained("wide_cifar", train_set, test_set, config)
-    x = torch.as_tensor(test_set.images[0])
+    x = torch.tensor(np.array(test_set.images[0]))
     cs = np.linspace(0.0, 40.0, 401)  # wide enough to reach c* on trained networks
     curve = lemma9_curve(model, x, LAYER, cs)
     return {"layer": LAYER, "note": note, "training": info, "cs": cs.tolist(),
