@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.linalg import lapack
 from ._lp import ColumnLP
 from ._validate import as_finite_array
 
@@ -126,6 +127,16 @@ class _RowSource:
         return _RowSource.from_rows(A[keep] / norms[keep, None])
 
     @staticmethod
+    def from_restriction(G_unit: NDArray[np.float64], O: NDArray[np.float64]) -> _RowSource:
+        """Rows of ``G_unit @ O`` (A-bar = A O^T of Theorem 4), formed only for the rows asked for.
+
+        O has orthonormal columns, so ``O z`` is a unit x-space direction for a unit z, and the
+        tolerance keeps its meaning on the unit rows of ``G_unit``.
+        """
+        return _RowSource(m=G_unit.shape[0], n=O.shape[1], rows=lambda idx: G_unit[idx] @ O,
+                          apply=lambda d: G_unit @ (O @ d))
+
+    @staticmethod
     def from_rows(R: NDArray[np.float64]) -> _RowSource:
         """Rows of R as given (for A-bar = A O^T of Theorem 4: restrictions of unit rows to a
         null space with orthonormal basis O, so ``O z`` is a unit x-space direction for unit z)."""
@@ -197,11 +208,6 @@ class _StiemkeLP:
         return (u / norm if norm > 0 else None), None
 
 
-def _initial_subset(m: int, n: int) -> NDArray[np.intp]:
-    size = min(m, 2 * n + 16)
-    return np.unique(np.linspace(0, m - 1, size).round().astype(np.intp))
-
-
 def _omni_lazy(src: _RowSource, *, rtol: float) -> OmniCertificate:
     """Row-generation decision of omnidirectionality (see :func:`omnidirectional_certificate`)."""
     m, n = src.m, src.n
@@ -219,7 +225,7 @@ def _omni_lazy(src: _RowSource, *, rtol: float) -> OmniCertificate:
     quick = _projection_certificate(src, rtol)
     if quick is not None:
         return quick
-    subset = _initial_subset(m, n)
+    subset = _initial_subset(m, 2 * n + 16)
     rows = src.rows(subset)
     lp = _StiemkeLP(n)
     lp.add(rows)
@@ -268,24 +274,41 @@ def _projection_certificate(src: _RowSource, rtol: float) -> OmniCertificate | N
     both when one exists; any iterate of the complement with every entry positive is a strictly
     positive combination, and with ``rank A = n`` the rows are omnidirectional (Theorems 5, 11).
     Rows spread around the origin, as a layer's inactive rows in the null space of its active
-    ones usually are, pass in a few rounds; otherwise the LP decides.
+    ones usually are, pass in a few rounds.  A subset of about 3n rows is tried first (a superset
+    of an omnidirectional set is omnidirectional), then all rows; otherwise the LP decides.
     """
-    rows = src.rows(np.arange(src.m))
-    q, r = np.linalg.qr(rows)
-    diag = np.abs(np.diag(r))
-    sing = np.linalg.svd(r, compute_uv=False)
-    if sing[-1] <= max(rows.shape) * np.finfo(float).eps * max(1.0, sing[0]) or not diag.all():
+    first = min(src.m, 3 * src.n + 32)
+    for subset in ([_initial_subset(src.m, first)] if first < src.m else []) + [np.arange(src.m)]:
+        cert = _project_subset(src.rows(subset), subset, src.n, rtol)
+        if cert is not None:
+            return cert
+    return None
+
+
+def _initial_subset(m: int, size: int) -> NDArray[np.intp]:
+    """``size`` row indices spread evenly over ``0 .. m-1``."""
+    return np.unique(np.linspace(0, m - 1, min(m, size)).round().astype(np.intp))
+
+
+def _project_subset(rows: NDArray[np.float64], subset: NDArray[np.intp], n: int,
+                    rtol: float) -> OmniCertificate | None:
+    m = rows.shape[0]
+    if m <= n:
         return None
-    v = np.ones(src.m)
+    q, r = np.linalg.qr(rows)
+    rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]  # rank n, estimated in O(n^2)
+    if not rcond > 1e3 * max(rows.shape) * np.finfo(float).eps:
+        return None
+    v = np.ones(m)
     for _ in range(_PROJECTION_ROUNDS):
         lam = v - q @ (q.T @ v)
         # Positive by far more than the rounding of the projection (~ eps * |v|), not by noise.
         if lam.min() > 1e-6 * v.max():
             lam = lam / lam.min()
-            margin = min(float(lam.min() / lam.max()), float(sing[-1] / max(1.0, sing[0])))
-            return OmniCertificate(True, np.arange(src.m), lam, None, margin, rtol,
-                                   f"a strictly positive combination of {src.m} rows of rank "
-                                   f"{src.n} vanishes (Theorems 5, 11; alternating projections)")
+            margin = min(float(lam.min() / lam.max()), float(rcond))
+            return OmniCertificate(True, subset, lam, None, margin, rtol,
+                                   f"a strictly positive combination of {m} rows of rank {n} "
+                                   f"vanishes (Theorems 5, 11; alternating projections)")
         v = np.maximum(lam, 1.0)
     return None
 

@@ -363,24 +363,25 @@ class _LayerSystem:
             cert = PreimageCertificate(reason="no inequality constrains N(A_pos) (Theorem 4 iii)",
                                        second_point=self.x_p + d)
             return self._result("unbounded", self.x_p.copy(), d, self.rank_ratio, cert, tol)
-        # A-bar = G O for every row, formed once: the omnidirectionality test and the Chebyshev LP
-        # both read it.
-        self.G_bar = self.basis.restrict(self.G)
-        rows_src = _RowSource.from_rows(self.G_bar)
+        self.O = self.basis.matrix()
+        rows_src = _RowSource.from_restriction(self.G, self.O)
         omni: OmniCertificate | None = None
         if not self.box_bounded:
             # An unbounded verdict with a strict direction also gives an interior point for free.
             omni = _omni_lazy(rows_src, rtol=self.rtol)
             if not omni.omnidirectional and omni.margin > NEAR_FACTOR * tol:
                 return self._unbounded_from_strict_direction(omni, tol)
-        feasible = self._chebyshev_point(tol, None if omni is None else omni.rows)
+        # Rows that certified boundedness seed the Chebyshev LP, unless they are (nearly) all rows.
+        seeds = omni.rows if omni is not None and omni.rows is not None and \
+            omni.rows.size <= 4 * self.k + 16 else None
+        feasible = self._chebyshev_point(tol, seeds)
         if isinstance(feasible, Preimage):
             return feasible
         x0, slack = feasible
         tight = np.flatnonzero(slack <= tol)
         step_dir = None
         if tight.size:
-            pin = _omni_lazy(_RowSource.from_rows(self.G_bar[tight]), rtol=self.rtol)
+            pin = _omni_lazy(_RowSource.from_rows(self.G[tight] @ self.O), rtol=self.rtol)
             if pin.omnidirectional:
                 assert pin.rows is not None and pin.multipliers is not None
                 labels = self.labels[tight[pin.rows]]
@@ -466,7 +467,7 @@ class _LayerSystem:
         lp.add_cols(np.eye(k + 1)[:, k:], np.array([cap]), np.zeros(1), np.array([np.inf]))
         in_lp: list[NDArray[np.intp]] = []
         while True:
-            rows = self.G_bar[subset]
+            rows = self.G[subset] @ self.O
             weights = np.linalg.norm(rows, axis=1)
             constant = weights <= 1e-12
             if np.any(constant & (h_bar[subset] < -tol)):
