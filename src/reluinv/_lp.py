@@ -1,8 +1,8 @@
-"""A small incremental LP on HiGHS: rows are added between solves and the solver warm-starts.
+"""A small incremental LP on HiGHS: columns are added between solves and the solver warm-starts.
 
-Row generation (used by :mod:`reluinv.geometry` and :mod:`reluinv.preimage`) solves a sequence
-of LPs that differ only by added rows; HiGHS keeps its basis, so each re-solve is a few dual
-simplex steps instead of a fresh solve.
+Row generation on a tall system (used by :mod:`reluinv.geometry` and :mod:`reluinv.preimage`) is
+column generation on its dual: a sequence of LPs that differ only by added columns.  HiGHS keeps
+its basis, so each re-solve is a few simplex steps instead of a fresh solve.
 """
 
 from __future__ import annotations
@@ -36,76 +36,6 @@ def _import_highspy_quietly():
 
 highspy = _import_highspy_quietly()
 _INF = highspy.kHighsInf
-
-
-class IncrementalLP:
-    """``maximise cost . v`` subject to ``lower <= v <= upper`` and rows ``R v <= rhs``."""
-
-    def __init__(self, cost: NDArray[np.float64], lower: NDArray[np.float64], upper: NDArray[np.float64]):
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
-        h.setOptionValue("random_seed", 0)
-        h.setOptionValue("presolve", "off")  # keep the basis between solves (warm start)
-        n = cost.size
-        h.addVars(n, np.where(np.isfinite(lower), lower, -_INF), np.where(np.isfinite(upper), upper, _INF))
-        h.changeColsCost(n, np.arange(n, dtype=np.int32), cost.astype(np.float64))
-        h.changeObjectiveSense(highspy.ObjSense.kMaximize)
-        self._h = h
-        self.n_vars = n
-        self.n_rows = 0
-
-    def add_vars(self, cost: NDArray[np.float64], lower: NDArray[np.float64],
-                 upper: NDArray[np.float64]) -> int:
-        """Append variables; returns the index of the first one."""
-        first = self.n_vars
-        count = cost.size
-        self._h.addVars(count, np.where(np.isfinite(lower), lower, -_INF),
-                        np.where(np.isfinite(upper), upper, _INF))
-        self._h.changeColsCost(count, np.arange(first, first + count, dtype=np.int32),
-                               cost.astype(np.float64))
-        self.n_vars += count
-        return first
-
-    def add_rows(self, rows: NDArray[np.float64], rhs: NDArray[np.float64],
-                 extra_cols: NDArray[np.intp] | None = None) -> None:
-        """Append ``rows @ v[:rows.shape[1]] (+ v[extra_cols[i]]) <= rhs`` (dense in, sparse stored).
-
-        ``extra_cols`` adds a coefficient 1 on one further variable per row (the per-row slack of
-        the omnidirectionality LP).
-        """
-        rows = np.asarray(rows, dtype=np.float64)
-        count = rows.shape[0]
-        if count == 0:
-            return
-        if extra_cols is not None:
-            width = self.n_vars
-            dense = np.zeros((count, width))
-            dense[:, : rows.shape[1]] = rows
-            dense[np.arange(count), extra_cols] = 1.0
-            rows = dense
-        mask = rows != 0
-        starts = np.concatenate([[0], np.cumsum(mask.sum(axis=1))[:-1]]).astype(np.int32)
-        indices = np.nonzero(mask)[1].astype(np.int32)
-        values = rows[mask]
-        self._h.addRows(count, np.full(count, -_INF), np.asarray(rhs, dtype=np.float64),
-                        int(values.size), starts, indices, values)
-        self.n_rows += count
-
-    def solve(self) -> tuple[str, NDArray[np.float64], NDArray[np.float64], float]:
-        """Return ``(status, v, row_duals, objective)``; status is "optimal", "infeasible", ...
-
-        ``row_duals`` are the sensitivities of the maximum to each row's right-hand side, so they
-        are >= 0 for the ``<=`` rows of a maximisation.
-        """
-        self._h.run()
-        status = self._h.getModelStatus()
-        name = {highspy.HighsModelStatus.kOptimal: "optimal",
-                highspy.HighsModelStatus.kInfeasible: "infeasible",
-                highspy.HighsModelStatus.kUnbounded: "unbounded"}.get(status, str(status))
-        sol = self._h.getSolution()
-        v = np.asarray(sol.col_value, dtype=np.float64)
-        duals = np.asarray(sol.row_dual, dtype=np.float64)
-        return name, v, duals, float(self._h.getInfo().objective_function_value)
 
 
 class ColumnLP:
