@@ -72,17 +72,24 @@ def main() -> None:
         dask, t_dask = timed("dask", layer, prefix, args.workers, tmp / "dask.jsonl",
                              scheduler="local-cluster")
         local, t_local = timed("local", layer, images, args.workers, tmp / "local.jsonl")
-    if not (serial == dask == local[: len(prefix)]):
-        raise SystemExit("back ends disagree on the common prefix")
+    # Verdicts must match exactly; margins are floats that may differ in the last bits between a
+    # process with two BLAS threads (serial) and single-threaded workers.
+    verdict = ("kind", "n_active", "rank", "nullity")
+    same = all(tuple(a[k] for k in verdict) == tuple(b[k] for k in verdict) == tuple(c[k] for k in verdict)
+               for a, b, c in zip(serial, dask, local))
+    margin_gap = max(abs(a["margin"] - c["margin"]) for a, c in zip(serial, local))
     kinds = {k: sum(r["kind"] == k for r in local) for k in ("singleton", "compact", "unbounded", "empty")}
     active = np.array([r["n_active"] for r in local])
-    print(f"\nverdicts identical across back ends on the first {len(prefix)} samples")
+    print(f"\nverdicts {'identical' if same else 'DIFFERENT'} across back ends on the first "
+          f"{len(prefix)} samples (largest margin difference {margin_gap:.1e})")
     print(f"kinds over {len(local)} samples: {kinds}; active units {active.min()}-{active.max()} "
           f"(median {int(np.median(active))})")
     print(f"serial                 {len(prefix) / t_serial:7.2f} samples/s  ({len(prefix)} samples, {t_serial:.1f} s)")
     print(f"dask local-cluster x{args.workers}  {len(prefix) / t_dask:7.2f} samples/s  ({len(prefix)} samples, {t_dask:.1f} s, includes cluster start)")
     print(f"local x{args.workers}               {len(images) / t_local:7.2f} samples/s  ({len(images)} samples, {t_local:.1f} s)")
     print(f"\nfull scan of {len(images)} samples on the local back end: {t_local / 60:.1f} min")
+    if not same:
+        raise SystemExit("back ends disagree on the verdicts")
 
 
 if __name__ == "__main__":

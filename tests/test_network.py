@@ -231,6 +231,8 @@ def test_wrong_shapes_are_refused():
     mlp = zoo.mlp_table1(in_features=6, width=4, depth=1, classes=2).eval()
     with pytest.raises(ValueError, match=r"module 1 \(Linear\) cannot take"):
         linearize(mlp, np.zeros(5))
+    with pytest.raises(ValueError, match=r"x must be one sample of shape \(2,\) or \(1, 2\) for module Linear"):
+        linearize(zoo.toy_circles(), np.zeros((3, 2)))
 
 
 def test_non_finite_input_is_refused():

@@ -212,7 +212,7 @@ def test_lanczos_matches_dense_on_small_networks():
     for d, lz in zip(dense, lanczos):
         nonzero = d.singular_values[d.singular_values > d.rank_tolerance]
         scale = nonzero[0]
-        assert lz.method == "lanczos" and lz.largest.size == 3 and lz.smallest.size == 3
+        assert lz.method == "lanczos" and lz.largest.size == 3 and lz.smallest.size == 3 and lz.converged
         np.testing.assert_allclose(lz.largest, nonzero[:3], atol=1e-8 * scale)
         np.testing.assert_allclose(lz.smallest, nonzero[-3:], atol=1e-8 * scale)
         if lz.complete:

@@ -1,8 +1,8 @@
 """Searches inside preimages across layers (Appendix A7, Section 4 "Scope") and exact multi-layer
 preimages.
 
-For a ``torch.nn.Sequential`` ``F`` of Flatten / Linear / Conv2d / ReLU modules (nested Sequentials
-are flattened; module indices count the flattened list) and an input ``x``, write ``F_l(x)`` for
+For a ``torch.nn.Sequential`` ``F`` of affine modules and ReLUs (nested Sequentials are
+flattened; module indices count the flattened list) and an input ``x``, write ``F_l(x)`` for
 the output of module ``l`` ("the features at layer l").  This module answers three questions about
 the set
 
@@ -21,8 +21,9 @@ the set
      can reach.
    * ``"exact"``: any activation pattern.  A mixed-integer programme (HiGHS branch and bound) with
      one binary per ReLU whose sign is not fixed on ``S_l(x)``; big-M bounds come from interval
-     bound propagation through the box, tightened by LP over the relaxation that already contains
-     the feature equalities ("optimisation-based bound tightening").
+     bound propagation through the box, on small networks tightened by LP over the relaxation
+     that already contains the feature equalities.  A walk through adjacent linear regions
+     supplies a good start solution.
 
 2. :func:`network_preimage` -- the exact kind of ``S_l(x)`` ("singleton", "compact" or
    "unbounded"; "unknown" at the time limit) with certificates, as a :class:`reluinv.Preimage`.
@@ -48,10 +49,18 @@ When the features are a ReLU output ``y``, the last block needs no variables: ``
 ``h_{L-1}`` instead of ``x``).  Pieces of ``S_l(x)`` with a fixed pattern are closed polyhedra whose
 union is exactly ``S_l(x)`` (ReLU is continuous, so boundary points belong to both neighbours).
 
+The network is read through :func:`reluinv.network.as_chain` (Linear, Conv2d, Flatten,
+AvgPool2d, BatchNorm and dropout in eval mode, ...; ReLU is the only activation allowed up to the
+feature layer), consecutive affine modules composed into one dense float64 map.
+
 Numerics: every decision is made in float64; HiGHS runs with primal/dual feasibility tolerance
-1e-9 and relative MIP gap 1e-6.  Results report ``feature_max_abs_diff``, the largest absolute
+1e-9 on LPs and 1e-7 on MILPs, relative MIP gap 1e-6.  Rows whose largest coefficient exceeds 1
+are scaled to make it 1 (big-M rows from interval bounds reach 1e7 on deep trained networks).
+Every MILP point is polished by the LP of its own activation pattern (tolerance 1e-9) before it
+is returned.  Results report ``feature_max_abs_diff``, the largest absolute
 difference between ``F_l(x')`` and ``F_l(x)`` measured by a float64 forward pass through the torch
-modules themselves, so no answer depends on trusting the solver.
+modules themselves, so every point returned is checked independently of the solver (optimality
+proofs, ``proven``, still rest on HiGHS).
 """
 
 from __future__ import annotations
@@ -70,7 +79,8 @@ from numpy.typing import NDArray
 
 from ._lp import highspy
 from ._validate import as_bounds, as_finite_array
-from .preimage import CertificateError, Preimage, PreimageCertificate, affine_matrix, preimage
+from .network import ActivationStep, as_chain, flatten_modules
+from .preimage import CertificateError, Preimage, PreimageCertificate, preimage
 
 __all__ = [
     "InvarianceResult",
@@ -92,12 +102,13 @@ _INF = highspy.kHighsInf
 _ACTIVE, _INACTIVE, _FREE = 1, 0, -1
 #: Solver tolerances (absolute, on the model as built; rows are not rescaled).
 _FEAS_TOL = 1e-9
+_MIP_FEAS_TOL = 1e-7
 _MIP_REL_GAP = 1e-6
 #: A "max z_i" below this multiple of the row's scale counts as "z_i = 0 on the whole piece".
 _SIGN_RTOL = 1e-9
 
 
-# --- the network as dense affine maps and ReLUs ----------------------------------------------------
+# --- the network as dense affine maps and ReLUs ---------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -152,17 +163,6 @@ class _Network:
         return h
 
 
-def _leaf_modules(model: Any) -> list[Any]:
-    from torch import nn
-
-    if not isinstance(model, nn.Sequential):
-        raise ValueError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
-    leaves: list[Any] = []
-    for module in model:
-        leaves.extend(_leaf_modules(module) if isinstance(module, nn.Sequential) else [module])
-    return leaves
-
-
 def _check_layer(layer: Any, n_modules: int) -> int:
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
         raise ValueError(f"layer must be an integer module index, got {type(layer).__name__}")
@@ -173,62 +173,42 @@ def _check_layer(layer: Any, n_modules: int) -> int:
 
 
 def _build_network(model: Any, input_shape: tuple[int, ...], layer: int) -> _Network:
-    """Turn modules ``0 .. layer`` into dense float64 ReLU blocks (Linear/Conv2d via affine_matrix).
+    """Modules ``0 .. layer`` as dense float64 ReLU blocks, read through :mod:`reluinv.network`.
 
-    Consecutive affine modules (and reshapes) are composed into one matrix, so every block is one
-    affine map followed by one ReLU.  Only the modules up to ``layer`` need to be supported.
+    :func:`reluinv.network.as_chain` validates the whole model and gives every affine step's
+    dense ``(W, c)``; consecutive affine steps (reshapes, convolutions, batch norms, ...) are
+    composed into one matrix, so every block is one affine map followed by one ReLU.  Other
+    activations are refused: with them the pieces of a preimage are not polyhedra.
     """
-    import torch
-    from torch import nn
-
-    leaves = _leaf_modules(model)
+    leaves = flatten_modules(model)
     layer = _check_layer(layer, len(leaves))
-    shape = tuple(int(s) for s in input_shape)
-    n_inputs = int(np.prod(shape)) if shape else 1
+    chain = as_chain(model, tuple(int(s) for s in input_shape))
+    n_inputs = int(np.prod(input_shape)) if len(input_shape) else 1
     width = n_inputs
     weight: NDArray[np.float64] | None = None  # pending affine map since the last ReLU (None = id)
     bias: NDArray[np.float64] | None = None
     blocks: list[_ReluBlock] = []
-    for index, module in enumerate(leaves[: layer + 1]):
-        if isinstance(module, nn.ReLU):
+    for step in chain[: layer + 1]:
+        if isinstance(step, ActivationStep):
+            if step.kind != "relu":
+                raise ValueError(
+                    f"module {step.index} ({type(step.module).__name__}) is not supported by the "
+                    f"invariance searches: they need ReLU activations (a {step.kind} network has "
+                    f"no polyhedral preimage pieces)")
             if weight is None:
                 weight, bias = np.eye(width), np.zeros(width)
             assert bias is not None
-            blocks.append(_ReluBlock(weight, bias, index))
+            blocks.append(_ReluBlock(weight, bias, step.index))
             weight = bias = None
-        elif isinstance(module, (nn.Linear, nn.Conv2d)):
-            try:
-                A, b, _ = affine_matrix(module, shape)
-            except ValueError as exc:
-                raise ValueError(f"module {index} ({type(module).__name__}): {exc}") from exc
-            shape = ((module.out_features,) if isinstance(module, nn.Linear)
-                     else _conv_output_shape(module, shape))
+        elif not step.is_identity:
+            A, b = step.dense()
             weight, bias = (A, b) if weight is None else (A @ weight, A @ bias + b)
             width = A.shape[0]
-        elif isinstance(module, (nn.Flatten, nn.Unflatten)):
-            with torch.no_grad():
-                shape = tuple(module(torch.zeros((1, *shape))).shape[1:])
-        elif isinstance(module, (nn.Identity, nn.Dropout)):
-            pass  # identities in evaluation mode
-        else:
-            raise ValueError(
-                f"module {index} ({type(module).__name__}) is not supported: invariance analysis "
-                f"handles Flatten, Unflatten, Linear, Conv2d, ReLU, Identity and Dropout (eval)")
     tail = None if weight is None else (weight, bias)
     if not blocks and tail is None:  # features are the (reshaped) input itself
         tail = (np.eye(n_inputs), np.zeros(n_inputs))
     return _Network(tuple(leaves), tuple(int(s) for s in input_shape), n_inputs, tuple(blocks),
                     tail, layer)
-
-
-def _conv_output_shape(module: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
-    import torch
-
-    with torch.no_grad():
-        weight = module.weight.detach().cpu().double()
-        out = torch.nn.functional.conv2d(torch.zeros((1, *shape[-3:]), dtype=torch.float64), weight,
-                                         None, module.stride, module.padding, module.dilation)
-    return tuple(out.shape[1:])
 
 
 class _TorchFeatures:
@@ -248,7 +228,7 @@ class _TorchFeatures:
         return t.reshape(-1).numpy().copy()
 
 
-# --- one validated problem --------------------------------------------------------------------------
+# --- one validated problem ------------------------------------------------------------------------
 
 
 @dataclass
@@ -331,7 +311,7 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     return str(value)
 
 
-# --- the MILP / LP encoding ------------------------------------------------------------------------
+# --- the MILP / LP encoding -----------------------------------------------------------------------
 
 
 class _Encoding:
@@ -339,12 +319,13 @@ class _Encoding:
 
     ``states[l]`` (one int8 array per variable block) holds _ACTIVE, _INACTIVE or _FREE;
     ``bounds[l] = (lo, up)`` are valid bounds of ``z_l`` over the set (needed for free units).
-    With ``integral=False`` free units get the LP relaxation.
+    With ``integral=False`` free units get the LP relaxation.  ``box`` replaces the problem's box
+    on ``x'`` (a sub-box of it, e.g. one orthant around x).
     """
 
     def __init__(self, problem: _Problem, states: Sequence[NDArray[np.int8]],
                  bounds: Sequence[tuple[NDArray[np.float64], NDArray[np.float64]]] | None, *,
-                 integral: bool):
+                 integral: bool, box: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None):
         self.problem = problem
         self.integral = integral
         self._lb: list[NDArray[np.float64]] = []
@@ -359,7 +340,7 @@ class _Encoding:
         self.n_rows = 0
         self._fillers: list[Callable[[NDArray[np.float64], NDArray[np.float64]], None]] = []
         net = problem.net
-        self.x_cols = self.add_cols(problem.lo, problem.up)
+        self.x_cols = self.add_cols(*(box if box is not None else (problem.lo, problem.up)))
         self.input_cols: list[NDArray[np.int64]] = []
         self.h_cols: list[NDArray[np.int64]] = []
         self.binary_cols: list[NDArray[np.int64]] = []
@@ -524,11 +505,17 @@ class _Encoding:
         else:
             r = c = np.zeros(0, np.int64)
             v = np.zeros(0)
-        A = scipy.sparse.csc_matrix((v, (r, c)), shape=(self.n_rows, self.n_cols))
-        A.sum_duplicates()
         rlo = np.concatenate(self._rlo) if self._rlo else np.zeros(0)
         rhi = np.concatenate(self._rhi) if self._rhi else np.zeros(0)
-        return lb, ub, integer, A, rlo, rhi
+        # Rows with a coefficient above 1 are scaled so that it is 1: feasibility tolerances are
+        # absolute, and big-M rows (1e7 on deep networks) would otherwise make rounding in an exact
+        # start solution look like a violation.
+        row_max = np.zeros(self.n_rows)
+        np.maximum.at(row_max, r, np.abs(v))
+        scale = 1.0 / np.maximum(row_max, 1.0)
+        A = scipy.sparse.csc_matrix((v * scale[r], (r, c)), shape=(self.n_rows, self.n_cols))
+        A.sum_duplicates()
+        return lb, ub, integer, A, rlo * scale, rhi * scale
 
 
 @dataclass(frozen=True)
@@ -548,9 +535,14 @@ class _Solver:
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("random_seed", 0)
-        h.setOptionValue("primal_feasibility_tolerance", _FEAS_TOL)
-        h.setOptionValue("dual_feasibility_tolerance", _FEAS_TOL)
-        h.setOptionValue("mip_feasibility_tolerance", _FEAS_TOL)
+        self.is_mip = bool(integer.any())
+        # MILPs get a looser tolerance: HiGHS judges a start solution on its own (rescaled) rows,
+        # where deep big-M rows turn exact rounding into violations of ~1e-8.  MILP points are
+        # polished by an LP of their own pattern at _FEAS_TOL, and checked by forward passes.
+        tol = _MIP_FEAS_TOL if self.is_mip else _FEAS_TOL
+        h.setOptionValue("primal_feasibility_tolerance", tol)
+        h.setOptionValue("dual_feasibility_tolerance", tol)
+        h.setOptionValue("mip_feasibility_tolerance", tol)
         h.setOptionValue("mip_rel_gap", _MIP_REL_GAP)
         self._presolve = presolve
         if not presolve:  # keep the basis between objective changes (warm start)
@@ -567,7 +559,6 @@ class _Solver:
         lp.a_matrix_.start_ = A.indptr.astype(np.int32)
         lp.a_matrix_.index_ = A.indices.astype(np.int32)
         lp.a_matrix_.value_ = A.data.astype(np.float64)
-        self.is_mip = bool(integer.any())
         if self.is_mip:
             lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
                                for i in integer]
@@ -870,7 +861,9 @@ def invariance_search(
       ``x`` is None when the MILP found nothing).
 
     Args:
-        model: ``torch.nn.Sequential`` of Flatten/Linear/Conv2d/ReLU (nested allowed).
+        model: ``torch.nn.Sequential`` (nested allowed, eval mode) of modules that
+            :func:`reluinv.network.as_chain` supports, with ReLU as the only activation up to
+            ``layer``.
         x: one input, without batch dimension (e.g. shape (1, 28, 28) or (784,)).
         target: same number of entries as ``x``.
         layer: module index (into the flattened Sequential) whose output is kept equal.
@@ -887,10 +880,10 @@ def invariance_search(
         :class:`InvarianceResult`.
 
     Raises:
-        ValueError: model not a Sequential or with unsupported modules up to ``layer``; layer out of
-            range; NaN/inf in ``x`` or ``target``; ``target`` of the wrong size; box that excludes
-            ``x``; unknown mode/objective; "layer" mode at a deeper layer; "exact" without a finite
-            box.
+        ValueError: a model :func:`reluinv.network.as_chain` refuses, or a non-ReLU activation up
+            to ``layer``; layer out of range; NaN/inf in ``x`` or ``target``; ``target`` of the
+            wrong size; box that excludes ``x``; unknown mode/objective; "layer" mode at a
+            deeper layer; "exact" without a finite box.
 
     Example:
         >>> import torch
@@ -957,8 +950,10 @@ def invariance_search(
         polished = _region_search(problem, enc.fixed_binaries(out.values), objective, target_arr,
                                   time.perf_counter() + polish_limit)
         if polished.values is not None and polished.status == "optimal":
+            # The MILP point meets its rows only to the tolerance, which can flatter its value a
+            # little; the polished point is exact for its pattern, so it wins unless clearly worse.
             cand = np.clip(polished.values[: problem.n], problem.lo, problem.up)
-            tol = 1e-9 * max(1.0, abs(value(best)))
+            tol = 1e-6 * max(1.0, abs(value(best)))
             if not _better(objective, value(best), value(cand), tol):
                 best = cand
     if best is None and warm_start and heuristic_x is not None:
@@ -1012,6 +1007,25 @@ def _pattern_walk(problem: _Problem, states: list[NDArray[np.int8]], point: NDAr
     return states, point, steps
 
 
+def _polish(problem: _Problem, states: list[NDArray[np.int8]], cost_x: NDArray[np.float64], *,
+            box: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
+            time_limit: float = 5.0) -> NDArray[np.float64] | None:
+    """``argmax cost_x . x'`` over one activation pattern's region (an LP at tolerance 1e-9).
+
+    A MILP point meets its rows only to the MILP tolerance; re-solving the LP of its own pattern
+    (``states`` from its binaries) returns a point whose features are exact to LP accuracy, and
+    at least as good up to that tolerance.  None when the LP does not finish optimally.
+    """
+    enc = _Encoding(problem, states, None, integral=False, box=box)
+    cost = np.zeros(enc.n_cols)
+    cost[enc.x_cols] = cost_x
+    out = enc.solver().run(cost, maximize=True, time_limit=time_limit)
+    if out.status != "optimal" or out.values is None:
+        return None
+    lo, up = box if box is not None else (problem.lo, problem.up)
+    return np.clip(out.values[: problem.n], lo, up)
+
+
 def _check_first_block(problem: _Problem) -> None:
     net = problem.net
     first_relu = net.blocks[0].module if net.blocks else None
@@ -1058,7 +1072,7 @@ def _finish(problem: _Problem, values, objective: str, target, *, mode: str, pro
         n_binaries=n_binaries, message=message)
 
 
-# --- exact multi-layer preimages --------------------------------------------------------------------
+# --- exact multi-layer preimages ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -1264,7 +1278,7 @@ def network_preimage(
     :func:`verify_network_preimage` checks it by forward passes and per-piece certificates.
 
     Args:
-        model: ``torch.nn.Sequential`` of Flatten/Linear/Conv2d/ReLU.
+        model: as for :func:`invariance_search`.
         x: one input without batch dimension.
         layer: module index whose output defines the features.
         lower, upper: optional box (None = unbounded); must contain ``x``.
@@ -1371,7 +1385,7 @@ def network_preimage(
         return result("singleton", x0.copy(), None,
                       f"for every input coordinate j and both signs a MILP over all activation "
                       f"patterns (big-M from bounds valid on the preimage; HiGHS, feasibility "
-                      f"tolerance {_FEAS_TOL:g}) proves max +-(x'_j - x_j) <= {point_tol:.1g}; "
+                      f"tolerance {_MIP_FEAS_TOL:g}) proves max +-(x'_j - x_j) <= {point_tol:.1g}; "
                       f"x's own piece: {pieces[0].result.certificate.reason if pieces else 'n/a'}",
                       complete=True)
 
@@ -1687,6 +1701,14 @@ def _linf_extent(problem, states, bounds, *, integral, best, deadline, notes, st
         out = solver.run(cost, maximize=True, time_limit=left, offset=-sign * x[j], start=start)
         if out.values is not None:
             cand = np.clip(out.values[:n], lo, up)
+            if integral:  # polish the MILP point in its own pattern's region
+                unit = np.zeros(n)
+                unit[j] = sign
+                polished = _polish(problem, enc.fixed_binaries(out.values), unit,
+                                   time_limit=max(1.0, deadline - time.perf_counter()))
+                if polished is not None and sign * (polished[j] - cand[j]) >= \
+                        -1e-6 * max(1.0, abs(cand[j])):
+                    cand = polished
             if abs(cand[j] - x[j]) > value:
                 value, point = float(abs(cand[j] - x[j])), cand
         if out.status == "optimal":
@@ -1746,6 +1768,14 @@ def _l1_extent(problem, states, bounds, *, deadline, starts, notes, start_patter
     value, point = start_value, best_start
     if out.values is not None:
         cand = np.clip(out.values[:n], lo, up)
+        # polish: with the pattern and every side fixed, |x'_j - x_j| is linear: one LP
+        side = np.sign(cand - x)
+        orthant = (np.where(side > 0, x, lo), np.where(side < 0, x, up))
+        polished = _polish(problem, enc.fixed_binaries(out.values), side, box=orthant,
+                           time_limit=max(1.0, deadline - time.perf_counter()))
+        if polished is not None and float(np.abs(polished - x).sum()) >= \
+                float(np.abs(cand - x).sum()) - 1e-6 * max(1.0, float(np.abs(cand - x).sum())):
+            cand = polished
         if float(np.abs(cand - x).sum()) >= start_value:
             value, point = float(np.abs(cand - x).sum()), cand
     proven = out.status == "optimal"
@@ -1761,7 +1791,7 @@ def _l1_extent(problem, states, bounds, *, deadline, starts, notes, start_patter
 def _relu_modules(model: Any) -> list[int]:
     from torch import nn
 
-    return [i for i, m in enumerate(_leaf_modules(model)) if isinstance(m, nn.ReLU)]
+    return [i for i, m in enumerate(flatten_modules(model)) if isinstance(m, nn.ReLU)]
 
 
 def fig7x_examples(
@@ -1823,7 +1853,7 @@ def fig7x_examples(
     if isinstance(n_examples, bool) or not isinstance(n_examples, (int, np.integer)) or n_examples < 1:
         raise ValueError(f"n_examples must be a positive integer, got {n_examples!r}")
     relus = _relu_modules(model)
-    n_modules = len(_leaf_modules(model))
+    n_modules = len(flatten_modules(model))
     modules = []
     for d in depths:
         if d == "logits":

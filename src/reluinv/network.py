@@ -494,7 +494,17 @@ def _strip_batch(modules: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
                     f"{type(module).__name__}, got shape {tuple(x.shape)}"
                 )
             return x
-        if isinstance(module, (nn.Linear, nn.Flatten, nn.BatchNorm1d)):
+        if isinstance(module, nn.Linear):
+            # A dense first layer takes vectors: anything else is most likely a batch.
+            if x.dim() == 2 and x.shape[0] == 1:
+                return x[0]
+            if x.dim() != 1:
+                raise ValueError(
+                    f"x must be one sample of shape ({module.in_features},) or (1, {module.in_features}) "
+                    f"for module {type(module).__name__}, got shape {tuple(x.shape)}"
+                )
+            return x
+        if isinstance(module, (nn.Flatten, nn.BatchNorm1d)):
             break
     return x[0] if x.dim() >= 2 and x.shape[0] == 1 else x
 

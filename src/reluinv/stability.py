@@ -112,6 +112,9 @@ class LayerSpectrum:
         null_directions: Lanczos only: Ritz values at or below the rank tolerance (rounding
             noise; the Krylov vectors live in the row space, so this is normally 0).
         steps: Lanczos only: number of bidiagonalisation steps (pairs of ``J v`` and ``J^T u``).
+        converged: Lanczos only: the ``k`` largest and ``k`` smallest Ritz values met the residual
+            tolerance (or the row space was exhausted).  If False they are still bounds: the
+            largest from below, the smallest non-zero from above.
     """
 
     index: int
@@ -128,6 +131,7 @@ class LayerSpectrum:
     smallest: NDArray[np.float64] | None = None
     null_directions: int | None = None
     steps: int | None = None
+    converged: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -819,12 +823,16 @@ def _lanczos_spectra(chain, slope_by_index, in_shape, columns, device, k, rank_r
         rows = torch.nonzero(reach.reshape(-1) > 0).reshape(-1)
         matvec, rmatvec = _jacobian_operator(chain[: depth + 1], slope_by_index, in_shape, columns_t, rows)
         result = golub_kahan(matvec, rmatvec, (int(rows.numel()), n), k=k, max_steps=max_steps, tol=tol, device=device)
-        out.append(_lanczos_spectrum(step, n, result, k, rank_rtol))
+        out.append(_lanczos_spectrum(step, n, result, k, rank_rtol, tol))
     return out
 
 
-def _lanczos_spectrum(step: Step, n: int, result: Bidiagonalisation, k: int, rank_rtol: float | None) -> LayerSpectrum:
+def _lanczos_spectrum(
+    step: Step, n: int, result: Bidiagonalisation, k: int, rank_rtol: float | None, tol: float
+) -> LayerSpectrum:
     ritz = result.ritz_values
+    ends = np.r_[result.residuals[:k], result.residuals[-k:]]
+    converged = result.exhausted or bool(np.all(ends <= tol * (ritz[0] if ritz.size else 0.0)))
     tolerance = _rank_tolerance(ritz, (step.out_dim, n), rank_rtol)
     nonzero = ritz[ritz > tolerance]
     null = int(ritz.size - nonzero.size)  # rounding only: the Ritz vectors lie in the row space
@@ -851,6 +859,7 @@ def _lanczos_spectrum(step: Step, n: int, result: Bidiagonalisation, k: int, ran
         smallest=smallest,
         null_directions=null,
         steps=result.steps,
+        converged=converged,
     )
 
 
@@ -983,6 +992,7 @@ def lemma9_counts(
     largest count (steps 2-4).  ``c_star`` is the smallest ``c`` at which some ``a_k`` is satisfied
     by all ``M`` rows (step 5); if ``a_k`` also lies in ``N(D_I A)^perp``, Lemma 9 gives
     ``sigma_min(D_I A) <= c_star``.  Zero removed rows are skipped (condition (3) would be vacuous).
+    The correlations ``<a_i, a_k>`` are formed at once: ``M * |I|`` float64 numbers of memory.
 
     Args:
         A: ``(m, n)`` array; for a network, the linearisation up to the ReLU's pre-activation.
