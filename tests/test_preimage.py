@@ -195,3 +195,15 @@ def test_layer_preimage_rejects_unsupported_and_misshaped():
         reluinv.layer_preimage(torch.nn.Conv2d(3, 2, 3), torch.zeros(1, 5, 5))
     with pytest.raises(ValueError, match="NaN"):
         reluinv.layer_preimage(torch.nn.Linear(2, 2), torch.tensor([np.nan, 1.0]))
+
+
+def test_rows_that_vanish_in_the_null_space_do_not_bound_it():
+    # Both inactive rows are parallel to the row space of the active ones: restricted to the
+    # one-dimensional null space they are zero up to rounding and bound nothing.
+    A = [[1.13182891, -0.3692075, -1.66273411], [0.79376604, -0.09905927, -1.38882422],
+         [-1.724960505947981, 0.38296751381042143, 2.7844690950677724],
+         [-1.005817408908903, 0.3126524916894812, 1.4991384445188316]]
+    b = [1.06813816, -0.53598699, -3.6099127118084064, -1.6177644635077226]
+    y = [0, 0, 1, 1]
+    r = reluinv.preimage(A, b, y)
+    assert r.kind == brute_force_kind(A, b, y) == "unbounded"

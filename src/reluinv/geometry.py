@@ -85,7 +85,7 @@ def omnidirectional_certificate(
 
     Rows are scaled to unit norm first (zero rows lie in no open half-space and are ignored).
     Tolerances: a row counts as satisfying ``<a_i, d> <= 0`` when ``<a_i, d> <= rtol`` for a unit
-    ``d``; the rank counts singular values above ``max(m, n) * eps * sigma_max``.
+    ``d``; the rank counts singular values above ``1e3 * max(m, n) * eps * max(1, sigma_max)``.
 
     Corollary 6 gives a free answer when there are at most n rows.  Otherwise the LP
 
@@ -147,14 +147,15 @@ def _null_vector(M: NDArray[np.float64]) -> NDArray[np.float64] | None:
     """A unit vector of N(M) if ``rank M < cols``, else None.
 
     The rows of M are unit rows or their restrictions to a subspace (never longer than 1), so the
-    rank rule compares singular values with ``max(rows, cols) * eps`` times ``max(1, sigma_max)``:
-    a restriction that is zero up to rounding counts as zero.
+    rank rule compares singular values with ``1e3 * max(rows, cols) * eps`` times
+    ``max(1, sigma_max)``: a restriction that is zero up to rounding (forming ``G O`` rounds at
+    about ``n * eps``) counts as zero.
     """
     rows, cols = M.shape
     if rows == 0:
         return np.eye(cols)[0]
     _, s, vt = np.linalg.svd(M, full_matrices=rows < cols)
-    if rows < cols or s[-1] <= max(rows, cols) * np.finfo(float).eps * max(1.0, s[0]):
+    if rows < cols or s[-1] <= _RANK_SLACK * max(rows, cols) * np.finfo(float).eps * max(1.0, s[0]):
         return vt[-1]
     return None
 
@@ -262,6 +263,9 @@ def _omni_lazy(src: _RowSource, *, rtol: float) -> OmniCertificate:
         rows = np.vstack([rows, new_rows])
 
 
+#: Singular values below this many times ``max(m, n) * eps`` (unit-row scale) count as zero.
+_RANK_SLACK = 1e3
+
 #: Rounds of alternating projection tried before the LP (each costs two products with an m x n basis).
 _PROJECTION_ROUNDS = 200
 
@@ -296,8 +300,11 @@ def _project_subset(rows: NDArray[np.float64], subset: NDArray[np.intp], n: int,
     if m <= n:
         return None
     q, r = np.linalg.qr(rows)
-    rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]  # rank n, estimated in O(n^2)
-    if not rcond > 1e3 * max(rows.shape) * np.finfo(float).eps:
+    # Rank n, estimated in O(n^2).  The rows are unit rows or their restrictions to a subspace, so
+    # the test is absolute: restrictions that are zero up to rounding must not pass as a basis.
+    rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]
+    scale = float(np.abs(np.diag(r)).max())
+    if not rcond * min(scale, 1.0) > _RANK_SLACK * max(rows.shape) * np.finfo(float).eps:
         return None
     v = np.ones(m)
     for _ in range(_PROJECTION_ROUNDS):
