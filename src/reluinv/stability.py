@@ -46,7 +46,6 @@ from torch import nn
 
 from ._validate import as_finite_array
 from .network import (
-    ActivationStep,
     AffineStep,
     Step,
     activation_pattern,
