@@ -102,7 +102,8 @@ class EqualityFactor:
         """Rank n from n of the p >= n rows: if they are independent, so is E (a third of the
         work of a QR of all rows).  x_p then solves those n equations; the caller checks the rest."""
         n = self.n
-        pick = np.unique(np.linspace(0, E.shape[0] - 1, n).round().astype(np.intp))
+        # floor of an evenly spaced grid with step >= 1: n distinct rows (rounding could collide)
+        pick = np.floor(np.linspace(0, E.shape[0] - 1, n)).astype(np.intp)
         if pick.size < n:
             return False
         with warnings.catch_warnings():  # a singular pick is expected now and then: QR decides
