@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
+import scipy.linalg
 from scipy.linalg import lapack
 from ._lp import ColumnLP
 from ._validate import as_finite_array
@@ -299,7 +300,7 @@ def _project_subset(rows: NDArray[np.float64], subset: NDArray[np.intp], n: int,
     m = rows.shape[0]
     if m <= n:
         return None
-    q, r = np.linalg.qr(rows)
+    q, r = scipy.linalg.qr(rows, mode="economic", check_finite=False)
     # Rank n, estimated in O(n^2).  The rows are unit rows or their restrictions to a subspace, so
     # the test is absolute: restrictions that are zero up to rounding must not pass as a basis.
     rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]
