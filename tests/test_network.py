@@ -7,7 +7,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from reluinv import zoo
@@ -23,14 +22,7 @@ from reluinv.network import (
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors run far faster on one thread, and a shared 2-core machine is easily oversubscribed.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference_jacobian(model: nn.Module, x: torch.Tensor) -> np.ndarray:
