@@ -24,6 +24,14 @@ KIND_COLOURS = {"unbounded": "#d62728", "compact": "#1f77b4", "singleton": "#2ca
                 "empty": "#7f7f7f"}
 
 
+def _save(fig: plt.Figure, path: Path, text: str, note: str = "", *, dpi: int = 110) -> None:
+    """Title (with the run's caveat underneath), lay out, write the PNG and free the figure."""
+    _title(fig, text, note)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def _title(fig: plt.Figure, text: str, note: str = "") -> None:
     lines = textwrap.wrap(text, 100) + (textwrap.wrap(f"({note})", 110) if note else [])
     fig.suptitle("\n".join(lines), fontsize=9)
@@ -55,10 +63,7 @@ def plot_fig1(result: dict[str, Any], path: Path) -> None:
                         cmap="viridis", interpolation="nearest")
     fig.colorbar(im, ax=axes[2], fraction=0.046)
     axes[2].set_title("condition of the first layer's linearisation")
-    _title(fig, "Figure 1: toy network, one hidden layer of 3 ReLUs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, "Figure 1: toy network, one hidden layer of 3 ReLUs")
 
 
 def summary_fig1(result: dict[str, Any]) -> tuple[str, str]:
@@ -100,11 +105,8 @@ def plot_fig4(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("number of active units (positive outputs)")
     ax.set_ylabel("samples")
     ax.legend(fontsize=8)
-    _title(fig, f"Figure 4: preimages of the 3500-unit layer, {len(samples)} samples of "
+    _save(fig, path, f"Figure 4: preimages of the 3500-unit layer, {len(samples)} samples of "
                 f"{result['data']}", result.get("recipe_change", ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _overlap(active: np.ndarray, bounded: np.ndarray) -> tuple[float, float] | None:
@@ -154,10 +156,7 @@ def plot_fig5(result: dict[str, Any], path: Path) -> None:
     axes[2].set_ylabel("condition number")
     axes[2].set_xlabel("layer (convolution and ReLU counted separately)")
     axes[0].legend(fontsize=8)
-    _title(fig, "Figure 5: WideCIFAR vs ThinCIFAR", _samples_note(result["wide"]))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, "Figure 5: WideCIFAR vs ThinCIFAR", _samples_note(result["wide"]))
 
 
 def _decay_axes(ax, layers: list[dict[str, Any]]) -> None:
@@ -174,11 +173,8 @@ def _decay_axes(ax, layers: list[dict[str, Any]]) -> None:
 def plot_fig6(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _decay_axes(ax, result["decay"])
-    _title(fig, "Figure 6: decay of singular values over the layers of WideCIFAR (after each ReLU)",
+    _save(fig, path, "Figure 6: decay of singular values over the layers of WideCIFAR (after each ReLU)",
            _samples_note(result))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _effect_and_decay(result: dict[str, Any], path: Path, title: str) -> None:
@@ -197,10 +193,7 @@ def _effect_and_decay(result: dict[str, Any], path: Path, title: str) -> None:
     left.legend(fontsize=7)
     _decay_axes(right, result["decay"])
     right.set_title("decay over the layers")
-    _title(fig, title, _samples_note(result))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, title, _samples_note(result))
 
 
 def plot_fig8(result: dict[str, Any], path: Path) -> None:
@@ -299,11 +292,8 @@ def plot_fig9(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("c")
     ax.set_ylabel("number of rows")
     ax.legend(fontsize=8)
-    _title(fig, f"Figure 9: Lemma 9 condition at the ReLU of WideCIFAR module {result['layer']}, one "
+    _save(fig, path, f"Figure 9: Lemma 9 condition at the ReLU of WideCIFAR module {result['layer']}, one "
                 f"test sample", result.get("note", ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def summary_fig9(result: dict[str, Any]) -> tuple[str, str]:
@@ -336,11 +326,8 @@ def plot_fig7(result: dict[str, Any], path: Path) -> None:
             ax.imshow(_image(ex[key]), cmap="gray", vmin=0, vmax=1)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-    _title(fig, f"Figures 7/12: identical first-layer features ({result['units']} ReLUs) of the "
+    _save(fig, path, f"Figures 7/12: identical first-layer features ({result['units']} ReLUs) of the "
                 f"Table 1 MLP", result["data"])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def summary_fig7(result: dict[str, Any]) -> tuple[str, str]:
@@ -385,10 +372,7 @@ def plot_fig7x(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("depth whose features are kept")
     ax.set_ylabel("distance")
     ax.legend(fontsize=7)
-    _title(fig, "Figure 7x: identical features at deeper layers of the Table 1 MLP", result["data"])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, "Figure 7x: identical features at deeper layers of the Table 1 MLP", result["data"], dpi=100)
 
 
 def summary_fig7x(result: dict[str, Any]) -> tuple[str, str]:
