@@ -207,3 +207,21 @@ def test_rows_that_vanish_in_the_null_space_do_not_bound_it():
     y = [0, 0, 1, 1]
     r = reluinv.preimage(A, b, y)
     assert r.kind == brute_force_kind(A, b, y) == "unbounded"
+
+
+def test_unit_inequalities_match_the_explicit_system():
+    """Lazy unit rows (layer rows, then upper, then lower box rows) equal the stacked matrix."""
+    from reluinv.preimage import _UnitInequalities
+
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((7, 4))
+    A[2] *= 5.0
+    inv = 1.0 / np.linalg.norm(A, axis=1)
+    layer, up, lo = np.array([0, 2, 5]), np.array([1, 3]), np.array([0])
+    G = _UnitInequalities(A, inv, layer, up, lo)
+    explicit = np.vstack([A[layer] * inv[layer, None], np.eye(4)[up], -np.eye(4)[lo]])
+    x = rng.standard_normal(4)
+    assert G.size == 6
+    np.testing.assert_allclose(G.dot(x), explicit @ x, rtol=1e-12)
+    for idx in ([0, 1, 2], [5, 3, 0, 4], [4]):
+        np.testing.assert_array_equal(G.rows(np.array(idx)), explicit[idx])

@@ -22,17 +22,13 @@ _SAFETY = 1e3
 
 
 class NullBasis:
-    """An orthonormal basis ``O`` (n x k) of a null space, applied as ``expand`` / ``restrict``."""
+    """An orthonormal basis ``O`` (n x k) of a null space."""
 
     n: int
     k: int
 
     def expand(self, z: NDArray[np.float64]) -> NDArray[np.float64]:
         """``O @ z`` for z of shape (k,) or (k, s)."""
-        raise NotImplementedError
-
-    def restrict(self, rows: NDArray[np.float64]) -> NDArray[np.float64]:
-        """``rows @ O`` for rows of shape (s, n)."""
         raise NotImplementedError
 
     def matrix(self) -> NDArray[np.float64]:
@@ -47,8 +43,8 @@ class ExplicitBasis(NullBasis):
     def expand(self, z):
         return self.O @ z
 
-    def restrict(self, rows):
-        return rows @ self.O
+    def matrix(self):
+        return self.O
 
 
 class EqualityFactor:

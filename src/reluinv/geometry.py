@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 import scipy.linalg
 from scipy.linalg import lapack
 from ._lp import ColumnLP
+from ._threads import single_blas_pool
 from ._validate import as_finite_array
 
 __all__ = ["OmniCertificate", "is_omnidirectional", "omnidirectional_certificate"]
@@ -98,7 +99,8 @@ def omnidirectional_certificate(
     so does a direction that violates no row of the full ``A``; otherwise the violated rows join S.
     """
     A = as_finite_array(A, "A", ndim=2)
-    cert = _omni_lazy(_RowSource.from_matrix(A), rtol=rtol)
+    with single_blas_pool():
+        cert = _omni_lazy(_RowSource.from_matrix(A), rtol=rtol)
     if cert.rows is not None:  # report indices of A itself, not of its non-zero rows
         nonzero = np.flatnonzero(np.linalg.norm(A, axis=1) > 0)
         cert = replace(cert, rows=nonzero[cert.rows])
@@ -126,16 +128,6 @@ class _RowSource:
         norms = np.linalg.norm(A, axis=1)
         keep = norms > 0
         return _RowSource.from_rows(A[keep] / norms[keep, None])
-
-    @staticmethod
-    def from_restriction(G_unit: NDArray[np.float64], O: NDArray[np.float64]) -> _RowSource:
-        """Rows of ``G_unit @ O`` (A-bar = A O^T of Theorem 4), formed only for the rows asked for.
-
-        O has orthonormal columns, so ``O z`` is a unit x-space direction for a unit z, and the
-        tolerance keeps its meaning on the unit rows of ``G_unit``.
-        """
-        return _RowSource(m=G_unit.shape[0], n=O.shape[1], rows=lambda idx: G_unit[idx] @ O,
-                          apply=lambda d: G_unit @ (O @ d))
 
     @staticmethod
     def from_rows(R: NDArray[np.float64]) -> _RowSource:

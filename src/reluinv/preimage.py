@@ -40,6 +40,7 @@ import scipy.linalg
 from numpy.typing import NDArray
 from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
+from ._threads import single_blas_pool
 from ._validate import as_bounds, as_finite_array
 from .geometry import DEFAULT_RTOL, OmniCertificate, _omni_lazy, _RowSource
 
@@ -179,7 +180,8 @@ def preimage(
         i = int(np.flatnonzero(y < 0)[0])
         raise ValueError(f"y is a ReLU output and must be >= 0; y[{i}] = {y[i]}")
     lo, up = as_bounds(lower, upper, n)
-    return _LayerSystem(A, b, y, lo, up, rtol).decide()
+    with single_blas_pool():
+        return _LayerSystem(A, b, y, lo, up, rtol).decide()
 
 
 def layer_preimage(module: Any, x: Any, *, lower: Any = None, upper: Any = None,
@@ -248,6 +250,42 @@ def affine_matrix(module: Any, input_shape: tuple[int, ...]) -> tuple[NDArray[np
 # --- the decision ---------------------------------------------------------------------------
 
 
+class _UnitInequalities:
+    """``G x <= h``: the inactive layer rows (``a_i x <= -b_i``), then ``x_j <= upper_j``, then
+    ``-x_j <= -lower_j``, every row scaled to unit norm.
+
+    Rows are formed only when asked for and products go through the layer matrix itself, so a
+    3500 x 784 layer is never copied (a copy per call cost as much as the QR on a 2-core machine).
+    """
+
+    def __init__(self, A, inv_norm, layer_rows, up_idx, lo_idx):
+        self.A, self.n = A, A.shape[1]
+        self.layer_rows, self.layer_scale = layer_rows, inv_norm[layer_rows]
+        self.up_idx, self.lo_idx = up_idx, lo_idx
+        self.n_layer = layer_rows.size
+        self.size = self.n_layer + up_idx.size + lo_idx.size
+
+    def rows(self, idx: NDArray[np.intp]) -> NDArray[np.float64]:
+        """The unit rows ``G[idx]``."""
+        idx = np.asarray(idx, dtype=np.intp)
+        layer = idx < self.n_layer
+        if layer.all():
+            return self.A[self.layer_rows[idx]] * self.layer_scale[idx, None]
+        out = np.zeros((idx.size, self.n))
+        out[layer] = self.A[self.layer_rows[idx[layer]]] * self.layer_scale[idx[layer], None]
+        box = np.flatnonzero(~layer)
+        j = idx[box] - self.n_layer
+        upper = j < self.up_idx.size
+        out[box[upper], self.up_idx[j[upper]]] = 1.0
+        out[box[~upper], self.lo_idx[j[~upper] - self.up_idx.size]] = -1.0
+        return out
+
+    def dot(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``G @ x`` for x of shape (n,)."""
+        layer = (self.A @ x)[self.layer_rows] * self.layer_scale
+        return np.concatenate([layer, x[self.up_idx], -x[self.lo_idx]])
+
+
 class _LayerSystem:
     """The mixed system (1)-(2) with box rows, in unit-row form."""
 
@@ -267,13 +305,7 @@ class _LayerSystem:
         inact = np.flatnonzero((y <= 0) & ~self.zero_norm)
         up_idx = np.flatnonzero(np.isfinite(up))
         lo_idx = np.flatnonzero(np.isfinite(lo))
-        G = np.empty((inact.size + up_idx.size + lo_idx.size, n))
-        np.multiply(A[inact], inv[inact, None], out=G[: inact.size])
-        box = G[inact.size:]
-        box.fill(0.0)
-        box[np.arange(up_idx.size), up_idx] = 1.0
-        box[up_idx.size + np.arange(lo_idx.size), lo_idx] = -1.0
-        self.G = G
+        self.G = _UnitInequalities(A, inv, inact, up_idx, lo_idx)
         self.h = np.concatenate([-b[inact] * inv[inact], up[up_idx], -lo[lo_idx]])
         self.labels = np.concatenate([inact, m + up_idx, m + n + lo_idx]).astype(np.intp)
         self.box_bounded = up_idx.size == n and lo_idx.size == n
@@ -303,7 +335,7 @@ class _LayerSystem:
 
     def _farkas_from_ineq(self, lam: NDArray[np.float64], rows: NDArray[np.intp]) -> PreimageCertificate:
         """Complete inequality multipliers ``lam`` with equality multipliers ``nu`` (Farkas)."""
-        g = self.G[rows].T @ lam
+        g = self.G.rows(rows).T @ lam
         nu = (np.linalg.lstsq(self.E.T, -g, rcond=None)[0] if self.E.shape[0]
               else np.zeros(0))
         return PreimageCertificate(
@@ -349,7 +381,7 @@ class _LayerSystem:
         return self._decide_with_nullspace(tol)
 
     def _decide_full_rank(self, tol: float) -> Preimage:
-        slack = self.h - self.G @ self.x_p
+        slack = self.h - self.G.dot(self.x_p)
         if slack.size and slack.min() < -tol:
             i = int(np.argmin(slack))
             return self._result("empty", None, None, min(1.0, -slack[i]),
@@ -358,13 +390,17 @@ class _LayerSystem:
         return self._result("singleton", self.x_p.copy(), None, self.rank_ratio, cert, tol)
 
     def _decide_with_nullspace(self, tol: float) -> Preimage:
-        if self.G.shape[0] == 0:  # no inequality at all: the whole affine subspace x_p + N(A_pos)
+        if self.G.size == 0:  # no inequality at all: the whole affine subspace x_p + N(A_pos)
             d = self.basis.expand(np.eye(self.k)[0])
             cert = PreimageCertificate(reason="no inequality constrains N(A_pos) (Theorem 4 iii)",
                                        second_point=self.x_p + d)
             return self._result("unbounded", self.x_p.copy(), d, self.rank_ratio, cert, tol)
         self.O = self.basis.matrix()
-        rows_src = _RowSource.from_restriction(self.G, self.O)
+        # O has orthonormal columns: O z is a unit x-space direction for a unit z, so the
+        # tolerance keeps its meaning on the restricted rows.
+        G, O = self.G, self.O
+        rows_src = _RowSource(m=G.size, n=self.k, rows=lambda idx: G.rows(idx) @ O,
+                              apply=lambda z: G.dot(O @ z))
         omni: OmniCertificate | None = None
         if not self.box_bounded:
             # An unbounded verdict with a strict direction also gives an interior point for free.
@@ -381,7 +417,7 @@ class _LayerSystem:
         tight = np.flatnonzero(slack <= tol)
         step_dir = None
         if tight.size:
-            pin = _omni_lazy(_RowSource.from_rows(self.G[tight] @ self.O), rtol=self.rtol)
+            pin = _omni_lazy(_RowSource.from_rows(self.G.rows(tight) @ self.O), rtol=self.rtol)
             if pin.omnidirectional:
                 assert pin.rows is not None and pin.multipliers is not None
                 labels = self.labels[tight[pin.rows]]
@@ -418,8 +454,8 @@ class _LayerSystem:
         assert omni.direction is not None
         d = self.basis.expand(omni.direction)
         d /= np.linalg.norm(d)
-        gd = self.G @ d  # all <= -margin < 0
-        slack0 = self.h - self.G @ self.x_p
+        gd = self.G.dot(d)  # all <= -margin < 0
+        slack0 = self.h - self.G.dot(self.x_p)
         # Walk along d until every inequality has slack of at least 1 (relative to |x| scale).
         target = max(1.0, float(np.linalg.norm(self.x_p))) * 1e-3
         t = float(np.max((target - slack0) / -gd))
@@ -434,7 +470,7 @@ class _LayerSystem:
         """A point of P other than x0: move in N(A_pos) along a direction that keeps tight rows."""
         if step_dir is None:
             step_dir = self.basis.expand(np.eye(self.k)[0])
-        gd = self.G @ step_dir
+        gd = self.G.dot(step_dir)
         tight = slack <= tol
         if np.any(gd[tight] > tol):  # pragma: no cover - step_dir came from a tight-row direction
             return None
@@ -456,8 +492,8 @@ class _LayerSystem:
         (1e-3 of the data scale) stops the search once the point is clearly interior.
         """
         G, k = self.G, self.k
-        h_bar = self.h - G @ self.x_p
-        M = G.shape[0]
+        h_bar = self.h - G.dot(self.x_p)
+        M = G.size
         cap = 1e-3 * max(1.0, float(np.linalg.norm(self.x_p)))
         batch = max(2 * k, 32)
         subset = np.argsort(h_bar)[: min(M, 4 * k + 16)]
@@ -467,7 +503,7 @@ class _LayerSystem:
         lp.add_cols(np.eye(k + 1)[:, k:], np.array([cap]), np.zeros(1), np.array([np.inf]))
         in_lp: list[NDArray[np.intp]] = []
         while True:
-            rows = self.G[subset] @ self.O
+            rows = G.rows(subset) @ self.O
             weights = np.linalg.norm(rows, axis=1)
             constant = weights <= 1e-12
             if np.any(constant & (h_bar[subset] < -tol)):
@@ -488,7 +524,7 @@ class _LayerSystem:
                 return self._result("empty", None, None, min(1.0, -s_max),
                                     self._farkas_from_ineq(lam[pos], idx[pos]), tol)
             x0 = self.x_p + self.basis.expand(duals[:k])
-            slack = self.h - G @ x0
+            slack = self.h - G.dot(x0)
             fresh = np.setdiff1d(np.flatnonzero(slack < -tol), np.concatenate(in_lp))
             if fresh.size == 0:
                 return x0, slack
