@@ -5,7 +5,13 @@ input whose number of active units lies between 600 and 900 (the range Figure 4 
 implementation follows the appendix literally: ``numpy.linalg.matrix_rank`` for the rank,
 ``scipy.linalg.null_space`` for the null space and ``scipy.optimize.linprog`` on the printed LP
 over all inactive rows.  Both see the same cases; the verdicts must agree (bounded vs unbounded,
-singleton by rank).  Prints the median seconds per case of each and the ratio.
+singleton by rank).  Prints the median seconds per case of each and the ratio, twice:
+
+* BLAS as installed: both run with the thread settings the user has.  With numpy's and scipy's
+  PyPI wheels that is two OpenBLAS pools; ``reluinv.preimage`` runs them single-threaded while it
+  works (see ``reluinv._threads``), the naive version does not.
+* BLAS single-threaded for both (threadpoolctl around the whole pass): the same conditions for
+  both, as in the worker processes of a sweep.
 
     python benchmarks/preimage_speed.py [--cases 24] [--repeats 1] [--seed 0]
 """
@@ -19,6 +25,7 @@ import time
 import numpy as np
 import scipy.linalg
 from scipy.optimize import linprog
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import reluinv
 
@@ -64,6 +71,31 @@ def same_verdict(ours: str, naive: str) -> bool:
     return ours == naive
 
 
+def run_pass(A, cases, repeats: int, label: str) -> tuple[float, float]:
+    """Time both implementations on every case; returns the two medians."""
+    print(f"\n-- {label}")
+    ours_t, naive_t, kinds = [], [], {}
+    for b, y in cases:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            r = reluinv.preimage(A, b, y)
+            t1 = time.perf_counter()
+            v = naive_algorithm1(A, b, y)
+            t2 = time.perf_counter()
+            ours_t.append(t1 - t0)
+            naive_t.append(t2 - t1)
+        active = int((y > 0).sum())
+        if not same_verdict(r.kind, v):
+            raise SystemExit(f"verdicts differ at {active} active units: reluinv {r.kind}, naive {v}")
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+        print(f"active {active:4d}  nullity {r.nullity:3d}  reluinv {r.kind:9s} "
+              f"{t1 - t0:7.4f}s   naive {v:9s} {t2 - t1:7.4f}s", flush=True)
+    mo, mn = statistics.median(ours_t), statistics.median(naive_t)
+    print(f"verdicts agree on all {len(cases)} cases: {kinds}")
+    print(f"median per case: reluinv {mo:.4f}s  naive Algorithm 1 {mn:.4f}s  ratio {mn / mo:.1f}x")
+    return mo, mn
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=24)
@@ -73,25 +105,14 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     A = make_layer(rng)
     actives = np.linspace(600, 900, args.cases).round().astype(int)
-    ours_t, naive_t, kinds = [], [], {}
-    for n_active in actives:
-        b, y = make_case(rng, A, int(n_active))
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            r = reluinv.preimage(A, b, y)
-            t1 = time.perf_counter()
-            v = naive_algorithm1(A, b, y)
-            t2 = time.perf_counter()
-            ours_t.append(t1 - t0)
-            naive_t.append(t2 - t1)
-        if not same_verdict(r.kind, v):
-            raise SystemExit(f"verdicts differ at {n_active} active units: reluinv {r.kind}, naive {v}")
-        kinds[r.kind] = kinds.get(r.kind, 0) + 1
-        print(f"active {int((y > 0).sum()):4d}  nullity {r.nullity:3d}  reluinv {r.kind:9s} "
-              f"{t1 - t0:7.4f}s   naive {v:9s} {t2 - t1:7.4f}s", flush=True)
-    mo, mn = statistics.median(ours_t), statistics.median(naive_t)
-    print(f"\nverdicts agree on all {len(actives)} cases: {kinds}")
-    print(f"median per case: reluinv {mo:.4f}s  naive Algorithm 1 {mn:.4f}s  ratio {mn / mo:.1f}x")
+    cases = [make_case(rng, A, int(n_active)) for n_active in actives]
+    pools = [f"{i['internal_api']} x{i['num_threads']}" for i in threadpool_info() if i["user_api"] == "blas"]
+    installed = run_pass(A, cases, args.repeats, f"BLAS as installed ({', '.join(pools)})")
+    with threadpool_limits(limits=1, user_api="blas"):
+        single = run_pass(A, cases, args.repeats, "BLAS single-threaded for both")
+    print("\nsummary (median seconds per case, same cases, same run)")
+    for label, (mo, mn) in (("BLAS as installed", installed), ("BLAS single-threaded", single)):
+        print(f"  {label:22s} reluinv {mo:.4f}s  naive {mn:.4f}s  ratio {mn / mo:.1f}x")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from reluinv.cli import main
 from reluinv.experiments import runner
@@ -73,3 +74,31 @@ def test_cli_bad_data_dir_is_a_clear_error(tmp_path, capsys):
 def test_cli_unknown_figure(tmp_path, capsys):
     assert main(["reproduce", "fig99", "--out", str(tmp_path)]) == 2
     assert "unknown figure 'fig99'" in capsys.readouterr().err
+
+
+def test_fig6_spectra_record_their_device_and_a_missing_gpu_is_a_clear_error(tiny, tmp_path, capsys):
+    result = runner("fig6")(tiny)
+    assert result["device"] == "cpu"
+    json.dumps(result)
+    if torch.cuda.is_available():
+        return
+    assert main(["reproduce", "fig6", "--device", "cuda", "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_reproduce_spectra_on_cuda_match_the_cpu(tiny):
+    """``--device cuda``: the figures' per-sample spectra equal the CPU ones to 1e-8 relative."""
+    from reluinv.experiments.spectra_data import sample_spectra
+    from reluinv.zoo import thin_cifar
+
+    model = thin_cifar(in_channels=1, image_size=28).eval()
+    image = np.random.default_rng(0).random((1, 28, 28)).astype(np.float32)
+    cpu = sample_spectra({"model": model, "device": "cpu"}, image)["layers"]
+    gpu = sample_spectra({"model": model, "device": "cuda"}, image)["layers"]
+    for a, b in zip(cpu, gpu):
+        assert a["rank"] == b["rank"]
+        scale = max(a["singular_values"][0], 1e-300)
+        np.testing.assert_allclose(b["singular_values"], a["singular_values"], rtol=0, atol=1e-8 * scale)

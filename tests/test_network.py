@@ -254,3 +254,15 @@ def test_linearize_on_cuda_matches_cpu():
     J_gpu, c_gpu = linearize(net.cuda(), x.cuda())
     np.testing.assert_allclose(J_gpu, J_cpu, atol=1e-12)
     np.testing.assert_allclose(c_gpu, c_cpu, atol=1e-12)
+
+
+def test_checked_device_names_what_is_wrong():
+    from reluinv.network import checked_device
+
+    assert checked_device("cpu") == torch.device("cpu")
+    for bad in ("tpu", "gpu:0", 3.5):
+        with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+            checked_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            checked_device("cuda")

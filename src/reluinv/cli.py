@@ -24,6 +24,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from . import report
     from .experiments import FIGURES, runner
     from .experiments.common import RunConfig, load_results, save_results
+    from .network import checked_device
     from .parallel import Executor
 
     figures = args.figures or list(FIGURES)
@@ -32,12 +33,14 @@ def _reproduce(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown figure {key!r}; choose from {', '.join(FIGURES)}")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"--data-dir {args.data_dir!r} is not a folder")
+    device = str(checked_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     executor = Executor.from_options(backend=args.backend, scheduler=args.scheduler,
                                      workers=args.workers)
     config = RunConfig(quick=not args.full, data_dir=args.data_dir, out=out,
-                       executor=executor, progress=not args.no_progress, limit=args.limit)
+                       executor=executor, progress=not args.no_progress, limit=args.limit,
+                       device=device)
     mode = "quick" if config.quick else "full"
     results_path = out / "results.json"
     results = load_results(results_path)
@@ -84,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--force", action="store_true", help="recompute figures already in results.json")
     rep.add_argument("--limit", type=int, default=None, metavar="N",
                      help="cap every sample count at N (a smoke run)")
+    rep.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                     help="where the per-sample spectra (Figures 5, 6, 8, 10, 11) run (default cpu)")
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_executor_options(rep)
     rep.set_defaults(run=_reproduce)

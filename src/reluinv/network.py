@@ -60,6 +60,7 @@ __all__ = [
     "SUPPORTED_MODULES",
     "activation_pattern",
     "as_chain",
+    "checked_device",
     "flatten_modules",
     "forward_trace",
     "jacobian_matrix",
@@ -432,6 +433,20 @@ def as_chain(model: nn.Module, input_shape: Sequence[int], *, device: torch.devi
         chain.append(step)
         shape = step.out_shape
     return chain
+
+
+def checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, or a ``ValueError`` naming what is wrong: not cpu/cuda, or
+    cuda asked for where torch sees no CUDA device."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from exc
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device here")
+    return parsed
 
 
 def _model_device(modules: Sequence[nn.Module]) -> torch.device:

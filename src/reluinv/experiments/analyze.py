@@ -50,7 +50,8 @@ from torch import nn
 
 from .. import stability
 from ..model_io import as_input_batch, load_inputs, load_model
-from ..network import SUPPORTED_MODULES, ActivationStep, AffineStep, Step, as_chain, flatten_modules
+from ..network import (SUPPORTED_MODULES, ActivationStep, AffineStep, Step, as_chain, checked_device,
+                       flatten_modules)
 from ..parallel import Executor, SampleResult, add_executor_options
 from ..preimage import preimage
 
@@ -135,7 +136,7 @@ def analyze(
         result["layers"][0]["kinds"]   # e.g. {'singleton': 19, 'compact': 0, 'unbounded': 1, 'empty': 0}
     """
     batch = as_input_batch(inputs, source="inputs")
-    torch_device = _checked_device(device)
+    torch_device = checked_device(device)
     executor = Executor.from_options(backend=backend, scheduler=scheduler, workers=workers)
     modules = flatten_modules(model)
     plain = nn.Sequential(*modules)
@@ -181,18 +182,6 @@ def analyze(
                                       input_dim=math.prod(batch.shape[1:]))
     _write_json(out_dir / "analysis.json", result)
     return result
-
-
-def _checked_device(device: str) -> torch.device:
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from exc
-    if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device here")
-    return parsed
 
 
 def _chain_for_inputs(plain: nn.Sequential, modules: list[nn.Module], input_shape: tuple[int, ...]) -> list[Step]:

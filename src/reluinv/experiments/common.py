@@ -32,6 +32,8 @@ class RunConfig:
         progress: show progress bars.
         limit: caps every sample count (for tests and smoke runs); None: the mode's counts.
         epochs: caps every training's epochs (for tests and smoke runs); None: the recipe's.
+        device: where the per-sample spectra run (``"cpu"`` or ``"cuda"``); training, preimages
+            and invariance searches stay on the CPU.
     """
 
     quick: bool = True
@@ -42,6 +44,7 @@ class RunConfig:
     progress: bool = True
     limit: int | None = None
     epochs: int | None = None
+    device: str = "cpu"
 
     def samples(self, quick: int, full: int) -> int:
         count = quick if self.quick else full

@@ -19,9 +19,14 @@ from .common import RunConfig, cnn_data, digit_data, trained
 QUICK_SAMPLES, FULL_SAMPLES = 3, 50
 
 
-def sample_spectra(model: torch.nn.Sequential, image: np.ndarray) -> dict[str, Any]:
-    """All prefix spectra at one input (module-level, so worker processes can run it)."""
-    entries = spectra(model, torch.tensor(np.asarray(image, dtype=np.float32)))
+def sample_spectra(shared: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
+    """All prefix spectra at one input (module-level, so worker processes can run it).
+
+    ``shared`` holds the ``model`` and the ``device`` the spectra run on (the input is placed
+    there; :func:`reluinv.stability.spectra` follows it).
+    """
+    x = torch.tensor(np.asarray(image, dtype=np.float32), device=shared["device"])
+    entries = spectra(shared["model"], x)
     return {"layers": [{"index": e.index, "name": e.name, "out_dim": e.out_dim, "rank": e.rank,
                         "condition": e.condition, "singular_values": e.singular_values.tolist()}
                        for e in entries]}
@@ -41,8 +46,9 @@ def network_spectra(architecture: str, config: RunConfig) -> dict[str, Any]:
     model, info = trained(architecture, train_set, test_set, config)
     count = config.samples(QUICK_SAMPLES, FULL_SAMPLES)
     images = test_set.head(count).images
-    results = config.run(sample_spectra, list(images), shared=model,
-                         name=f"spectra-{architecture}-{info['epochs']}-{len(images)}",
+    results = config.run(sample_spectra, list(images), shared={"model": model, "device": config.device},
+                         name=f"spectra-{architecture}-{info['epochs']}-{len(images)}"
+                              + ("" if config.device == "cpu" else f"-{config.device}"),
                          desc=f"spectra {architecture}")
     per_sample = [r.result["layers"] for r in results if r.ok]
     if not per_sample:
@@ -61,7 +67,7 @@ def network_spectra(architecture: str, config: RunConfig) -> dict[str, Any]:
             "singular_values": np.median(values, axis=0).tolist(),
         })
     return {"architecture": architecture, "training": info, "samples": len(per_sample),
-            "note": note, "layers": layers}
+            "note": note, "device": config.device, "layers": layers}
 
 
 def pick(result: dict[str, Any], indices: list[int]) -> list[dict[str, Any]]:
@@ -81,6 +87,7 @@ def effect_and_decay(result: dict[str, Any], pairs: list[tuple[int, int]]) -> di
         "samples": result["samples"],
         "note": result["note"],
         "training": result["training"],
+        "device": result["device"],
         "effect": [{"before": pick(result, [a])[0], "after": pick(result, [b])[0]} for a, b in pairs],
         "decay": pick(result, relu_indices(result)),
     }
