@@ -158,10 +158,15 @@ def test_layer_preimage_linear_matches_matrix_form():
     assert reluinv.layer_preimage(layer, x[None]).kind == r.kind  # batch dimension of 1
 
 
-@pytest.mark.parametrize("stride,padding", [(1, 0), (1, 1), (2, 1), (2, 0)])
-def test_conv_matrix_matches_torch(stride, padding):
+@pytest.mark.parametrize("stride,padding,extra", [
+    (1, 0, {}), (1, 1, {}), (2, 1, {}), (2, 0, {}),
+    (1, 1, {"padding_mode": "circular"}), (1, 1, {"padding_mode": "reflect"}),
+    (1, 2, {"dilation": 2}), (1, 1, {"groups": 2, "out_channels": 4}),
+])
+def test_conv_matrix_matches_torch(stride, padding, extra):
     torch.manual_seed(stride * 10 + padding)
-    conv = torch.nn.Conv2d(2, 3, 3, stride=stride, padding=padding).double()
+    kw = {"out_channels": 3, **extra}
+    conv = torch.nn.Conv2d(2, kernel_size=3, stride=stride, padding=padding, **kw).double()
     x = torch.randn(2, 7, 6, dtype=torch.float64)
     A, b, _ = affine_matrix(conv, tuple(x.shape))
     np.testing.assert_allclose(A @ x.reshape(-1).numpy() + b, conv(x[None]).reshape(-1).detach().numpy(),

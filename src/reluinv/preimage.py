@@ -208,43 +208,32 @@ def affine_matrix(module: Any, input_shape: tuple[int, ...]) -> tuple[NDArray[np
     """Explicit float64 ``(A, b, in_shape)`` with ``module(x).flatten() = A x.flatten() + b``.
 
     Supports ``torch.nn.Linear`` (input (in,) or (1, in)) and ``torch.nn.Conv2d`` (input (C, H, W)
-    or (1, C, H, W); any stride, padding, dilation; groups = 1).  The convolution matrix is built by
-    pushing the identity basis through the layer in float64 as one batch.
+    or (1, C, H, W); any stride, padding, padding mode, dilation and groups).  The matrix is that
+    of the layer's step in :func:`reluinv.network.as_chain` (``AffineStep.dense``).
     """
-    import torch
     from torch import nn
 
+    from .network import as_chain
+
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        raise ValueError(f"layer_preimage supports torch.nn.Linear and torch.nn.Conv2d, got "
+                         f"{type(module).__name__}")
     shape = tuple(int(s) for s in input_shape)
     if isinstance(module, nn.Linear):
         if shape not in ((module.in_features,), (1, module.in_features)):
             raise ValueError(f"Linear({module.in_features}, {module.out_features}) needs an input "
                              f"of shape ({module.in_features},) or (1, {module.in_features}), got {shape}")
-        A = module.weight.detach().cpu().double().numpy().copy()
-        b = (module.bias.detach().cpu().double().numpy().copy() if module.bias is not None
-             else np.zeros(module.out_features))
-        return A, b, (module.in_features,)
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise ValueError(f"Conv2d with groups={module.groups} is not supported (groups=1 only)")
+        shape = (module.in_features,)
+    else:
         if len(shape) == 4 and shape[0] == 1:
             shape = shape[1:]
         if len(shape) != 3 or shape[0] != module.in_channels:
             raise ValueError(f"Conv2d({module.in_channels}, {module.out_channels}) needs an input of "
                              f"shape (C, H, W) or (1, C, H, W) with C = {module.in_channels}, got "
                              f"{tuple(input_shape)}")
-        n = int(np.prod(shape))
-        weight = module.weight.detach().cpu().double()
-        with torch.no_grad():
-            basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
-            cols = torch.nn.functional.conv2d(basis, weight, None, module.stride, module.padding,
-                                              module.dilation)
-        A = cols.reshape(n, -1).T.contiguous().numpy()
-        out_hw = cols.shape[2] * cols.shape[3]
-        bias = (module.bias.detach().cpu().double().numpy() if module.bias is not None
-                else np.zeros(module.out_channels))
-        return A, np.repeat(bias, out_hw), shape
-    raise ValueError(f"layer_preimage supports torch.nn.Linear and torch.nn.Conv2d, got "
-                     f"{type(module).__name__}")
+    step = as_chain(nn.Sequential(module), shape, device="cpu")[0]
+    A, b = step.dense()
+    return A, b, shape
 
 
 # --- the decision ---------------------------------------------------------------------------
