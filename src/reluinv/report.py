@@ -9,32 +9,87 @@ from __future__ import annotations
 
 import html
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 KIND_COLOURS = {"unbounded": "#d62728", "compact": "#1f77b4", "singleton": "#2ca02c",
                 "empty": "#7f7f7f"}
 
 
-def _save(fig: plt.Figure, path: Path, text: str, note: str = "", *, dpi: int = 110) -> None:
-    """Title (with the run's caveat underneath), lay out, write the PNG and free the figure."""
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kw: Any):
+    """``(figure, axes)`` like ``pyplot.subplots``, but without pyplot: no global backend or
+    figure registry is touched, so plotting works the same in scripts, notebooks and workers."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def _save(fig: Figure, path: Path, text: str, note: str = "", *, dpi: int = 110) -> None:
+    """Title (with the run's caveat underneath), lay out and write the PNG."""
     _title(fig, text, note)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
 
 
-def _title(fig: plt.Figure, text: str, note: str = "") -> None:
+def _title(fig: Figure, text: str, note: str = "") -> None:
     lines = textwrap.wrap(text, 100) + (textwrap.wrap(f"({note})", 110) if note else [])
     fig.suptitle("\n".join(lines), fontsize=9)
+
+
+# --- reluinv analyze ---------------------------------------------------------------------------
+
+
+def plot_analysis(out_dir: Path, layers: Sequence[Mapping[str, Any]], spectra: bool, *,
+                  input_dim: int) -> list[str]:
+    """The plots of ``reluinv analyze``: preimage kinds per ReLU layer, and (with spectra) the median
+    condition number and rank of the Jacobian up to each layer.  Returns the paths written."""
+    names = [layer["name"] for layer in layers]
+    positions = np.arange(len(layers))
+    written = []
+
+    fig, ax = _subplots(figsize=(max(5.0, 0.9 * len(layers) + 2.5), 4.0))
+    bottom = np.zeros(len(layers))
+    for kind in ("singleton", "compact", "unbounded", "empty"):
+        counts = np.array([layer["kinds"].get(kind, 0) for layer in layers], dtype=float)
+        if counts.any():
+            ax.bar(positions, counts, bottom=bottom, color=KIND_COLOURS[kind], label=kind)
+        bottom += counts
+    ax.set_xticks(positions, names, rotation=30, ha="right")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    path = out_dir / "kinds_per_layer.png"
+    _save(fig, path, "preimage of each ReLU layer (Theorem 4)")
+    written.append(str(path))
+
+    if spectra:
+        fig, (ax_cond, ax_rank) = _subplots(1, 2, figsize=(max(8.0, 1.6 * len(layers) + 4.0), 4.0))
+        conditions = np.array([layer["median_condition"] for layer in layers], dtype=float)
+        shown = np.isfinite(conditions) & (conditions > 0)
+        ax_cond.plot(positions[shown], conditions[shown], "o-", color="#1f77b4")
+        if shown.any():
+            ax_cond.set_yscale("log")
+        ax_cond.set_ylabel("median condition number")
+        ax_cond.set_title("condition of the Jacobian up to the layer", fontsize=10)
+        ranks = np.array([layer["median_jacobian_rank"] for layer in layers], dtype=float)
+        ax_rank.plot(positions, ranks, "o-", color="#2ca02c", label="median rank")
+        ax_rank.plot(positions, [layer["units"] for layer in layers], "k--", lw=0.8, label="units")
+        ax_rank.axhline(input_dim, color="grey", ls=":", lw=0.8, label="network input dimension")
+        ax_rank.set_ylabel("rank")
+        ax_rank.set_title("rank of the Jacobian up to the layer", fontsize=10)
+        ax_rank.legend(fontsize=8)
+        for ax in (ax_cond, ax_rank):
+            ax.set_xticks(positions, names, rotation=30, ha="right")
+            ax.set_xlim(-0.5, len(layers) - 0.5)
+        path = out_dir / "condition_rank_per_layer.png"
+        _save(fig, path, "spectra of the network up to each ReLU layer (Section 3)")
+        written.append(str(path))
+    return written
 
 
 # --- Figure 1 ----------------------------------------------------------------------------------
@@ -43,7 +98,7 @@ def _title(fig: plt.Figure, text: str, note: str = "") -> None:
 def plot_fig1(result: dict[str, Any], path: Path) -> None:
     extent = result["grid"]["extent"]
     box = (-extent, extent, -extent, extent)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    fig, axes = _subplots(1, 3, figsize=(13, 4.2))
     pts = np.asarray(result["train_points"])
     labels = np.asarray(result["train_labels"])
     axes[0].imshow(np.asarray(result["prediction"]), origin="lower", extent=box, cmap="coolwarm",
@@ -57,7 +112,7 @@ def plot_fig1(result: dict[str, Any], path: Path) -> None:
     axes[1].imshow(np.asarray(result["kind"]), origin="lower", extent=box, cmap=cmap,
                    vmin=-0.5, vmax=len(order) - 0.5, interpolation="nearest")
     axes[1].set_title("preimage of the first layer")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=KIND_COLOURS[k]) for k in order[:3]]
+    handles = [Rectangle((0, 0), 1, 1, color=KIND_COLOURS[k]) for k in order[:3]]
     axes[1].legend(handles, order[:3], loc="lower left", fontsize=7)
     im = axes[2].imshow(np.asarray(result["condition"]), origin="lower", extent=box,
                         cmap="viridis", interpolation="nearest")
@@ -91,7 +146,7 @@ def plot_fig4(result: dict[str, Any], path: Path) -> None:
     n = result["input_dim"]
     active = np.array([s["n_active"] for s in samples])
     bounded = np.array([s["kind"] in ("singleton", "compact") for s in samples])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     if active.size:
         bins = np.arange(active.min() - 0.5, active.max() + 1.5, max(1, int(np.ptp(active) + 1) // 40))
         ax.hist(active[bounded], bins=bins, histtype="step", color=KIND_COLOURS["compact"],
@@ -143,7 +198,7 @@ def _samples_note(result: dict[str, Any]) -> str:
 
 
 def plot_fig5(result: dict[str, Any], path: Path) -> None:
-    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    fig, axes = _subplots(3, 1, figsize=(8, 8), sharex=True)
     for key, colour, label in (("wide", "tab:blue", "WideCIFAR"), ("thin", "tab:red", "ThinCIFAR")):
         layers = result[key]["layers"]
         x = [layer["index"] + 1 for layer in layers]
@@ -160,7 +215,7 @@ def plot_fig5(result: dict[str, Any], path: Path) -> None:
 
 
 def _decay_axes(ax, layers: list[dict[str, Any]]) -> None:
-    colours = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(layers))))
+    colours = colormaps["viridis"](np.linspace(0, 0.9, max(1, len(layers))))
     for colour, layer in zip(colours, layers):
         values = np.asarray(layer["singular_values"])
         values = values[values > 0]
@@ -171,14 +226,14 @@ def _decay_axes(ax, layers: list[dict[str, Any]]) -> None:
 
 
 def plot_fig6(result: dict[str, Any], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _subplots(figsize=(7, 4.5))
     _decay_axes(ax, result["decay"])
     _save(fig, path, "Figure 6: decay of singular values over the layers of WideCIFAR (after each ReLU)",
            _samples_note(result))
 
 
 def _effect_and_decay(result: dict[str, Any], path: Path, title: str) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, right) = _subplots(1, 2, figsize=(12, 4.5))
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for n, pair in enumerate(result["effect"]):
         for m, (key, style) in enumerate((("before", "-"), ("after", "--"))):
@@ -277,7 +332,7 @@ def summary_fig11(result: dict[str, Any]) -> tuple[str, str]:
 
 
 def plot_fig9(result: dict[str, Any], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     cs, counts = np.asarray(result["cs"]), np.asarray(result["counts"])
     if result["c_star"] is not None and np.isfinite(result["c_star"]):
         keep = cs <= 1.15 * result["c_star"]
@@ -317,7 +372,7 @@ def _image(values: Any) -> np.ndarray:
 
 def plot_fig7(result: dict[str, Any], path: Path) -> None:
     examples = result["examples"]
-    fig, axes = plt.subplots(len(examples), 3, figsize=(6.5, 2.2 * len(examples)), squeeze=False)
+    fig, axes = _subplots(len(examples), 3, figsize=(6.5, 2.2 * len(examples)), squeeze=False)
     for row, ex in zip(axes, examples):
         for ax, key, title in zip(row, ("source", "target", "found"),
                                   (f"source {ex['source_label']} ({ex['source_active_units']} active)",
@@ -344,7 +399,7 @@ def summary_fig7(result: dict[str, Any]) -> tuple[str, str]:
 def plot_fig7x(result: dict[str, Any], path: Path) -> None:
     examples = result["examples"]
     depths = result["depths"]
-    fig = plt.figure(figsize=(2.0 * (len(depths) + 2), 2.3 * len(examples) + 3))
+    fig = Figure(figsize=(2.0 * (len(depths) + 2), 2.3 * len(examples) + 3))
     grid = fig.add_gridspec(len(examples) + 1, len(depths) + 2)
     for r, ex in enumerate(examples):
         ax = fig.add_subplot(grid[r, 0])

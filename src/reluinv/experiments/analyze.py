@@ -59,7 +59,6 @@ __all__ = ["KINDS", "add_analyze_parser", "analyze", "format_summary"]
 
 #: Preimage kinds in the order they are counted, plotted and written.
 KINDS = ("singleton", "compact", "unbounded", "empty")
-_KIND_COLOURS = {"singleton": "#2ca02c", "compact": "#1f77b4", "unbounded": "#d62728", "empty": "#7f7f7f"}
 _FORMAT = "reluinv-analysis/1"
 
 _PREIMAGE_COLUMNS = ("sample", "layer", "name", "units", "input_dim", "active", "kind",
@@ -178,8 +177,10 @@ def analyze(
     result["files"] = files
     _write_csv(out_dir / "analysis.csv", result["rows"], spectra)
     if plots:
-        files["plots"] = _write_plots(out_dir, result["layers"], spectra,
-                                      input_dim=math.prod(batch.shape[1:]))
+        from .. import report  # matplotlib only when plots are asked for
+
+        files["plots"] = report.plot_analysis(out_dir, result["layers"], spectra,
+                                              input_dim=math.prod(batch.shape[1:]))
     _write_json(out_dir / "analysis.json", result)
     return result
 
@@ -490,59 +491,6 @@ def _write_json(path: Path, result: Mapping[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(_strict_json(result), indent=1, allow_nan=False), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _write_plots(out_dir: Path, layers: Sequence[Mapping[str, Any]], spectra: bool, *,
-                 input_dim: int) -> list[str]:
-    # Figure objects without pyplot: no global backend switch in the caller's session.
-    from matplotlib.figure import Figure
-
-    names = [layer["name"] for layer in layers]
-    positions = np.arange(len(layers))
-    written = []
-
-    fig = Figure(figsize=(max(5.0, 0.9 * len(layers) + 2.5), 4.0))
-    ax = fig.add_subplot()
-    bottom = np.zeros(len(layers))
-    for kind in KINDS:
-        counts = np.array([layer["kinds"].get(kind, 0) for layer in layers], dtype=float)
-        if counts.any():
-            ax.bar(positions, counts, bottom=bottom, color=_KIND_COLOURS[kind], label=kind)
-        bottom += counts
-    ax.set_xticks(positions, names, rotation=30, ha="right")
-    ax.set_ylabel("samples")
-    ax.set_title("preimage of each ReLU layer (Theorem 4)", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "kinds_per_layer.png"
-    fig.savefig(path, dpi=110)
-    written.append(str(path))
-
-    if spectra:
-        fig = Figure(figsize=(max(8.0, 1.6 * len(layers) + 4.0), 4.0))
-        ax_cond, ax_rank = fig.subplots(1, 2)
-        conditions = np.array([layer["median_condition"] for layer in layers], dtype=float)
-        shown = np.isfinite(conditions) & (conditions > 0)
-        ax_cond.plot(positions[shown], conditions[shown], "o-", color="#1f77b4")
-        if shown.any():
-            ax_cond.set_yscale("log")
-        ax_cond.set_ylabel("median condition number")
-        ax_cond.set_title("condition of the Jacobian up to the layer", fontsize=10)
-        ranks = np.array([layer["median_jacobian_rank"] for layer in layers], dtype=float)
-        ax_rank.plot(positions, ranks, "o-", color="#2ca02c", label="median rank")
-        ax_rank.plot(positions, [layer["units"] for layer in layers], "k--", lw=0.8, label="units")
-        ax_rank.axhline(input_dim, color="grey", ls=":", lw=0.8, label="network input dimension")
-        ax_rank.set_ylabel("rank")
-        ax_rank.set_title("rank of the Jacobian up to the layer", fontsize=10)
-        ax_rank.legend(fontsize=8)
-        for ax in (ax_cond, ax_rank):
-            ax.set_xticks(positions, names, rotation=30, ha="right")
-            ax.set_xlim(-0.5, len(layers) - 0.5)
-        fig.tight_layout()
-        path = out_dir / "condition_rank_per_layer.png"
-        fig.savefig(path, dpi=110)
-        written.append(str(path))
-    return written
 
 
 def format_summary(result: Mapping[str, Any]) -> str:
