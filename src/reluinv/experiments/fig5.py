@@ -11,7 +11,8 @@ from .spectra_data import network_spectra
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
     return {"samples": result["samples"], "note": result["note"], "training": result["training"],
-            "device": result["device"], "layers": [{key: layer[key] for key in ("index", "name", "out_dim", "rank", "condition")}
+            "device": result["device"],
+            "layers": [{key: layer[key] for key in ("index", "name", "out_dim", "rank", "condition")}
                        for layer in result["layers"]]}
 
 

@@ -12,4 +12,5 @@ from .spectra_data import network_spectra, pick, relu_indices
 def run(config: RunConfig) -> dict[str, Any]:
     result = network_spectra("wide_cifar", config)
     return {"architecture": "wide_cifar", "samples": result["samples"], "note": result["note"],
-            "training": result["training"], "device": result["device"], "decay": pick(result, relu_indices(result))}
+            "training": result["training"], "device": result["device"],
+            "decay": pick(result, relu_indices(result))}
