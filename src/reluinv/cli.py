@@ -23,6 +23,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     from . import report
     from .experiments import FIGURES, runner
+    from .experiments.claims import evaluate as evaluate_claims
     from .experiments.common import RunConfig, load_results, save_results
     from .network import checked_device
     from .parallel import Executor
@@ -59,6 +60,8 @@ def _reproduce(args: argparse.Namespace) -> int:
             save_results(results_path, results)
             print(f"{key}: computed in {results[key]['seconds']:.1f} s")
         report.write_figure(key, results[key], out)
+    results["claims"] = evaluate_claims(results)
+    save_results(results_path, results)
     index = report.write_index(results, out)
     print(f"report: {index}")
     return 0
