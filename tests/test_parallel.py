@@ -334,7 +334,7 @@ def test_a_scheduler_where_nothing_listens_fails_fast_and_says_where(shared):
 
 
 def test_a_listener_that_is_not_a_dask_scheduler_fails_fast(shared, monkeypatch):
-    monkeypatch.setattr(parallel, "SCHEDULER_CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(parallel.dask_backend, "SCHEDULER_CONNECT_TIMEOUT_S", 1.0)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
