@@ -32,7 +32,8 @@ from ._lp import ColumnLP
 from ._threads import single_blas_pool
 from ._validate import as_finite_array
 
-__all__ = ["OmniCertificate", "is_omnidirectional", "omnidirectional_certificate"]
+__all__ = ["OmniCertificate", "is_omnidirectional", "omnidirectional_certificate", "row_exponents",
+           "unit_rows"]
 
 #: Default relative tolerance for sign decisions on unit-norm rows (see ``omnidirectional_certificate``).
 DEFAULT_RTOL = 1e-9
@@ -102,9 +103,43 @@ def omnidirectional_certificate(
     with single_blas_pool():
         cert = _omni_lazy(_RowSource.from_matrix(A), rtol=rtol)
     if cert.rows is not None:  # report indices of A itself, not of its non-zero rows
-        nonzero = np.flatnonzero(np.linalg.norm(A, axis=1) > 0)
+        nonzero = np.flatnonzero(row_exponents(A) > _ZERO_ROW)
         cert = replace(cert, rows=nonzero[cert.rows])
     return cert
+
+
+#: :func:`row_exponents` of a row with no non-zero entry.
+_ZERO_ROW = np.iinfo(np.int32).min
+
+
+def row_exponents(M: NDArray[np.float64]) -> NDArray[np.int32]:
+    """Per row, the power of two ``p_i`` with ``max_j |M_ij|`` in ``[2^(p_i - 1), 2^p_i)``.
+
+    A zero row gets ``_ZERO_ROW`` (far below any float exponent).  ``M * 2^-p_i`` row by row is
+    exact (a power of two) and has entries of magnitude below 1, so norms of the scaled rows
+    neither overflow nor underflow whatever the scale of ``M`` (1e-300 or 1e300).
+    """
+    if M.shape[1] == 0:
+        return np.full(M.shape[0], _ZERO_ROW, np.int32)
+    amax = np.maximum(M.max(axis=1), -M.min(axis=1))  # max |M_ij| without a copy of M
+    mant, p = np.frexp(amax)
+    return np.where(mant == 0, _ZERO_ROW, p).astype(np.int32)
+
+
+def unit_rows(M: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.int32], NDArray[np.float64]]:
+    """``(U, p, s)``: the rows of M scaled to unit norm, computed without overflow or underflow.
+
+    ``|M_i| = s_i * 2^p_i`` with ``s_i`` in ``[1/2, sqrt(n))`` (``p`` from :func:`row_exponents`);
+    zero rows stay zero (``s_i = 0``).  Omnidirectionality (Definition 1) and the preimage's kind
+    (Theorem 4) depend on each row only up to a positive factor, so unit rows decide them at
+    every scale.
+    """
+    p = row_exponents(M)
+    zero = p == _ZERO_ROW
+    S = np.ldexp(M, np.where(zero, 0, -p)[:, None])
+    s = np.sqrt(np.einsum("ij,ij->i", S, S))
+    U = S / np.where(zero, 1.0, s)[:, None]
+    return U, p, s
 
 
 # --- implementation -------------------------------------------------------------------------
@@ -124,10 +159,9 @@ class _RowSource:
 
     @staticmethod
     def from_matrix(A: NDArray[np.float64]) -> _RowSource:
-        """Rows of A scaled to unit norm; zero rows (in no open half-space) dropped."""
-        norms = np.linalg.norm(A, axis=1)
-        keep = norms > 0
-        return _RowSource.from_rows(A[keep] / norms[keep, None])
+        """Rows of A scaled to unit norm (at any scale); zero rows (in no open half-space) dropped."""
+        U, _p, s = unit_rows(A)
+        return _RowSource.from_rows(U[s > 0])
 
     @staticmethod
     def from_rows(R: NDArray[np.float64]) -> _RowSource:

@@ -32,7 +32,7 @@ defaults to 1e-9); ranks count ``|R_jj| > max(m, n) * eps * |R_11|`` of the pivo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -42,7 +42,8 @@ from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
 from ._threads import single_blas_pool
 from ._validate import as_bounds, as_finite_array
-from .geometry import DEFAULT_RTOL, OmniCertificate, _omni_lazy, _RowSource
+from .geometry import (_ZERO_ROW, DEFAULT_RTOL, OmniCertificate, _omni_lazy, _RowSource, row_exponents,
+                       unit_rows)
 
 __all__ = ["Preimage", "PreimageCertificate", "CertificateError", "preimage", "layer_preimage"]
 
@@ -275,46 +276,123 @@ class _UnitInequalities:
         return np.concatenate([layer, x[self.up_idx], -x[self.lo_idx]])
 
 
+def _unit_rhs(b, y, inv, shift, zero):
+    """Right-hand sides ``(y_i - b_i) / |A_i|`` of the unit rows as ``mant * 2^exp`` (mant in
+    [1/2, 1) or 0), with ``1/|A_i| = inv_i * 2^-shift_i``; no intermediate overflows."""
+    pb = np.frexp(np.maximum(np.abs(b), y))[1].astype(np.int64)
+    num = np.ldexp(y, (-pb).astype(np.int32)) - np.ldexp(b, (-pb).astype(np.int32))  # |num| <= 2
+    mant, e = np.frexp(np.where(zero, 0.0, num * inv))
+    return mant, e + pb - shift
+
+
+def _x_scale(mant, exp, lo, up) -> tuple[int, bool]:
+    """``(Q, homogeneous)``: x is measured in units of 2^Q (see :class:`_LayerSystem`).
+
+    Q is the exponent of the largest right-hand side of a unit layer row, raised where the box
+    lies more than 2^_BOX_RANGE further out; the box alone sets it when every layer hyperplane
+    passes through the origin.  ``homogeneous``: every right-hand side is 0, so P is a cone.
+    """
+    box = np.concatenate([lo, up])
+    box = box[np.isfinite(box) & (box != 0)]
+    q_box = int(np.frexp(box)[1].max()) if box.size else None
+    nonzero = mant != 0
+    if nonzero.any():
+        q = int(exp[nonzero].max())
+        return (q if q_box is None else max(q, q_box - _BOX_RANGE)), False
+    if q_box is not None:
+        return q_box, False
+    return 0, True
+
+
+#: Rows whose largest entry lies within 2^-400 .. 2^400 are used in place (no scaled copy of A):
+#: products with such rows and a normalised x neither overflow nor underflow.
+_IN_PLACE_EXP = 400
+
+#: The box sets the scale of x only where it lies more than 2^50 beyond the layer's hyperplanes
+#: (normalised box bounds stay below 2^50, far inside what HiGHS treats as finite).
+_BOX_RANGE = 50
+
+
 class _LayerSystem:
-    """The mixed system (1)-(2) with box rows, in unit-row form."""
+    """The mixed system (1)-(2) with box rows, normalised so that the decision is scale-free.
+
+    Every layer row ``(A_i, b_i, y_i)`` is divided by ``|A_i|`` (unit rows: the kind depends on
+    each row only up to a positive factor), and x is measured in units of ``2^Q``
+    (``x = 2^Q x_hat``), where ``2^Q`` is the largest distance of a layer hyperplane from the
+    origin (of a box face where the layer's hyperplanes all pass through it).  Norms and
+    right-hand sides are formed from power-of-two exponents (``np.frexp``), so nothing overflows
+    or underflows at any scale of A, b, y or the box; tolerances are relative to this scale.
+    Points, directions and multipliers are mapped back to the user's problem in :meth:`_result`.
+    """
 
     def __init__(self, A, b, y, lo, up, rtol):
         m, n = A.shape
         self.m, self.n, self.rtol = m, n, rtol
         self.active = np.flatnonzero(y > 0)
-        norms = np.sqrt(np.einsum("ij,ij->i", A, A))
-        self.zero_norm = norms == 0
+        p = row_exponents(A)
+        self.zero_norm = p == _ZERO_ROW
+        shift = np.where(self.zero_norm, 0, p).astype(np.int64)
+        if np.all(np.abs(shift) <= _IN_PLACE_EXP):
+            M, shift = A, np.zeros(m, np.int64)  # products go through A itself: no copy
+        else:
+            M = np.ldexp(A, -shift[:, None])  # row i times 2^-p_i: exact, entries below 1
+        norms = np.sqrt(np.einsum("ij,ij->i", M, M))
+        # 1/|A_i| = inv_i * 2^-shift_i
         inv = 1.0 / np.where(self.zero_norm, 1.0, norms)
+        self.inv, self.shift = inv, shift
+        rho_mant, rho_exp = _unit_rhs(b, y, inv, shift, self.zero_norm)
+        self.Q, self.homogeneous = _x_scale(rho_mant, rho_exp, lo, up)
+        rho = np.ldexp(rho_mant, np.clip(rho_exp - self.Q, -2000, 2000).astype(np.int32))  # (y_i - b_i) / |A_i| / 2^Q, at most 1
+        lo, up = np.ldexp(lo, -self.Q), np.ldexp(up, -self.Q)
         # Equalities E x = e (active rows), inequalities G x <= h (inactive rows, then box rows),
-        # every row scaled to unit norm.
+        # every row of unit norm, x in units of 2^Q.
         act = self.active[~self.zero_norm[self.active]]
-        self.E = A[act] * inv[act, None]
-        self.e = (y[act] - b[act]) * inv[act]
+        self.E = M[act] * inv[act, None]
+        self.e = rho[act]
         self.eq_rows = act
         inact = np.flatnonzero((y <= 0) & ~self.zero_norm)
         up_idx = np.flatnonzero(np.isfinite(up))
         lo_idx = np.flatnonzero(np.isfinite(lo))
-        self.G = _UnitInequalities(A, inv, inact, up_idx, lo_idx)
-        self.h = np.concatenate([-b[inact] * inv[inact], up[up_idx], -lo[lo_idx]])
+        self.G = _UnitInequalities(M, inv, inact, up_idx, lo_idx)
+        self.h = np.concatenate([rho[inact], up[up_idx], -lo[lo_idx]])
         self.labels = np.concatenate([inact, m + up_idx, m + n + lo_idx]).astype(np.intp)
         self.box_bounded = up_idx.size == n and lo_idx.size == n
-        self.A, self.b, self.y = A, b, y
+        self.b, self.y = b, y
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _result(self, kind, point, direction, margin, cert, tol):
+        """The :class:`Preimage` in the user's units: points times 2^Q, multipliers already
+        mapped by :meth:`_multipliers`; the tolerance stays relative to the problem's scale."""
+        if kind == "singleton" and self.homogeneous:
+            point = np.zeros(self.n)  # every right-hand side is 0: P is a cone and 0 its apex
+        point = self._to_user(point)
+        if cert.second_point is not None:
+            cert = replace(cert, second_point=self._to_user(cert.second_point))
         return Preimage(kind=kind, point=point, direction=direction, nullity=self.k,
                         n_active=int(self.active.size), rank=self.r, margin=float(max(margin, 0.0)),
                         tolerance=float(tol), certificate=cert)
 
+    def _to_user(self, x):
+        if x is None:
+            return None
+        with np.errstate(over="ignore"):
+            out = np.ldexp(x, self.Q)
+        if not np.all(np.isfinite(out)):
+            raise ValueError(
+                f"the preimage's points have coordinates of about 2^{self.Q + 1}, beyond the "
+                f"float64 range (about 1.8e308): some rows of A are tiny compared to b and y")
+        return out
+
     def _zero_row_conflict(self) -> str | None:
-        """Rows with a_i = 0 are constants: they either hold for every x or for none."""
+        """Rows with a_i = 0 are constants: they either hold for every x or for none.  The
+        test is relative to the row's own entries, so scaling the row changes nothing."""
         for i in np.flatnonzero(self.zero_norm):
-            scale = max(1.0, abs(self.b[i]), abs(self.y[i]))
-            if self.y[i] > 0 and abs(self.b[i] - self.y[i]) > self.rtol * scale:
-                return f"row {i} has a_i = 0 but y_i = {self.y[i]} != b_i = {self.b[i]}"
-            if self.y[i] <= 0 and self.b[i] > self.rtol * scale:
-                return f"row {i} has a_i = 0 and b_i = {self.b[i]} > 0, so y_i cannot be 0"
+            b, y = float(self.b[i]), float(self.y[i])
+            if y > 0 and abs(b - y) > self.rtol * max(abs(b), y):
+                return f"row {i} has a_i = 0 but y_i = {y} != b_i = {b}"
+            if y <= 0 and b > 0:
+                return f"row {i} has a_i = 0 and b_i = {b} > 0, so y_i cannot be 0"
         return None
 
     def _factor(self) -> None:
@@ -327,24 +405,39 @@ class _LayerSystem:
         g = self.G.rows(rows).T @ lam
         nu = (np.linalg.lstsq(self.E.T, -g, rcond=None)[0] if self.E.shape[0]
               else np.zeros(0))
+        labels = self.labels[rows]
+        nu_user, lam_user = self._multipliers(nu, self.eq_rows, lam, labels)
         return PreimageCertificate(
             reason="no x satisfies the system (Farkas multipliers)",
-            farkas_equalities=self._expand_eq(nu), farkas_rows=self.labels[rows],
-            farkas_inequalities=lam / self._label_scale(self.labels[rows]))
+            farkas_equalities=self._expand_eq(nu_user), farkas_rows=labels,
+            farkas_inequalities=lam_user)
 
     def _expand_eq(self, nu: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Multipliers on unit rows -> multipliers on the rows of A_pos as given (all active rows)."""
+        """Multipliers on the non-zero active rows -> a vector over all active rows."""
         out = np.zeros(self.active.size)
-        pos = np.searchsorted(self.active, self.eq_rows)
-        norms = np.linalg.norm(self.A[self.eq_rows], axis=1) if nu.size else np.zeros(0)
-        out[pos] = nu / norms
+        out[np.searchsorted(self.active, self.eq_rows)] = nu
         return out
 
-    def _label_scale(self, labels: NDArray[np.intp]) -> NDArray[np.float64]:
-        scale = np.ones(labels.size)
-        layer = labels < self.m
-        scale[layer] = np.linalg.norm(self.A[labels[layer]], axis=1)
-        return scale
+    def _multipliers(self, *parts: NDArray) -> list[NDArray[np.float64]]:
+        """Multipliers on unit rows -> on the user's rows (``lam_i / |A_i|``), for pairs
+        ``values, labels`` (labels as in :class:`PreimageCertificate`).  All parts share one
+        power-of-two factor (a positive multiple of a certificate is a certificate), chosen so
+        that the largest is about 1 whatever the rows' norms."""
+        mants, exps = [], []
+        for values, labels in zip(parts[::2], parts[1::2]):
+            layer = labels < self.m
+            rows = labels[layer]
+            mant = np.array(values, dtype=np.float64)
+            mant[layer] *= self.inv[rows]
+            exp = np.zeros(labels.size, np.int64)
+            exp[layer] = -self.shift[rows]
+            mants.append(mant)
+            exps.append(exp)
+        every = np.concatenate(mants)
+        nonzero = every != 0
+        top = int((np.frexp(every[nonzero])[1] + np.concatenate(exps)[nonzero]).max()) \
+            if nonzero.any() else 0
+        return [np.ldexp(mant, exp - top) for mant, exp in zip(mants, exps)]
 
     # -- the decision ----------------------------------------------------------------------
 
@@ -361,7 +454,8 @@ class _LayerSystem:
             res = self.e - self.E @ np.linalg.lstsq(self.E, self.e, rcond=None)[0]
             cert = PreimageCertificate(
                 reason="the equations A_pos x + b_pos = y_pos have no solution",
-                farkas_equalities=self._expand_eq(-res), farkas_rows=np.zeros(0, np.intp),
+                farkas_equalities=self._expand_eq(self._multipliers(-res, self.eq_rows)[0]),
+                farkas_rows=np.zeros(0, np.intp),
                 farkas_inequalities=np.zeros(0))
             return self._result("empty", None, None, min(1.0, eq_res / max(1.0, np.abs(self.e).max())),
                                 cert, tol)
@@ -413,7 +507,7 @@ class _LayerSystem:
                 cert = PreimageCertificate(
                     reason=f"{tight.size} inequalities tight at the point are omnidirectional in "
                            f"N(A_pos) (Theorem 4 ii, Theorem 12)",
-                    rows=labels, multipliers=pin.multipliers / self._label_scale(labels))
+                    rows=labels, multipliers=self._multipliers(pin.multipliers, labels)[0])
                 return self._result("singleton", x0, None, min(self.rank_ratio, pin.margin), cert, tol)
             assert pin.direction is not None
             step_dir = self.basis.expand(pin.direction)
@@ -429,7 +523,7 @@ class _LayerSystem:
             cert = PreimageCertificate(
                 reason=f"{omni.rows.size} inequality rows are omnidirectional in N(A_pos) "
                        f"(Theorem 4 iii, Theorem 5)",
-                rows=labels, multipliers=omni.multipliers / self._label_scale(labels),
+                rows=labels, multipliers=self._multipliers(omni.multipliers, labels)[0],
                 second_point=second)
             return self._result("compact", x0, None, min(self.rank_ratio, omni.margin), cert, tol)
         assert omni.direction is not None
@@ -526,31 +620,47 @@ class _LayerSystem:
 
 
 def _verify(r: Preimage, A, b, y, lower, upper, rtol) -> None:
+    """See :meth:`Preimage.verify`.  Works on the rows scaled to unit norm and on their distances
+    ``rho`` from the origin, so every test is relative (to a row's own norm, and to the scale
+    ``max(max |rho|, max |box|, max |x|)`` of the points) and holds at any scale of the data."""
     A = np.asarray(A, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     m, n = A.shape
     lo, up = as_bounds(lower, upper, n)
     pos = y > 0
-    scale = max(1.0, float(np.abs(A).max(initial=0.0)), float(np.abs(b).max(initial=0.0)),
-                float(np.abs(y).max(initial=0.0)))
+    U, p, norm = unit_rows(A)
+    live = norm > 0
+    with np.errstate(over="ignore"):  # beyond float64: inf, which no finite point satisfies
+        pb = np.frexp(np.maximum(np.abs(b), y))[1]
+        num = np.ldexp(y, -pb) - np.ldexp(b, -pb)
+        rho = np.where(live, np.ldexp(num / np.where(live, norm, 1.0), pb - np.where(live, p, 0)), 0.0)
+    box = np.concatenate([lo, up])
+    scale = max(float(np.abs(rho[np.isfinite(rho)]).max(initial=0.0)),
+                float(np.abs(box[np.isfinite(box)]).max(initial=0.0)))
+    for i in np.flatnonzero(~live):  # constant rows: a_i = 0
+        if (y[i] > 0 and not abs(b[i] - y[i]) <= rtol * max(abs(b[i]), y[i])) or \
+                (y[i] <= 0 and b[i] > 0):
+            if r.kind != "empty":
+                raise CertificateError(f"row {i} has a_i = 0 and cannot produce y_i = {y[i]}")
 
     def in_preimage(x: NDArray[np.float64], what: str) -> None:
-        xs = max(1.0, float(np.abs(x).max()))
-        z = A @ x + b
-        atol = rtol * scale * xs
-        if np.any(np.abs(z[pos] - y[pos]) > atol):
-            raise CertificateError(f"{what} misses the equations by {np.abs(z[pos] - y[pos]).max():.3g}")
-        if np.any(z[~pos] > atol):
-            raise CertificateError(f"{what} violates an inactive row by {z[~pos].max():.3g}")
-        if np.any(x < lo - rtol * xs) or np.any(x > up + rtol * xs):
+        if not np.all(np.isfinite(x)):
+            raise CertificateError(f"{what} is not finite")
+        atol = rtol * max(scale, float(np.abs(x).max(initial=0.0)))
+        z = U @ x - rho
+        if not np.all(np.abs(z[pos & live]) <= atol):
+            raise CertificateError(f"{what} misses the equations by {np.abs(z[pos & live]).max():.3g}")
+        if not np.all(z[~pos & live] <= atol):
+            raise CertificateError(f"{what} violates an inactive row by {z[~pos & live].max():.3g}")
+        if np.any(x < lo - atol) or np.any(x > up + atol):
             raise CertificateError(f"{what} lies outside the box")
 
     def rows_matrix(labels: NDArray[np.intp]) -> NDArray[np.float64]:
         out = np.zeros((labels.size, n))
         for t, lab in enumerate(labels):
             if lab < m:
-                out[t] = A[lab]
+                out[t] = U[lab]
             elif lab < m + n:
                 out[t, lab - m] = 1.0
             else:
@@ -558,11 +668,27 @@ def _verify(r: Preimage, A, b, y, lower, upper, rtol) -> None:
         return out
 
     def rows_rhs(labels: NDArray[np.intp]) -> NDArray[np.float64]:
-        return np.array([-b[lab] if lab < m else (up[lab - m] if lab < m + n else -lo[lab - m - n])
+        return np.array([rho[lab] if lab < m else (up[lab - m] if lab < m + n else -lo[lab - m - n])
                          for lab in labels])
 
+    def on_unit_rows(values: NDArray[np.float64], labels: NDArray[np.intp]) -> tuple:
+        """Multipliers on the user's rows times the rows' norms (a common power of two apart)."""
+        layer = labels < m
+        mant = np.array(values, dtype=np.float64)
+        mant[layer] *= norm[labels[layer]]
+        exp = np.where(layer, p[np.where(layer, labels, 0)], 0).astype(np.int64)
+        exp[layer & ~live[np.where(layer, labels, 0)]] = 0
+        return mant, exp
+
+    def common(*pairs: tuple) -> list[NDArray[np.float64]]:
+        every = np.concatenate([mant for mant, _ in pairs])
+        exps = np.concatenate([exp for _, exp in pairs])
+        nz = every != 0
+        top = int((np.frexp(every[nz])[1] + exps[nz]).max()) if nz.any() else 0
+        return [np.ldexp(mant, exp - top) for mant, exp in pairs]
+
     cert = r.certificate
-    null = scipy.linalg.null_space(A[pos]) if pos.any() else np.eye(n)
+    null = scipy.linalg.null_space(U[pos & live]) if (pos & live).any() else np.eye(n)
     if r.nullity != null.shape[1]:
         raise CertificateError(f"nullity {r.nullity} but N(A_pos) has dimension {null.shape[1]}")
     if r.kind == "empty":
@@ -574,11 +700,12 @@ def _verify(r: Preimage, A, b, y, lower, upper, rtol) -> None:
         assert lam is not None and labels is not None
         if np.any(lam < 0):
             raise CertificateError("Farkas inequality multipliers must be >= 0")
-        G = rows_matrix(labels)
-        combo = A[pos].T @ nu + G.T @ lam
-        value = (y[pos] - b[pos]) @ nu + rows_rhs(labels) @ lam
-        size = max(1e-300, float(np.abs(nu).sum() + np.abs(lam).sum()))
-        if np.abs(combo).max(initial=0.0) > rtol * scale * size:
+        active = np.flatnonzero(pos)
+        nu_u, lam_u = common(on_unit_rows(nu, active), on_unit_rows(lam, labels))
+        combo = U[active].T @ nu_u + rows_matrix(labels).T @ lam_u
+        value = rho[active] @ nu_u + rows_rhs(labels) @ lam_u
+        size = max(1e-300, float(np.abs(nu_u).sum() + np.abs(lam_u).sum()))
+        if not np.abs(combo).max(initial=0.0) <= rtol * size:
             raise CertificateError(f"Farkas combination is not zero ({np.abs(combo).max():.3g})")
         if not value < 0:
             raise CertificateError(f"Farkas value {value:.3g} is not negative")
@@ -587,15 +714,9 @@ def _verify(r: Preimage, A, b, y, lower, upper, rtol) -> None:
         raise CertificateError(f"a {r.kind} preimage must carry a point")
     in_preimage(r.point, "point")
     if r.kind == "unbounded":
-        d = r.direction
-        if d is None or abs(np.linalg.norm(d) - 1) > 1e-8:
-            raise CertificateError("unbounded needs a unit direction")
-        z = A @ d
-        if np.abs(z[pos]).max(initial=0.0) > rtol * scale or z[~pos].max(initial=0.0) > rtol * scale:
-            raise CertificateError("direction leaves the preimage (A_pos d != 0 or A_zero d > 0)")
-        if np.any(d[np.isfinite(up)] > rtol) or np.any(d[np.isfinite(lo)] < -rtol):
-            raise CertificateError("direction leaves the box")
-        in_preimage(r.point + 1e3 * d, "point + 1000 d")
+        _verify_direction(r, U[pos & live], U[~pos & live], lo, up, rtol)
+        reach = 1e3 * max(scale, float(np.abs(r.point).max(initial=0.0))) or 1e3
+        in_preimage(r.point + reach * r.direction, "point + t d (t = 1000 times the scale)")
         return
     if r.kind in ("compact", "singleton") and r.direction is not None:
         raise CertificateError("a bounded preimage has no direction")
@@ -603,7 +724,7 @@ def _verify(r: Preimage, A, b, y, lower, upper, rtol) -> None:
         in_preimage(cert.second_point, "second point")
         if r.kind == "singleton":
             raise CertificateError("a singleton cannot have a second point")
-        if np.linalg.norm(cert.second_point - r.point) == 0:
+        if np.array_equal(cert.second_point, r.point):
             raise CertificateError("second point equals the point")
     if r.kind == "singleton" and r.nullity == 0:
         return
@@ -613,16 +734,29 @@ def _verify(r: Preimage, A, b, y, lower, upper, rtol) -> None:
         return
     if cert.rows is None or cert.multipliers is None:
         raise CertificateError(f"a {r.kind} preimage with nullity > 0 needs multipliers")
-    lam = cert.multipliers
-    if np.any(lam <= 0):
+    if np.any(cert.multipliers <= 0):
         raise CertificateError("multipliers must be strictly positive")
+    (lam,) = common(on_unit_rows(cert.multipliers, cert.rows))
+    if np.any(lam <= 0):
+        raise CertificateError("multipliers on unit rows underflow to 0")
     restricted = rows_matrix(cert.rows) @ null
     combo = restricted.T @ lam
-    if np.abs(combo).max(initial=0.0) > rtol * scale * float(lam.sum()):
+    if not np.abs(combo).max(initial=0.0) <= rtol * float(lam.sum()):
         raise CertificateError(f"multipliers do not combine to zero ({np.abs(combo).max():.3g})")
     if np.linalg.matrix_rank(restricted) < null.shape[1]:
         raise CertificateError("certifying rows do not span N(A_pos)")
     if r.kind == "singleton":
         slack = rows_rhs(cert.rows) - rows_matrix(cert.rows) @ r.point
-        if np.abs(slack).max(initial=0.0) > rtol * scale * max(1.0, float(np.abs(r.point).max())):
+        if not np.abs(slack).max(initial=0.0) <= rtol * max(scale, float(np.abs(r.point).max())):
             raise CertificateError("pinning rows are not tight at the point")
+
+
+def _verify_direction(r: Preimage, U_pos, U_zero, lo, up, rtol) -> None:
+    """An unbounded verdict's direction: unit, in N(A_pos), ``A_zero d <= 0``, inside the box."""
+    d = r.direction
+    if d is None or not abs(np.linalg.norm(d) - 1) <= 1e-8:
+        raise CertificateError("unbounded needs a unit direction")
+    if not (np.abs(U_pos @ d).max(initial=0.0) <= rtol and (U_zero @ d).max(initial=0.0) <= rtol):
+        raise CertificateError("direction leaves the preimage (A_pos d != 0 or A_zero d > 0)")
+    if np.any(d[np.isfinite(up)] > rtol) or np.any(d[np.isfinite(lo)] < -rtol):
+        raise CertificateError("direction leaves the box")
