@@ -118,3 +118,17 @@ def test_matches_brute_force(n, m, seed, integer):
     cert = omnidirectional_certificate(A)
     assert cert.omnidirectional == brute_force_omni(A)
     check_certificate(A, cert)
+
+
+@pytest.mark.parametrize("s", [1e-300, 1e-200, 1e200, 1e300])
+def test_decision_is_the_same_at_every_scale(s):
+    """Omnidirectionality depends on each row only up to a positive factor (Definition 1)."""
+    rng = np.random.default_rng(5)
+    for A in (np.array([[1.0, 0], [-1, -1], [-1, 1]]), np.array([[1.0, 0], [-1, 0], [0, 1]]),
+              rng.standard_normal((40, 4))):
+        expected = brute_force_omni(A)
+        row_scales = 10.0 ** rng.integers(-150, 151, size=A.shape[0])
+        for B in (A * s, A * row_scales[:, None]):
+            cert = omnidirectional_certificate(B)
+            assert cert.omnidirectional == expected
+            check_certificate(A, cert)  # the certificate is about unit rows

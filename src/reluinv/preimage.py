@@ -25,9 +25,15 @@ Method, following Theorem 4 but exact where Algorithm 1 as printed is not:
 Both LPs use row generation: they start from a few rows and add only the rows a candidate
 answer violates, so a 3500 x 784 layer is decided while looking at a small fraction of its rows.
 
-Tolerances: every row is scaled to unit norm; a constraint counts as satisfied when its violation
-is at most ``tolerance = rtol * max(1, |x_p|)`` with ``x_p`` the particular solution (``rtol``
-defaults to 1e-9); ranks count ``|R_jj| > max(m, n) * eps * |R_11|`` of the pivoted QR.
+Scale: the kind does not change when a row ``(A_i, b_i, y_i)`` is multiplied by a positive number
+or x is scaled (A by s, the box by 1/s).  So every row is scaled to unit norm and x is measured in
+units of ``2^Q``, the largest distance of a layer hyperplane from the origin (of a box face when
+all hyperplanes pass through 0); both come from power-of-two exponents (``np.frexp``), so data at
+1e-300 or 1e300 neither underflows nor overflows, and the verdict is the same at every scale.
+
+Tolerances, in these units: a constraint counts as satisfied when its violation is at most
+``tolerance = rtol * max(1, |x_p|)`` with ``x_p`` the particular solution (``rtol`` defaults to
+1e-9); ranks count ``|R_jj| > max(m, n) * eps * |R_11|`` of the pivoted QR.
 """
 
 from __future__ import annotations
@@ -104,7 +110,8 @@ class Preimage:
         margin: the smallest relative gap among the quantities that decided the kind (rank ratio
             of the deciding QR, balance of the multipliers, strictness of the direction, violation
             that proves emptiness), in [0, 1]; see :attr:`near_tolerance`.
-        tolerance: the absolute tolerance on unit-norm rows that the decision used.
+        tolerance: the tolerance on unit-norm rows that the decision used, relative to the
+            problem's scale (see the module docstring), so the same at every scale.
         certificate: the evidence, see :class:`PreimageCertificate`.
     """
 
