@@ -8,8 +8,12 @@ point or a bounded set with more than one point.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+import torch
 from scipy.optimize import linprog
+from torch import nn
 
 
 def brute_force_kind(A, b, y, lower=None, upper=None, *, spread_tol=1e-7) -> str:
@@ -91,3 +95,161 @@ CONSTRUCTED = {
     "box_pins_point": BOX_PINS_POINT,
     "half_box_unbounded": HALF_BOX_UNBOUNDED,
 }
+
+# --- the multi-layer oracle -----------------------------------------------------------------------
+#
+# Uses no code of reluinv: it enumerates EVERY activation pattern of every ReLU up to the feature
+# layer, writes each pattern's piece as a polyhedron in input space, and classifies it by 2n LPs
+# (min and max of every coordinate, scipy's linprog).  The preimage is the union of the pieces.
+
+#: A piece whose every coordinate spans at most this is a single point.
+MULTI_LAYER_SPREAD_TOL = 1e-7
+
+
+# --- building tiny networks ---------------------------------------------------------------------
+
+
+def make_net(layers, *, relu_last=True):
+    """Sequential of Linear(+ReLU) from a list of (W, b); the last Linear has a ReLU iff relu_last."""
+    modules = []
+    for k, (W, b) in enumerate(layers):
+        W = np.asarray(W, float)
+        lin = nn.Linear(W.shape[1], W.shape[0]).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.as_tensor(W))
+            lin.bias.copy_(torch.as_tensor(np.asarray(b, float)))
+        modules.append(lin)
+        if k < len(layers) - 1 or relu_last:
+            modules.append(nn.ReLU())
+    return nn.Sequential(*modules)
+
+
+def net_layers(model):
+    """(W, b) of every Linear, float64, straight from the module."""
+    return [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+            for m in model if isinstance(m, nn.Linear)]
+
+
+def forward(layers, x, relu_last):
+    h = np.asarray(x, float)
+    for k, (W, b) in enumerate(layers):
+        h = W @ h + b
+        if k < len(layers) - 1 or relu_last:
+            h = np.maximum(h, 0)
+    return h
+
+
+# --- the brute-force oracle -----------------------------------------------------------------------
+
+
+def pattern_pieces(layers, x, *, relu_last, lower=None, upper=None):
+    """linprog keyword arguments of the piece of EVERY activation pattern (empty ones included)."""
+    x = np.asarray(x, float)
+    n = x.size
+    f = forward(layers, x, relu_last)
+    relu_layers = layers if relu_last else layers[:-1]
+    widths = [W.shape[0] for W, _ in relu_layers]
+    lo = np.full(n, -np.inf) if lower is None else np.broadcast_to(np.asarray(lower, float), (n,))
+    up = np.full(n, np.inf) if upper is None else np.broadcast_to(np.asarray(upper, float), (n,))
+    bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b) for a, b in zip(lo, up)]
+    for bits in itertools.product([False, True], repeat=sum(widths)):
+        pattern, start = [], 0
+        for w in widths:
+            pattern.append(np.array(bits[start:start + w]))
+            start += w
+        J, k = np.eye(n), np.zeros(n)
+        A_ub, b_ub = [], []
+        for (W, b), s in zip(relu_layers, pattern):
+            Z, kz = W @ J, W @ k + b
+            A_ub += [-Z[s], Z[~s]]  # active: z >= 0, inactive: z <= 0
+            b_ub += [kz[s], -kz[~s]]
+            J, k = Z * s[:, None], kz * s
+        if not relu_last:
+            T, t = layers[-1]
+            J, k = T @ J, T @ k + t
+        A_eq, b_eq = J, f - k  # the features on this pattern equal those of x
+        zero = np.all(A_eq == 0, axis=1)
+        if np.any(np.abs(b_eq[zero]) > 1e-12):
+            continue
+        A_eq, b_eq = A_eq[~zero], b_eq[~zero]
+        yield dict(A_ub=np.vstack(A_ub), b_ub=np.concatenate(b_ub),
+                   A_eq=A_eq if len(b_eq) else None, b_eq=b_eq if len(b_eq) else None,
+                   bounds=bounds)
+
+
+def lp(c, kw):
+    """linprog that insists on a definite answer: optimal (0), infeasible (2) or unbounded (3).
+
+    HiGHS' presolve answers "infeasible" for some unbounded LPs and the simplex without presolve
+    occasionally stops with "unknown" on degenerate ones; try the dual simplex, then the interior
+    point method, both without presolve, then the default.
+    """
+    for method, options in (("highs-ds", {"presolve": False}), ("highs-ipm", {"presolve": False}),
+                            ("highs", {})):
+        res = linprog(c, **kw, method=method, options=options)
+        if res.status in (0, 2, 3):
+            return res
+    return res
+
+
+def brute_force(layers, x, *, relu_last, lower=None, upper=None):
+    """Kind of {x' in box: F(x') = F(x)}: the union of all pieces, each classified by 2n LPs."""
+    x = np.asarray(x, float)
+    n = x.size
+    pieces = []
+    unbounded = False
+    for kw in pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper):
+        if lp(np.zeros(n), kw).status == 2:
+            continue
+        mins, maxs = np.empty(n), np.empty(n)
+        for j in range(n):
+            c = np.zeros(n)
+            c[j] = 1.0
+            lo_res, hi_res = lp(c, kw), lp(-c, kw)
+            if lo_res.status == 3 or hi_res.status == 3:
+                unbounded = True
+                mins[j], maxs[j] = -np.inf, np.inf
+                continue
+            assert lo_res.status == 0 and hi_res.status == 0, (lo_res.message, hi_res.message)
+            mins[j], maxs[j] = lo_res.fun, -hi_res.fun
+        pieces.append((mins, maxs))
+    if unbounded:
+        return "unbounded", pieces
+    points = [(a + b) / 2 for a, b in pieces if np.all(b - a <= MULTI_LAYER_SPREAD_TOL)]
+    if len(points) == len(pieces) and all(np.allclose(p, x, atol=1e-7) for p in points):
+        return "singleton", pieces
+    return "compact", pieces
+
+
+def brute_force_extent(layers, x, *, relu_last, lower, upper):
+    """Largest L-inf and L1 distance from x over the union of all pieces (orthant LPs for L1)."""
+    x = np.asarray(x, float)
+    n = x.size
+    linf = l1 = 0.0
+    for kw in pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper):
+        if lp(np.zeros(n), kw).status != 0:
+            continue
+        for j, sign in itertools.product(range(n), (1.0, -1.0)):
+            c = np.zeros(n)
+            c[j] = -sign
+            res = lp(c, kw)
+            linf = max(linf, sign * (res.x[j] - x[j]))
+        for signs in itertools.product((1.0, -1.0), repeat=n):  # orthant of x' - x
+            s = np.array(signs)
+            orthant = dict(kw)
+            orthant["A_ub"] = np.vstack([kw["A_ub"], -np.diag(s)])
+            orthant["b_ub"] = np.concatenate([kw["b_ub"], -s * x])
+            res = lp(-s, orthant)
+            if res.status == 0:
+                l1 = max(l1, float(np.abs(res.x - x).sum()))
+    return linf, l1
+
+
+def brute_force_max_inner(layers, x, target, *, relu_last, lower, upper):
+    """max <target, x'> over the union of all pieces (one LP per piece)."""
+    best = -np.inf
+    for kw in pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper):
+        res = lp(-np.asarray(target, float), kw)
+        if res.status == 0:
+            best = max(best, -res.fun)
+    return best

@@ -1,14 +1,13 @@
 """Invariance searches and multi-layer preimages (Appendix A7, Section 4) against brute force.
 
-The oracle here uses no code of reluinv: it enumerates EVERY activation pattern of every ReLU up to
-the feature layer, writes each pattern's piece as a polyhedron in input space, and classifies it
-by 2n LPs (min and max of every coordinate, scipy's linprog).  The preimage is the union of the
-pieces.
+The oracle (tests/problems.py, "the multi-layer oracle") uses no code of reluinv: it enumerates
+EVERY activation pattern of every ReLU up to the feature layer, writes each pattern's piece as a
+polyhedron in input space, and classifies it by 2n LPs (min and max of every coordinate, scipy's
+linprog).  The preimage is the union of the pieces.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 
@@ -17,11 +16,20 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from problems import (
+    brute_force,
+    brute_force_extent,
+    brute_force_max_inner,
+    forward,
+    make_net,
+    net_layers,
+)
 from scipy.optimize import linprog
 from torch import nn
 
+from reluinv import _lp
+from reluinv.experiments.fig7x import fig7x_examples
 from reluinv.invariance import (
-    fig7x_examples,
     invariance_search,
     network_preimage,
     preimage_extent,
@@ -29,158 +37,6 @@ from reluinv.invariance import (
 )
 from reluinv.preimage import affine_matrix
 from reluinv.zoo import mlp_table1
-
-SPREAD_TOL = 1e-7
-
-
-# --- building tiny networks ---------------------------------------------------------------------
-
-
-def make_net(layers, *, relu_last=True):
-    """Sequential of Linear(+ReLU) from a list of (W, b); the last Linear has a ReLU iff relu_last."""
-    modules = []
-    for k, (W, b) in enumerate(layers):
-        W = np.asarray(W, float)
-        lin = nn.Linear(W.shape[1], W.shape[0]).double()
-        with torch.no_grad():
-            lin.weight.copy_(torch.as_tensor(W))
-            lin.bias.copy_(torch.as_tensor(np.asarray(b, float)))
-        modules.append(lin)
-        if k < len(layers) - 1 or relu_last:
-            modules.append(nn.ReLU())
-    return nn.Sequential(*modules)
-
-
-def net_layers(model):
-    """(W, b) of every Linear, float64, straight from the module."""
-    return [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
-            for m in model if isinstance(m, nn.Linear)]
-
-
-def forward(layers, x, relu_last):
-    h = np.asarray(x, float)
-    for k, (W, b) in enumerate(layers):
-        h = W @ h + b
-        if k < len(layers) - 1 or relu_last:
-            h = np.maximum(h, 0)
-    return h
-
-
-# --- the brute-force oracle -----------------------------------------------------------------------
-
-
-def pattern_pieces(layers, x, *, relu_last, lower=None, upper=None):
-    """linprog keyword arguments of the piece of EVERY activation pattern (empty ones included)."""
-    x = np.asarray(x, float)
-    n = x.size
-    f = forward(layers, x, relu_last)
-    relu_layers = layers if relu_last else layers[:-1]
-    widths = [W.shape[0] for W, _ in relu_layers]
-    lo = np.full(n, -np.inf) if lower is None else np.broadcast_to(np.asarray(lower, float), (n,))
-    up = np.full(n, np.inf) if upper is None else np.broadcast_to(np.asarray(upper, float), (n,))
-    bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b) for a, b in zip(lo, up)]
-    for bits in itertools.product([False, True], repeat=sum(widths)):
-        pattern, start = [], 0
-        for w in widths:
-            pattern.append(np.array(bits[start:start + w]))
-            start += w
-        J, k = np.eye(n), np.zeros(n)
-        A_ub, b_ub = [], []
-        for (W, b), s in zip(relu_layers, pattern):
-            Z, kz = W @ J, W @ k + b
-            A_ub += [-Z[s], Z[~s]]  # active: z >= 0, inactive: z <= 0
-            b_ub += [kz[s], -kz[~s]]
-            J, k = Z * s[:, None], kz * s
-        if not relu_last:
-            T, t = layers[-1]
-            J, k = T @ J, T @ k + t
-        A_eq, b_eq = J, f - k  # the features on this pattern equal those of x
-        zero = np.all(A_eq == 0, axis=1)
-        if np.any(np.abs(b_eq[zero]) > 1e-12):
-            continue
-        A_eq, b_eq = A_eq[~zero], b_eq[~zero]
-        yield dict(A_ub=np.vstack(A_ub), b_ub=np.concatenate(b_ub),
-                   A_eq=A_eq if len(b_eq) else None, b_eq=b_eq if len(b_eq) else None,
-                   bounds=bounds)
-
-
-def lp(c, kw):
-    """linprog that insists on a definite answer: optimal (0), infeasible (2) or unbounded (3).
-
-    HiGHS' presolve answers "infeasible" for some unbounded LPs and the simplex without presolve
-    occasionally stops with "unknown" on degenerate ones; try the dual simplex, then the interior
-    point method, both without presolve, then the default.
-    """
-    for method, options in (("highs-ds", {"presolve": False}), ("highs-ipm", {"presolve": False}),
-                            ("highs", {})):
-        res = linprog(c, **kw, method=method, options=options)
-        if res.status in (0, 2, 3):
-            return res
-    return res
-
-
-def brute_force(layers, x, *, relu_last, lower=None, upper=None):
-    """Kind of {x' in box: F(x') = F(x)}: the union of all pieces, each classified by 2n LPs."""
-    x = np.asarray(x, float)
-    n = x.size
-    pieces = []
-    unbounded = False
-    for kw in pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper):
-        if lp(np.zeros(n), kw).status == 2:
-            continue
-        mins, maxs = np.empty(n), np.empty(n)
-        for j in range(n):
-            c = np.zeros(n)
-            c[j] = 1.0
-            lo_res, hi_res = lp(c, kw), lp(-c, kw)
-            if lo_res.status == 3 or hi_res.status == 3:
-                unbounded = True
-                mins[j], maxs[j] = -np.inf, np.inf
-                continue
-            assert lo_res.status == 0 and hi_res.status == 0, (lo_res.message, hi_res.message)
-            mins[j], maxs[j] = lo_res.fun, -hi_res.fun
-        pieces.append((mins, maxs))
-    if unbounded:
-        return "unbounded", pieces
-    points = [(a + b) / 2 for a, b in pieces if np.all(b - a <= SPREAD_TOL)]
-    if len(points) == len(pieces) and all(np.allclose(p, x, atol=1e-7) for p in points):
-        return "singleton", pieces
-    return "compact", pieces
-
-
-def brute_force_extent(layers, x, *, relu_last, lower, upper):
-    """Largest L-inf and L1 distance from x over the union of all pieces (orthant LPs for L1)."""
-    x = np.asarray(x, float)
-    n = x.size
-    linf = l1 = 0.0
-    for kw in pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper):
-        if lp(np.zeros(n), kw).status != 0:
-            continue
-        for j, sign in itertools.product(range(n), (1.0, -1.0)):
-            c = np.zeros(n)
-            c[j] = -sign
-            res = lp(c, kw)
-            linf = max(linf, sign * (res.x[j] - x[j]))
-        for signs in itertools.product((1.0, -1.0), repeat=n):  # orthant of x' - x
-            s = np.array(signs)
-            orthant = dict(kw)
-            orthant["A_ub"] = np.vstack([kw["A_ub"], -np.diag(s)])
-            orthant["b_ub"] = np.concatenate([kw["b_ub"], -s * x])
-            res = lp(-s, orthant)
-            if res.status == 0:
-                l1 = max(l1, float(np.abs(res.x - x).sum()))
-    return linf, l1
-
-
-def brute_force_max_inner(layers, x, target, *, relu_last, lower, upper):
-    """max <target, x'> over the union of all pieces (one LP per piece)."""
-    best = -np.inf
-    for kw in pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper):
-        res = lp(-np.asarray(target, float), kw)
-        if res.status == 0:
-            best = max(best, -res.fun)
-    return best
-
 
 # --- constructed cases with known answers ---------------------------------------------------------
 
@@ -428,15 +284,52 @@ def test_exact_timeout_is_reported_not_proven(mnist_mlp):
     assert r.bound >= r.objective - 1e-6  # the dual bound of a maximisation
 
 
-def test_exact_without_fallback_says_when_no_point_was_found(mnist_mlp):
-    model, x, target = mnist_mlp
-    r = invariance_search(model, x, target, layer=6, mode="exact", time_limit=0.3,
+@pytest.fixture
+def milp_finds_nothing(monkeypatch):
+    """Every MILP stops at its time limit without a feasible point (LPs run as usual): the case
+    of a network too large for the time limit, made deterministic."""
+    real_run = _lp.HighsModel.run
+    calls = []
+
+    def run(self, cost, *, maximize, time_limit, offset=0.0, start=None):
+        if not self.is_mip:
+            return real_run(self, cost, maximize=maximize, time_limit=time_limit, offset=offset,
+                            start=start)
+        calls.append(start)
+        return _lp.Outcome("time_limit", None, math.nan, math.inf if maximize else -math.inf, 0.0)
+
+    monkeypatch.setattr(_lp.HighsModel, "run", run)
+    return calls
+
+
+def test_exact_without_fallback_says_when_no_point_was_found(milp_finds_nothing):
+    model = make_net(ABS_LAYERS)
+    r = invariance_search(model, [1.0], [-1.0], layer=3, lower=-2, upper=2, mode="exact",
                           warm_start=False)
-    assert not r.proven
-    if r.x is None:
-        assert "no feasible point" in r.message and math.isnan(r.feature_max_abs_diff)
-    else:  # the solver's heuristics were quick enough: the point must still be valid
-        assert r.feature_max_abs_diff < 1e-6
+    assert milp_finds_nothing == [None]  # one MILP, and no start solution without the walk
+    assert r.x is None and not r.proven and r.status == "time_limit"
+    assert "no feasible point found within the time limit" in r.message
+    assert "not proven optimal" in r.message
+    assert math.isnan(r.objective) and math.isnan(r.feature_max_abs_diff)
+
+
+def test_exact_with_fallback_returns_the_walks_point_when_the_milp_finds_none(milp_finds_nothing):
+    model = make_net(ABS_LAYERS)
+    region = invariance_search(model, [1.0], [-1.0], layer=3, lower=-2, upper=2, mode="region")
+    r = invariance_search(model, [1.0], [-1.0], layer=3, lower=-2, upper=2, mode="exact")
+    assert len(milp_finds_nothing) == 1 and milp_finds_nothing[0] is not None  # started from it
+    assert "the MILP found no feasible point" in r.message and not r.proven
+    np.testing.assert_allclose(r.x, region.x, atol=1e-12)
+    assert r.objective == pytest.approx(region.objective) and r.feature_max_abs_diff < 1e-12
+
+
+def test_exact_without_fallback_returns_the_milps_point_when_it_finds_one():
+    model = make_net(ABS_LAYERS)
+    r = invariance_search(model, [1.0], [-1.0], layer=3, lower=-2, upper=2, mode="exact",
+                          warm_start=False)
+    assert r.proven and "no feasible point" not in r.message
+    np.testing.assert_allclose(r.x, [-1.0], atol=1e-9)  # the other point of |x| = 1
+    assert r.feature_max_abs_diff < 1e-12
 
 
 def test_network_preimage_timeout_is_unknown():
