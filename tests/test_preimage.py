@@ -230,3 +230,47 @@ def test_unit_inequalities_match_the_explicit_system():
     np.testing.assert_allclose(G.dot(x), explicit @ x, rtol=1e-12)
     for idx in ([0, 1, 2], [5, 3, 0, 4], [4]):
         np.testing.assert_array_equal(G.rows(np.array(idx)), explicit[idx])
+
+
+@pytest.mark.parametrize("which", ["A", "b", "y", "lower", "upper"])
+def test_tensor_that_requires_grad_is_refused_by_name(which):
+    args = {"A": [[1.0, 0], [0, 1], [1, -1]], "b": [0.0, 0, -1], "y": [1.0, 0, 0],
+            "lower": [-5.0, -5.0], "upper": [5.0, 5.0]}
+    args[which] = torch.tensor(args[which], requires_grad=True)
+    with pytest.raises(ValueError, match=f"{which} is a torch tensor that requires grad"):
+        reluinv.preimage(args["A"], args["b"], args["y"], lower=args["lower"], upper=args["upper"])
+
+
+@pytest.mark.parametrize("which", ["A", "b", "y", "lower"])
+@pytest.mark.parametrize("kind", ["numpy", "torch", "list"])
+def test_complex_input_is_refused_by_name(which, kind):
+    import warnings
+
+    args = {"A": [[1.0, 0], [0, 1], [1, -1]], "b": [0.0, 0, -1], "y": [1.0, 0, 0], "lower": [-5.0, -5.0]}
+    value = [np.asarray(row, dtype=complex).tolist() for row in np.atleast_2d(args[which])]
+    value = value if which == "A" else value[0]
+    value = {"numpy": np.asarray(value), "torch": torch.tensor(value), "list": value}[kind]
+    args[which] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComplexWarning on the way to the error
+        with pytest.raises(ValueError, match=f"{which} has complex entries"):
+            reluinv.preimage(args["A"], args["b"], args["y"], lower=args["lower"])
+
+
+def test_other_array_entry_points_refuse_grad_and_complex():
+    A = [[1.0, 0], [-1, 0], [0, 1], [0, -1]]
+    for fn in (reluinv.is_omnidirectional, reluinv.omnidirectional_certificate):
+        with pytest.raises(ValueError, match="A is a torch tensor that requires grad"):
+            fn(torch.tensor(A, requires_grad=True))
+        with pytest.raises(ValueError, match="A has complex entries"):
+            fn(np.asarray(A, dtype=complex))
+    layer = torch.nn.Linear(2, 3)
+    with pytest.raises(ValueError, match="x has complex entries"):
+        reluinv.layer_preimage(layer, torch.tensor([1.0 + 1j, 2.0]))
+    with pytest.raises(ValueError, match="x has complex entries"):
+        reluinv.layer_preimage(layer, [1.0 + 1j, 2.0])
+    r = reluinv.preimage([[1.0, 0], [0, 1]], [0.0, 0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="y has complex entries"):
+        r.verify([[1.0, 0], [0, 1]], [0.0, 0], np.array([1.0, 1.0 + 2j]))
+    # a layer's input may carry a graph: layer_preimage reads its values
+    assert reluinv.layer_preimage(layer, torch.tensor([1.0, 2.0], requires_grad=True)).kind

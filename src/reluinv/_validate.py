@@ -13,10 +13,7 @@ def as_finite_array(value: Any, name: str, *, ndim: int | None = None) -> NDArra
 
     Rejects non-numeric input, the wrong number of dimensions, and NaN or infinite entries.
     """
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
+    arr = as_real_array(value, name)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
     # One reduction finds the common all-finite case without a boolean temporary the size of arr
@@ -25,6 +22,32 @@ def as_finite_array(value: Any, name: str, *, ndim: int | None = None) -> NDArra
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name} contains {bad} NaN or infinite entr{'y' if bad == 1 else 'ies'}")
     return arr
+
+
+def as_real_array(value: Any, name: str) -> NDArray[np.float64]:
+    """``value`` as a float64 array; ``ValueError`` naming ``name`` for anything that is not real.
+
+    Refused rather than converted: a torch tensor that requires grad (torch would raise its own
+    RuntimeError; pass ``value.detach()``), complex values (numpy would drop the imaginary part
+    with only a warning), and non-numeric input.
+    """
+    if getattr(value, "requires_grad", False):
+        raise ValueError(f"{name} is a torch tensor that requires grad; pass {name}.detach() "
+                         f"(the analysis does not differentiate through it)")
+    try:
+        arr = np.asarray(value)
+    except RuntimeError as exc:  # e.g. a list of tensors that require grad
+        raise ValueError(f"{name} cannot be read as an array ({exc})") from exc
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
+    if np.iscomplexobj(arr) or (arr.dtype == object and any(
+            isinstance(v, (complex, np.complexfloating)) for v in arr.flat)):
+        raise ValueError(f"{name} has complex entries; the preimage is defined over real "
+                         f"numbers (pass the real part explicitly if that is what you mean)")
+    try:
+        return arr.astype(np.float64, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
 
 
 def as_bounds(
@@ -41,10 +64,7 @@ def as_bounds(
             continue
         if isinstance(value, (list, tuple)):  # None entries mean "no bound on this coordinate"
             value = [default if v is None else v for v in value]
-        try:
-            arr = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{name} must be a number or an array, got {type(value).__name__}") from exc
+        arr = as_real_array(value, name)
         if arr.ndim == 0:
             arr = np.full(n, float(arr))
         if arr.shape != (n,):

@@ -203,7 +203,9 @@ def layer_preimage(module: Any, x: Any, *, lower: Any = None, upper: Any = None,
     import torch
 
     if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(np.array(x, dtype=np.float64))
+        x = torch.as_tensor(as_finite_array(x, "x"))
+    elif x.is_complex():
+        raise ValueError("x has complex entries; the preimage is defined over real numbers")
     A, b, in_shape = affine_matrix(module, tuple(x.shape))
     flat = as_finite_array(x.detach().cpu().double().reshape(-1).numpy(), "x")
     if flat.size != A.shape[1]:  # pragma: no cover - affine_matrix checks the shape
@@ -630,9 +632,9 @@ def _verify(r: Preimage, A, b, y, lower, upper, rtol) -> None:
     """See :meth:`Preimage.verify`.  Works on the rows scaled to unit norm and on their distances
     ``rho`` from the origin, so every test is relative (to a row's own norm, and to the scale
     ``max(max |rho|, max |box|, max |x|)`` of the points) and holds at any scale of the data."""
-    A = np.asarray(A, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    A = as_finite_array(A, "A", ndim=2)
+    b = as_finite_array(b, "b", ndim=1)
+    y = as_finite_array(y, "y", ndim=1)
     m, n = A.shape
     lo, up = as_bounds(lower, upper, n)
     pos = y > 0
