@@ -274,3 +274,9 @@ def test_other_array_entry_points_refuse_grad_and_complex():
         r.verify([[1.0, 0], [0, 1]], [0.0, 0], np.array([1.0, 1.0 + 2j]))
     # a layer's input may carry a graph: layer_preimage reads its values
     assert reluinv.layer_preimage(layer, torch.tensor([1.0, 2.0], requires_grad=True)).kind
+
+
+def test_infinite_entries_are_named_as_beyond_float64():
+    with pytest.raises(ValueError, match=r"y contains 2 NaN or infinite entries \(1 infinite: beyond "
+                                         r"the float64 range"):
+        reluinv.preimage([[1.0, 0], [0, 1]], [0.0, 0], [np.inf, np.nan])

@@ -146,3 +146,19 @@ def test_verify_is_strict_at_every_scale():
         moved = replace(r, point=r.point * 1.03)
         with pytest.raises(CertificateError, match="misses the equations"):
             moved.verify(A * s, b, y)
+
+
+@pytest.mark.parametrize("magnitude", [1e300, 1e306])
+def test_layer_fed_huge_inputs_is_decided(magnitude):
+    """An input with entries of 1e300 (a 'huge image'): every layer's preimage is decided and
+    checks, with the kind of the same data scaled down to 1 row by row (oracle)."""
+    rng = np.random.default_rng(1)
+    W1, c1 = rng.standard_normal((20, 8)) * 0.05, rng.standard_normal(20) * 0.1
+    W2, c2 = rng.standard_normal((12, 20)) * 0.06, rng.standard_normal(12) * 0.1
+    x = np.where(np.arange(8) % 2 == 0, magnitude, 0.0)
+    y1 = np.maximum(W1 @ x + c1, 0)
+    y2 = np.maximum(W2 @ y1 + c2, 0)
+    for W, c, y in ((W1, c1, y1), (W2, c2, y2)):
+        r = reluinv.preimage(W, c, y)
+        r.verify(W, c, y)
+        assert r.kind == brute_force_kind(W, c / magnitude, y / magnitude)

@@ -20,7 +20,10 @@ def as_finite_array(value: Any, name: str, *, ndim: int | None = None) -> NDArra
     # (a finite sum means no NaN or inf; an overflowing sum falls back to the exact test).
     if not np.isfinite(arr.sum()) and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{name} contains {bad} NaN or infinite entr{'y' if bad == 1 else 'ies'}")
+        inf = int(np.count_nonzero(np.isinf(arr)))
+        why = (f" ({inf} infinite: beyond the float64 range of about 1.8e308, as when a "
+               f"computation that produced {name} overflowed)" if inf else "")
+        raise ValueError(f"{name} contains {bad} NaN or infinite entr{'y' if bad == 1 else 'ies'}{why}")
     return arr
 
 

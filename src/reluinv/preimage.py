@@ -389,9 +389,16 @@ class _LayerSystem:
             out = np.ldexp(x, self.Q)
         if not np.all(np.isfinite(out)):
             raise ValueError(
-                f"the preimage's points have coordinates of about 2^{self.Q + 1}, beyond the "
-                f"float64 range (about 1.8e308): some rows of A are tiny compared to b and y")
+                f"the preimage's points lie about 10^{(self.Q + 1) * np.log10(2):.0f} from the "
+                f"origin, beyond the float64 range (about 1.8e308): b and y (up to "
+                f"{max(np.abs(self.b).max(), self.y.max()):.3g}) are too large for the rows of A "
+                f"(norms down to {self._smallest_norm():.3g}); scale the data down")
         return out
+
+    def _smallest_norm(self) -> float:
+        live = ~self.zero_norm
+        with np.errstate(over="ignore", under="ignore"):
+            return float(np.ldexp(1.0 / self.inv[live], self.shift[live].astype(np.int32)).min())
 
     def _zero_row_conflict(self) -> str | None:
         """Rows with a_i = 0 are constants: they either hold for every x or for none.  The
@@ -724,7 +731,8 @@ def _verify(r: Preimage, A, b, y, lower, upper, rtol) -> None:
     in_preimage(r.point, "point")
     if r.kind == "unbounded":
         _verify_direction(r, U[pos & live], U[~pos & live], lo, up, rtol)
-        reach = 1e3 * max(scale, float(np.abs(r.point).max(initial=0.0))) or 1e3
+        size = max(scale, float(np.abs(r.point).max(initial=0.0))) or 1.0
+        reach = min(1e3 * size, max(size, 1e307))  # far out, but short of float64's end
         in_preimage(r.point + reach * r.direction, "point + t d (t = 1000 times the scale)")
         return
     if r.kind in ("compact", "singleton") and r.direction is not None:
