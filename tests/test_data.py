@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import pickle
 import struct
 from pathlib import Path
@@ -419,3 +420,15 @@ def test_dataset_validation_and_fingerprint():
     assert renamed.fingerprint == ds.fingerprint
     assert Dataset(images, labels, name="x", source="x", split="train").fingerprint != ds.fingerprint
     assert ds.head(2).labels.tolist() == [0, 1] and ds.head(None) is ds
+
+
+@pytest.mark.parametrize("sizes", [(2**22, 2**21, 2**21), (4_000_000_000,) * 3, (2**32 - 1,) * 4])
+def test_idx_sizes_whose_product_overflows_int64_are_named(tmp_path, sizes):
+    """The byte count is computed exactly: a product that wraps around int64 (to 0, or to a
+    negative number) must not let a 16-byte file through or print a negative byte count."""
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 0x08, len(sizes)]) + struct.pack(f">{len(sizes)}I", *sizes))
+    error = _assert_data_error(str(path), read_idx, path)
+    expected = 4 + 4 * len(sizes) + math.prod(sizes)
+    assert f"need {expected} bytes, the file has {4 + 4 * len(sizes)}" in str(error)
+    assert "truncated" in str(error) and "-" not in str(error).split("need")[1].split("bytes")[0]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import importlib.resources
 import pickle
 import struct
@@ -447,14 +448,18 @@ def read_idx(path: str | Path) -> NDArray[Any]:
         )
     shape = struct.unpack(f">{ndim}I", raw[4:header_len])
     dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected_len = header_len + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python ints: a product of sizes beyond int64 must not wrap (to 0, or to a negative count)
+    expected_len = header_len + math.prod(shape) * dtype.itemsize
     if len(raw) != expected_len:
         problem = "truncated" if len(raw) < expected_len else "has trailing bytes"
         raise DataError(
             f"{path}: {problem}: sizes {shape} of {dtype.itemsize}-byte values need "
             f"{expected_len} bytes, the file has {len(raw)}; expected the {_IDX_FORMAT}"
         )
-    data = np.frombuffer(raw, dtype=dtype, offset=header_len).reshape(shape)
+    try:
+        data = np.frombuffer(raw, dtype=dtype, offset=header_len).reshape(shape)
+    except ValueError as exc:  # pragma: no cover - the length check above makes this unreachable
+        raise DataError(f"{path}: sizes {shape} do not fit the data ({exc}); expected the {_IDX_FORMAT}") from exc
     return data.astype(dtype.newbyteorder("="))
 
 
