@@ -397,6 +397,17 @@ def _traced_conv2d_settings(script: Any) -> dict[str, Any]:
     return settings
 
 
+def _refuse_scripted_training(script: Any, settings: dict[str, Any] | None) -> None:
+    """A scripted dropout or batch-norm module saved in training mode is refused, as the same
+    module in training mode is (reluinv.network): its forward is random or batch-dependent, and
+    analysing it in eval mode would silently analyse another network.  (A traced one has its
+    mode baked into the graph; that case warns.)"""
+    if settings is not None and bool(getattr(script, "training", False)):
+        raise _NotReadable(
+            "was saved in training mode (random or batch-dependent, so the network has no fixed "
+            "linear regions); call model.eval() before torch.jit.script and save it again")
+
+
 def _rebuild_batchnorm(script: Any, cls: type[nn.Module]) -> nn.Module:
     tensors = _tensors(script)
     mean = tensors.get("running_mean")
@@ -405,6 +416,7 @@ def _rebuild_batchnorm(script: Any, cls: type[nn.Module]) -> nn.Module:
     if reference is None:
         raise _NotReadable("neither running statistics nor an affine weight")
     settings = _settings(script, ("eps", "momentum"))
+    _refuse_scripted_training(script, settings)
     if settings is None:
         _, args = _graph_call(script, ("aten::batch_norm",))
         if args[5] is not False:
@@ -470,6 +482,7 @@ def _rebuild_elu(script: Any) -> nn.Module:
 def _rebuild_dropout(script: Any) -> nn.Module:
     name = _class_name(script)
     settings = _settings(script, ("p",))
+    _refuse_scripted_training(script, settings)
     if settings is None:
         ops = ("aten::dropout", "aten::dropout_", "aten::feature_dropout", "aten::feature_dropout_",
                "aten::alpha_dropout", "aten::alpha_dropout_", "aten::feature_alpha_dropout")
@@ -546,14 +559,18 @@ def load_inputs(path: str | os.PathLike[str]) -> NDArray[np.float64]:
 
 
 def _read_array(path: Path, suffix: str) -> np.ndarray:
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            names = list(archive.files)
-            if not names:
-                raise ValueError(f"inputs file {str(path)!r} holds no arrays")
-            return archive["inputs" if "inputs" in names else names[0]]
+    if suffix in (".npy", ".npz"):
+        try:
+            return _read_numpy(path, suffix)
+        except ValueError as exc:
+            if "Object arrays cannot be loaded" in str(exc):
+                raise ValueError(
+                    f"inputs file {str(path)!r} holds an object array (Python objects, which only "
+                    f"pickle can read, and reluinv does not unpickle inputs); save a numeric array"
+                ) from exc
+            if str(path) in str(exc):
+                raise
+            raise ValueError(f"cannot read inputs file {str(path)!r}: {exc}") from exc
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, torch.Tensor):
         raise ValueError(f"inputs file {str(path)!r} holds a {type(data).__name__}, not a tensor")
@@ -564,6 +581,16 @@ def _read_array(path: Path, suffix: str) -> np.ndarray:
             f"them as the model expects"
         )
     return data.to(torch.float64).numpy()
+
+
+def _read_numpy(path: Path, suffix: str) -> np.ndarray:
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    with np.load(path, allow_pickle=False) as archive:
+        names = list(archive.files)
+        if not names:
+            raise ValueError(f"inputs file {str(path)!r} holds no arrays")
+        return archive["inputs" if "inputs" in names else names[0]]
 
 
 def as_input_batch(raw: Any, *, source: str = "inputs") -> NDArray[np.float64]:
