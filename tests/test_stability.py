@@ -375,8 +375,8 @@ def test_spectra_rejects_bad_options_and_inputs():
         spectra(net, torch.rand(1, 2, 8))
     with pytest.raises(ValueError, match=r"x must have shape \(C, H, W\) or \(1, C, H, W\)"):
         spectra(net, torch.rand(16, 8))
-    with pytest.raises(ValueError, match=r"module 0 \(Conv1d\) is not supported"):
-        spectra(nn.Sequential(nn.Conv1d(2, 2, 1)), torch.rand(2, 8))
+    with pytest.raises(ValueError, match=r"module '1' \(Sigmoid\) is not supported"):
+        spectra(nn.Sequential(nn.Conv1d(2, 2, 1), nn.Sigmoid()), torch.rand(2, 8))
 
 
 # ------------------------------------------------------------------ slow / CUDA

@@ -30,7 +30,11 @@ its position in that flat list, which is how Figures 5, 8, 10 and 11 count layer
   modules (eval mode: the identity);
 * activations: ``ReLU``, ``LeakyReLU``, ``ELU``, ``Tanh``.
 
-Everything else, ``MaxPool2d`` included, raises a ``ValueError`` naming the module.  A dropout or
+Any other model (residual connections, concatenation, max-pooling, functional calls in
+``forward``) is traced into a graph by :mod:`reluinv.graph`; :func:`linearize` and
+:func:`activation_pattern` dispatch to it, while a ``Sequential`` made only of the modules below
+keeps this chain code path (and its results, bit for bit).  :func:`as_chain` itself refuses
+everything else, ``MaxPool2d`` included, with a ``ValueError`` naming the module.  A dropout or
 batch-norm module in training mode is refused too (call ``model.eval()``): in training mode the
 network is random or depends on the batch, so it has no linear regions.
 
@@ -307,6 +311,12 @@ def flatten_modules(model: nn.Module) -> list[nn.Module]:
     return out
 
 
+def _is_chain(model: nn.Module) -> bool:
+    from .graph import is_chain
+
+    return is_chain(model)
+
+
 def _unsupported(index: int, module: nn.Module, why: str = "is not supported") -> ValueError:
     return ValueError(
         f"module {index} ({type(module).__name__}) {why}; supported modules: "
@@ -567,18 +577,26 @@ def activation_pattern(model: nn.Module, x: Any) -> dict[int, NDArray[np.intp]]:
     """The index sets ``I^l = {i : z^l_i <= 0}`` of Definition 7, one per ReLU.
 
     Args:
-        model: a supported ``Sequential`` (see the module docstring).
+        model: a supported ``Sequential`` (see the module docstring), or any other model that
+            :mod:`reluinv.graph` traces (residual connections, pooling, concatenation).
         x: one input sample, with or without a leading batch dimension of 1.
 
     Returns:
-        ``{module_index: I}`` for every ``ReLU`` module, ``I`` the sorted indices (into the
-        row-major flattened pre-activation) of the *inactive* units, i.e. those with ``z_i <= 0``.
+        For a chain: ``{module_index: I}`` for every ``ReLU`` module, ``I`` the sorted indices
+        (into the row-major flattened pre-activation) of the *inactive* units, i.e. those with
+        ``z_i <= 0``.  For a graph: keyed by layer name (see :mod:`reluinv.graph`), the same for
+        every ReLU layer, and for every max-pool layer the argmax (the flat input index each
+        output unit selects), which is its pattern on a linear region.
 
     Example::
 
         model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
         activation_pattern(model, [0.5, -1.0])    # {1: array([...])}
     """
+    if not _is_chain(model):
+        from .graph import graph_activation_pattern
+
+        return graph_activation_pattern(model, x)  # type: ignore[return-value]
     sample, chain = prepare_input(model, x)
     pattern: dict[int, NDArray[np.intp]] = {}
     for step, z, _ in forward_trace(chain, sample):
@@ -599,11 +617,14 @@ def linearize(model: nn.Module, x: Any, *, upto: int | None = None) -> tuple[NDA
     which is exact only at ``x`` itself (and, for LeakyReLU, on the region of ``x``).
 
     Args:
-        model: a supported ``Sequential``.
+        model: a supported ``Sequential``, or any other model that :mod:`reluinv.graph` traces
+            (the linearisation then runs along the graph; max-pooling contributes its argmax
+            selection).
         x: one sample, with or without a leading batch dimension of 1.
         upto: use only the first ``upto`` modules (``0 <= upto <= len``); ``None``: all of them.
             ``upto = l`` gives the map to the *input* of module ``l``, e.g. the pre-activation of a
-            ReLU at index ``l``.
+            ReLU at index ``l``.  For a graph: a layer name or index (:mod:`reluinv.graph`), giving
+            the map to that layer's input.
 
     Returns:
         ``(J, c)``: float64 arrays of shapes ``(out_dim, in_dim)`` and ``(out_dim,)``.
@@ -612,6 +633,10 @@ def linearize(model: nn.Module, x: Any, *, upto: int | None = None) -> tuple[NDA
 
         J, c = linearize(zoo.toy_circles(), [0.1, 0.2])      # J.shape == (2, 2)
     """
+    if not _is_chain(model):
+        from .graph import graph_linearize
+
+        return graph_linearize(model, x, upto)
     sample, chain = prepare_input(model, x)
     if upto is not None:
         if isinstance(upto, bool) or not isinstance(upto, (int, np.integer)) or not 0 <= upto <= len(chain):

@@ -45,6 +45,8 @@ from numpy.typing import NDArray
 from torch import nn
 
 from ._validate import as_finite_array
+from .graph import is_chain
+from .graph_spectra import graph_spectra
 from .network import (
     AffineStep,
     Step,
@@ -572,6 +574,9 @@ def spectra(
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if rank_rtol is not None and not (math.isfinite(rank_rtol) and rank_rtol >= 0):
         raise ValueError(f"rank_rtol must be a non-negative number, got {rank_rtol!r}")
+    if not is_chain(model):  # residual, pooling, concatenation: layers are nonlinear graph nodes
+        return graph_spectra(model, x, method=method, k=k, window=window, rank_rtol=rank_rtol,
+                             lanczos_tol=lanczos_tol, max_steps=max_steps)
     sample, chain = prepare_input(model, x)
     in_shape = tuple(sample.shape)
     columns = _input_columns(in_shape, window)
