@@ -17,16 +17,18 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse
 from numpy.typing import NDArray
 
 
-def _import_highspy_quietly():
+def _import_highspy_quietly() -> Any:
     """Import HiGHS and create one instance with stdout muted: the first instance prints a banner."""
-    import highspy
+    import highspy as module
 
+    highspy: Any = module  # HiGHS' partial type information: treat it as untyped
     sys.stdout.flush()
     try:
         saved = os.dup(1)
@@ -43,7 +45,7 @@ def _import_highspy_quietly():
     return highspy
 
 
-highspy = _import_highspy_quietly()
+highspy: Any = _import_highspy_quietly()  # HiGHS ships no type information
 _INF = highspy.kHighsInf
 _MS = highspy.HighsModelStatus
 
@@ -66,7 +68,7 @@ OBJECTIVE_CHECK_RTOL = 1e-7
 MIN_SOLVE_SECONDS = 1e-3
 
 
-def _status_name(h, status) -> str:
+def _status_name(h: Any, status: Any) -> str:
     return STATUS_NAMES.get(status) or h.modelStatusToString(status)
 
 
@@ -75,7 +77,7 @@ def _finite_or_inf(values: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.where(np.isfinite(values), values, np.where(values > 0, _INF, -_INF))
 
 
-def _quiet_highs() -> highspy.Highs:
+def _quiet_highs() -> Any:
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("random_seed", 0)
@@ -189,7 +191,7 @@ class HighsModel:
         h.passModel(self._lp)
         self._h = h
 
-    def _highs_lp(self, problem: SparseProblem):
+    def _highs_lp(self, problem: SparseProblem) -> Any:
         A = problem.A
         lp = highspy.HighsLp()
         lp.num_col_ = self.n_cols
@@ -234,7 +236,8 @@ class HighsModel:
         achieved = float(np.asarray(cost) @ out.values) + offset
         return abs(achieved - out.objective) <= OBJECTIVE_CHECK_RTOL * max(1.0, abs(out.objective))
 
-    def _run(self, cost, maximize: bool, time_limit: float, offset: float, start) -> Outcome:
+    def _run(self, cost: NDArray[np.float64], maximize: bool, time_limit: float, offset: float,
+             start: NDArray[np.float64] | None) -> Outcome:
         h = self._h
         h.changeColsCost(self.n_cols, np.arange(self.n_cols, dtype=np.int32),
                          np.asarray(cost, dtype=np.float64))

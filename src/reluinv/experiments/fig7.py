@@ -38,17 +38,19 @@ class Example:
     targets: tuple[int, ...]
 
 
-def first_layer_active(model: Any, images: Any, first_relu: int, *, float64: bool) -> np.ndarray:
-    """Active units of the first ReLU layer (module ``first_relu`` of the flattened model) for
-    every image; in float64 or in the model's own precision (float32 for a trained zoo model)."""
+def first_layer_activity(model: Any, images: Any, first_relu: int, *,
+                         float64: bool) -> np.ndarray:
+    """Which units of the first ReLU layer (module ``first_relu`` of the flattened model) are
+    active, ``(N, units)`` bool, for every image; computed in float64 or in the model's own
+    precision (float32 for a trained zoo model)."""
     head = flatten_modules(model)[: first_relu + 1]
     if float64:
         head = [copy.deepcopy(m).double() for m in head]
-    batch = torch.as_tensor(np.asarray(images, dtype=np.float64 if float64 else None))
+    batch = torch.tensor(np.asarray(images, dtype=np.float64 if float64 else None))  # a copy
     with torch.no_grad():
         for module in head:
             batch = module(batch)
-    return (batch.reshape(batch.shape[0], -1) > 0).sum(1).numpy()
+    return (batch.reshape(batch.shape[0], -1) > 0).numpy()
 
 
 def fewest_active_examples(active: Any, labels: Any, *, n_sources: int, n_targets: int,
@@ -104,8 +106,8 @@ def predicted_labels(model: Any, inputs: Sequence[Any], shape: Sequence[int]) ->
 def run(config: RunConfig) -> dict[str, Any]:
     train_set, test_set = digit_data(config)
     model, info = trained("mlp_table1", train_set, test_set, config)
-    active = first_layer_active(model, test_set.images, FIRST_RELU, float64=False)
-    chosen = fewest_active_examples(active, test_set.labels, n_sources=config.samples(2, 3),
+    activity = first_layer_activity(model, test_set.images, FIRST_RELU, float64=False)
+    chosen = fewest_active_examples(activity.sum(1), test_set.labels, n_sources=config.samples(2, 3),
                                     n_targets=2, fresh_across_sources=False)
     shape = test_set.images.shape[1:]
     examples = []
@@ -129,7 +131,7 @@ def run(config: RunConfig) -> dict[str, Any]:
                 "source": x.tolist(), "target": c.tolist(), "found": x_found.tolist(),
             })
     return {"training": info, "data": test_set.source, "layer": FIRST_RELU,
-            "units": int(flatten_modules(model)[FIRST_RELU - 1].out_features), "examples": examples}
+            "units": int(activity.shape[1]), "examples": examples}
 
 
 # --- claims -------------------------------------------------------------------------------------------

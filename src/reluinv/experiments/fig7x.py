@@ -6,17 +6,23 @@ move while keeping the features (:func:`reluinv.invariance.preimage_extent`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from torch import nn
 
 from ..invariance import invariance_search, preimage_extent
 from ..invariance.problem import as_input_array, check_choice
+from ..invariance.search import Mode
 from ..network import flatten_modules
 from .claims import Claim, check, not_testable
 from .common import RunConfig, digit_data, trained
-from .fig7 import FEATURE_CLAIM_TOL, closer_to_target, fewest_active_examples, first_layer_active
+from .fig7 import (
+    FEATURE_CLAIM_TOL,
+    closer_to_target,
+    fewest_active_examples,
+    first_layer_activity,
+)
 
 
 def run(config: RunConfig) -> dict[str, Any]:
@@ -118,7 +124,7 @@ def fig7x_examples(
     if isinstance(n_examples, bool) or not isinstance(n_examples, (int, np.integer)) or n_examples < 1:
         raise ValueError(f"n_examples must be a positive integer, got {n_examples!r}")
     relus, modules = _depth_modules(model, depths)
-    active = first_layer_active(model, images, relus[0], float64=True)
+    active = first_layer_activity(model, images, relus[0], float64=True).sum(1)
     chosen = fewest_active_examples(active, labels, n_sources=int(n_examples), n_targets=1,
                                     fresh_across_sources=True)
     if target_indices is not None and len(target_indices) < len(chosen):
@@ -141,7 +147,8 @@ def fig7x_examples(
 
 
 def _depth_entry(model: Any, x: np.ndarray, target: np.ndarray, depth: int | str, module: int,
-                 modes: Sequence[str], *, first_relu: int, extent_method: str | None, lower: float,
+                 modes: Sequence[str], *, first_relu: int,
+                 extent_method: Literal["region", "exact"] | None, lower: float,
                  upper: float, time_limit: float) -> dict[str, Any]:
     """The searches (and the extent) of one example at one depth."""
     searches = {}
@@ -149,13 +156,13 @@ def _depth_entry(model: Any, x: np.ndarray, target: np.ndarray, depth: int | str
         if mode == "layer" and module != first_relu:
             continue
         r = invariance_search(model, x, target, layer=module, lower=lower, upper=upper,
-                              objective="max_inner", mode=mode, time_limit=time_limit)
+                              objective="max_inner", mode=cast(Mode, mode), time_limit=time_limit)
         searches[mode] = r.to_dict(include_x=False)
         searches[mode]["image"] = None if r.x is None else r.x.tolist()
     entry: dict[str, Any] = {"depth": depth, "module": module, "searches": searches}
     if extent_method is not None:
         ext = preimage_extent(model, x, module, lower=lower, upper=upper,
-                              method=extent_method, time_limit=time_limit)  # type: ignore[arg-type]
+                              method=extent_method, time_limit=time_limit)
         entry["extent"] = ext.to_dict()
     return entry
 

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._lp import MIN_SOLVE_SECONDS, MIP_FEAS_TOL, HighsModel
-from ..preimage import CertificateError, Preimage, PreimageCertificate, preimage
+from ..preimage import CertificateError, Kind, Preimage, PreimageCertificate, preimage
 from .bounds import preimage_bounds, states_from_bounds
 from .encoding import Encoding
 from .pieces import PreimagePiece, feature_jacobian, piece_system
@@ -91,7 +91,7 @@ class _PreimageSearch:
 
     # -- answers ----------------------------------------------------------------------------------
 
-    def answer(self, kind: str, point: NDArray[np.float64], direction: NDArray[np.float64] | None,
+    def answer(self, kind: Kind, point: NDArray[np.float64], direction: NDArray[np.float64] | None,
                reason: str, *, complete: bool, piece: Preimage | None = None) -> Preimage:
         pieces = self.pieces
         if kind in ("compact", "unknown"):
@@ -138,6 +138,7 @@ class _PreimageSearch:
             return None
         self.pieces.append(PreimagePiece(pattern, A, b, y, r))
         if r.kind == "unbounded":
+            assert r.point is not None  # every non-empty kind carries a point
             return self.answer("unbounded", r.point, r.direction,
                                f"the piece of activation pattern #{len(self.pieces)} is unbounded "
                                f"(Theorem 4 iii on the piece): along its direction every feature at "
@@ -152,6 +153,7 @@ class _PreimageSearch:
 
     def _note_second_point(self, r: Preimage) -> None:
         x, tol = self.problem.x, self.problem.point_tol
+        assert r.point is not None  # every non-empty kind carries a point
         if r.kind == "compact":
             self.second = r.certificate.second_point
             if self.second is not None and np.linalg.norm(self.second - x) <= tol:
@@ -406,6 +408,9 @@ def network_preimage(
 
 # --- checking an answer ---------------------------------------------------------------------------------
 
+#: :func:`verify_network_preimage`: default relative tolerance of "in the box" (times
+#: ``max(1, |point|_inf)``) and "same features" (times that and :attr:`Problem.feature_scale`).
+VERIFY_RTOL = 1e-7
 #: :func:`verify_network_preimage`: a direction is a unit vector up to this.
 UNIT_DIRECTION_TOL = 1e-8
 #: :func:`verify_network_preimage`: relative tolerance of each piece's own certificate, and of
@@ -414,7 +419,7 @@ PIECE_VERIFY_RTOL = 1e-6
 
 
 def verify_network_preimage(result: Preimage, model: Any, x: Any, layer: int, *,
-                            lower: Any = None, upper: Any = None, rtol: float = 1e-7) -> None:
+                            lower: Any = None, upper: Any = None, rtol: float = VERIFY_RTOL) -> None:
     """Check a :func:`network_preimage` answer by float64 forward passes; raise CertificateError.
 
     Checks that ``point`` (and ``second_point``, ``point + t * direction`` for t in 1, 10, 1000)
@@ -450,10 +455,10 @@ def verify_network_preimage(result: Preimage, model: Any, x: Any, layer: int, *,
 
 
 def _check_second_point(result: Preimage, check: Callable[[NDArray[np.float64], str], None]) -> None:
-    second = result.certificate.second_point
+    second, point = result.certificate.second_point, result.point
     if second is not None:
         check(second, "second point")
-        if np.linalg.norm(second - result.point) == 0:
+        if point is not None and np.linalg.norm(second - point) == 0:
             raise CertificateError("second point equals the point")
         if result.kind == "singleton":
             raise CertificateError("a singleton cannot have a second point")
@@ -467,6 +472,7 @@ def _check_pieces(result: Preimage, cert: NetworkPreimageCertificate, problem: P
     up_b = problem.up if boxed[1] else None
     for piece in cert.pieces:
         piece.result.verify(piece.A, piece.b, piece.y, lower=lo_b, upper=up_b, rtol=PIECE_VERIFY_RTOL)
-        if result.kind == "singleton" and np.linalg.norm(piece.result.point - problem.x) > \
-                PIECE_VERIFY_RTOL * problem.x_scale:
+        point = piece.result.point
+        if result.kind == "singleton" and point is not None and \
+                np.linalg.norm(point - problem.x) > PIECE_VERIFY_RTOL * problem.x_scale:
             raise CertificateError("a piece of a singleton preimage holds a point other than x")

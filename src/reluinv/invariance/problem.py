@@ -209,7 +209,10 @@ def build_network(model: Any, input_shape: tuple[int, ...], layer: int) -> Dense
             weight = bias = None
         elif not step.is_identity:
             A, b = step.dense()
-            weight, bias = (A, b) if weight is None else (A @ weight, A @ bias + b)
+            if weight is None or bias is None:
+                weight, bias = A, b
+            else:
+                weight, bias = A @ weight, A @ bias + b
             width = A.shape[0]
     tail = None if weight is None or bias is None else (weight, bias)
     if not blocks and tail is None:  # features are the (reshaped) input itself
