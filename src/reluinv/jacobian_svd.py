@@ -1,0 +1,365 @@
+"""Singular values of one Jacobian, exactly and fast (Section 3.2; used by :func:`reluinv.spectra`).
+
+The singular values of a tall ``J`` (m x n) are those of the triangular factor ``R`` of ``J = Q R``,
+and those of ``R`` are found in two more orthogonal stages (Chan's R-bidiagonalisation, with a
+two-stage reduction as in PLASMA/MAGMA's SVD): every step is an orthogonal transformation, so the
+computed values are those of a matrix within ``O(eps) ||J||`` of ``J``; ``J^T J`` is never formed.
+
+1. **Factor.**  Convolutional Jacobians are sparse with a staircase profile (pixel-major columns):
+   :func:`staircase_r` gets ``R`` by a blocked Householder QR that only touches the active band
+   (when its cost model beats a dense QR); otherwise a dense Householder QR (LAPACK ``geqrf``).
+   :func:`tall_factor` chooses.  Wide or square Jacobians are factored through ``J^T``.
+2. **Band.**  ``R`` (n x n, upper triangular) is reduced to upper band form with bandwidth
+   :data:`BAND` by alternating blocked Householder QR of column panels and LQ of row panels, all
+   applied as matrix-matrix products (:func:`band_reduce`, ``8/3 n^3`` flops at GEMM speed); the
+   one-stage LAPACK bidiagonalisation (``gebrd`` inside ``gesdd``) spends half its flops in
+   matrix-vector products and is several times slower at n = 3072.  A factor that is already a
+   narrow band (the first convolutions) skips this stage.
+3. **Bidiagonal.**  LAPACK ``dgbbrd`` (Givens rotations on the band) and ``dlasq1`` (dqds) give the
+   singular values (:func:`triangular_svdvals`).
+
+:func:`relu_pair_singular_values` reuses the work of a ReLU prefix for the prefix before it:
+the ReLU keeps a subset of the rows of ``J``, and ``R`` of the whole ``J`` is the QR update of
+``R`` of the kept rows by the removed ones (``J = P [J_kept; J_removed]`` and
+``[J_kept; J_removed] = diag(Q_kept, I) [R_kept; J_removed]``): an update, never a downdate.
+
+Memory: besides ``J`` itself, one copy of it (the row-major rows, or LAPACK's working copy) and a
+few ``n x n`` float64 factors (75 MB each at n = 3072).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from ._band_lapack import band_bidiagonal_svdvals
+
+__all__ = [
+    "BAND",
+    "band_reduce",
+    "relu_pair_singular_values",
+    "singular_values",
+    "staircase_r",
+    "tall_factor",
+    "triangular_svdvals",
+    "upper_bandwidth",
+]
+
+#: Bandwidth that :func:`band_reduce` reduces to (64: GEMMs of inner dimension 64 run near peak,
+#: and ``dgbbrd`` on 64 super-diagonals costs a fraction of the reduction at n = 3072).
+BAND = 64
+#: Orders up to this go straight to ``torch.linalg.svdvals`` (LAPACK ``gesdd``): cheap there.
+_SMALL = 256
+#: Measured cost of one ``dgbbrd`` rotation-element (per ``n^2 * ku``) over one flop of the
+#: blocked reduction: a band with ``ku`` super-diagonals goes straight to ``dgbbrd`` when
+#: ``_ROTATION_COST * n^2 * (ku - BAND) < 8/3 n^3``.
+_ROTATION_COST = 12.0
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: the triangular factor
+# --------------------------------------------------------------------------------------------
+
+
+def _staircase_profile(J: NDArray[np.float64]) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]:
+    nonzero = J != 0
+    n = J.shape[1]
+    first = nonzero.argmax(axis=1)
+    last = n - 1 - nonzero[:, ::-1].argmax(axis=1)
+    order = np.argsort(first, kind="stable")
+    return order, first, last
+
+
+def _qr_flops(rows: int, cols: int) -> float:
+    if rows >= cols:
+        return 2.0 * cols * cols * (rows - cols / 3.0)
+    return 2.0 * rows * rows * (cols - rows / 3.0)
+
+
+def _staircase_blocks(
+    order: NDArray[np.intp], first: NDArray[np.intp], last: NDArray[np.intp], n: int, block_rows: int
+) -> Iterator[tuple[NDArray[np.intp], int, int, int]]:
+    """Yield ``(rows, lo, hi, next_lo)`` for the blocked staircase QR (``lo`` ignores the carry)."""
+    m = order.size
+    hi = 0
+    for start in range(0, m, block_rows):
+        rows = order[start : start + block_rows]
+        hi = max(hi, int(last[rows].max()) + 1)
+        next_lo = int(first[order[start + block_rows]]) if start + block_rows < m else n
+        yield rows, int(first[rows[0]]), hi, next_lo
+
+
+def _staircase_cost(order, first, last, n: int, block_rows: int) -> float:
+    flops, carry_rows, carry_lo = 0.0, 0, None
+    for rows, lo, hi, next_lo in _staircase_blocks(order, first, last, n, block_rows):
+        lo = carry_lo if carry_rows else lo
+        height, width = carry_rows + rows.size, hi - lo
+        flops += _qr_flops(height, width)
+        carry_rows = max(0, min(height, width) - (next_lo - lo))
+        carry_lo = next_lo
+    return flops
+
+
+def staircase_r(J: NDArray[np.float64], *, block_rows: int = 1024) -> NDArray[np.float64]:
+    """A triangular factor ``R`` (at most ``n x n``) of ``J = Q R`` (m x n, ``Q`` orthonormal
+    columns), so ``R`` has the singular values of ``J``, from a blocked Householder QR that
+    exploits sparsity.
+
+    Sort the rows by their first non-zero column.  Process them in blocks: stack the block under
+    the not yet final rows of the previous triangular factor (the *carry*), restricted to the
+    columns they touch, and QR-factorise that small dense matrix.  Rows of the new factor whose
+    pivot column lies left of every later row's first non-zero column can never change again:
+    they are final rows of ``R``.  The rest is the next carry.  For a convolutional Jacobian with
+    pixel-major columns the blocks touch a band of a few image rows, so the cost is
+    ``O(m * width^2)`` instead of ``O(m * n^2)``.  Never forms ``J^T J``.
+
+    Args:
+        J: dense ``(m, n)`` float64 array; zero rows are allowed (they are skipped).
+        block_rows: rows per block (1024 measured best on the WideCIFAR Jacobians).
+
+    Returns:
+        ``R`` of shape ``(r, n)`` with ``r <= n``; ``svdvals(R)`` equals ``svdvals(J)`` up to zeros.
+
+    Example::
+
+        J = np.kron(np.eye(50), np.ones((3, 2)))      # block-diagonal 150 x 100
+        np.allclose(svdvals(staircase_r(J)), svdvals(J)[:100])
+    """
+    J = np.asarray(J, dtype=np.float64)
+    m, n = J.shape
+    keep = np.flatnonzero((J != 0).any(axis=1))
+    if keep.size < m:
+        J = J[keep]
+    if J.shape[0] == 0:
+        return np.zeros((0, n))
+    order, first, last = _staircase_profile(J)
+    R = _staircase_square(J, order, first, last, block_rows)
+    return R[(R != 0).any(axis=1)]
+
+
+def _staircase_square(J, order, first, last, block_rows: int) -> NDArray[np.float64]:
+    """``n x n`` upper triangular ``R`` with ``R^T R = J^T J``; row ``i`` is the row whose pivot is
+    column ``i`` (zero where no row has its pivot there), so the band of ``R`` is as narrow as the
+    staircase of ``J`` allows."""
+    n = J.shape[1]
+    out = np.zeros((n, n))
+    carry = np.zeros((0, 0))
+    carry_lo = carry_hi = 0
+    for rows, block_lo, hi, next_lo in _staircase_blocks(order, first, last, n, block_rows):
+        lo = carry_lo if carry.shape[0] else block_lo
+        height = carry.shape[0] + rows.size
+        stacked = np.zeros((height, hi - lo))
+        if carry.shape[0]:
+            stacked[: carry.shape[0], carry_lo - lo : carry_hi - lo] = carry
+        stacked[carry.shape[0] :] = J[rows, lo:hi]
+        # torch's QR (LAPACK geqrf behind it) measured faster here than scipy's on these sizes.
+        R = torch.linalg.qr(torch.from_numpy(stacked), mode="r")[1].numpy()
+        # Row t of the trapezoidal R is zero left of local column t: it belongs at row lo + t.
+        final = min(next_lo - lo, R.shape[0])
+        out[lo : lo + final, lo:hi] = R[:final]
+        carry = R[final:, next_lo - lo :] if final < R.shape[0] else np.zeros((0, 0))
+        carry_lo, carry_hi = next_lo, hi
+    if carry.shape[0]:
+        out[carry_lo : carry_lo + carry.shape[0], carry_lo:carry_hi] = carry
+    return out
+
+
+def tall_factor(J: NDArray[np.float64], *, block_rows: int = 1024) -> NDArray[np.float64]:
+    """An ``n x n`` upper triangular ``R`` with the singular values of ``J`` (m x n, ``m >= n``,
+    no zero rows needed): :func:`staircase_r`'s blocked QR when its cost model predicts less than
+    half the work of a dense QR, else a dense Householder QR (``torch.linalg.qr``, LAPACK geqrf)."""
+    m, n = J.shape
+    if m < n:
+        raise ValueError(f"tall_factor needs at least as many rows as columns, got {J.shape}")
+    order, first, last = _staircase_profile(J)
+    if _staircase_cost(order, first, last, n, block_rows) < 0.5 * _qr_flops(m, n):
+        return _staircase_square(J, order, first, last, block_rows)
+    return torch.linalg.qr(torch.from_numpy(J), mode="r")[1].numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: band reduction
+# --------------------------------------------------------------------------------------------
+
+
+def _block_reflector(a: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(V, T)`` with ``H_1 ... H_k = I - V T V^T`` for ``geqrf``'s output ``(a, tau)``.
+
+    ``T^{-1} = triu(V^T V, 1) + diag(1 / tau)`` (the identity ``T^{-1} + T^{-T} = V^T V`` of an
+    orthogonal ``I - V T V^T``); a trivial reflector (``tau = 0``) gets ``v = 0`` and drops out.
+    """
+    k = tau.numel()
+    V = torch.tril(a[:, :k], -1)
+    V.diagonal().fill_(1.0)
+    trivial = tau == 0
+    if bool(trivial.any()):
+        V[:, trivial] = 0.0
+    inverse = torch.triu(V.T @ V, 1)
+    inverse.diagonal().copy_(torch.where(trivial, torch.ones_like(tau), 1.0 / torch.where(trivial, torch.ones_like(tau), tau)))
+    eye = torch.eye(k, dtype=a.dtype, device=a.device)
+    return V, torch.linalg.solve_triangular(inverse, eye, upper=True)
+
+
+def band_reduce(R: torch.Tensor, band: int = BAND) -> torch.Tensor:
+    """Reduce the square ``R`` (in place) to upper band form with ``band`` super-diagonals by
+    orthogonal transformations from both sides; the singular values do not change.
+
+    For each panel of ``band`` columns: a Householder QR of the column panel (applied to the
+    trailing columns from the left), then an LQ of the row panel right of it (applied to the
+    trailing rows from the right), both as compact-WY matrix products.  ``8/3 n^3`` flops.
+    Works on any torch device.
+    """
+    n = R.shape[0]
+    for j in range(0, n, band):
+        w = min(band, n - j)
+        a, tau = torch.geqrf(R[j:, j : j + w])
+        if j + w < n:
+            V, T = _block_reflector(a, tau)
+            trailing = R[j:, j + w :]
+            trailing.sub_(V @ (T.T @ (V.T @ trailing)))
+        R[j:, j : j + w] = torch.triu(a)
+        if j + w >= n:
+            break
+        a, tau = torch.geqrf(R[j : j + w, j + w :].T)
+        V, T = _block_reflector(a, tau)
+        trailing = R[j + w :, j + w :]
+        trailing.sub_(((trailing @ V) @ T) @ V.T)
+        R[j : j + w, j + w :] = torch.triu(a).T
+    return R
+
+
+def upper_bandwidth(R: NDArray[np.float64]) -> int:
+    """Largest ``j - i`` over the non-zero entries ``R[i, j]`` of an upper triangular ``R``."""
+    nonzero = R != 0
+    rows = np.flatnonzero(nonzero.any(axis=1))
+    if rows.size == 0:
+        return 0
+    last = R.shape[1] - 1 - nonzero[rows, ::-1].argmax(axis=1)
+    return int(np.max(last - rows))
+
+
+def _band_storage(R: NDArray[np.float64], ku: int) -> NDArray[np.float64]:
+    n = R.shape[0]
+    band = np.zeros((ku + 1, n), order="F")
+    for d in range(ku + 1):
+        band[ku - d, d:] = np.diagonal(R, d)
+    return band
+
+
+def triangular_svdvals(R: NDArray[np.float64]) -> NDArray[np.float64]:
+    """All singular values (descending) of a square upper triangular ``R``: straight to
+    ``dgbbrd`` if ``R`` is already a narrow band, else :func:`band_reduce` first (module docstring).
+
+    Example::
+
+        R = np.triu(np.random.default_rng(0).standard_normal((500, 500)))
+        np.allclose(triangular_svdvals(R), scipy.linalg.svdvals(R))
+    """
+    n = R.shape[0]
+    if R.shape != (n, n):
+        raise ValueError(f"R must be square, got shape {R.shape}")
+    if n <= _SMALL:
+        return torch.linalg.svdvals(torch.as_tensor(R, dtype=torch.float64)).numpy()
+    ku = upper_bandwidth(R)
+    if _ROTATION_COST * n * n * (ku - BAND) >= (8.0 / 3.0) * n**3:
+        R = band_reduce(torch.tensor(R, dtype=torch.float64), BAND).numpy()
+        ku = BAND
+    return band_bidiagonal_svdvals(_band_storage(R, ku), n, ku)
+
+
+# --------------------------------------------------------------------------------------------
+# Jacobians
+# --------------------------------------------------------------------------------------------
+
+
+def _check(J: NDArray[np.float64] | torch.Tensor) -> torch.Tensor:
+    Jt = torch.as_tensor(J, dtype=torch.float64)
+    if Jt.dim() != 2:
+        raise ValueError(f"J must be 2-dimensional, got shape {tuple(Jt.shape)}")
+    if not bool(torch.isfinite(Jt).all()):
+        raise ValueError("J contains NaN or infinite entries")
+    return Jt
+
+
+def _padded(values: NDArray[np.float64], size: int) -> NDArray[np.float64]:
+    out = np.zeros(size)
+    values = np.sort(np.asarray(values, dtype=np.float64))[::-1][:size]
+    out[: values.size] = values
+    return out
+
+
+def _live_singular_values(Jt: torch.Tensor) -> NDArray[np.float64]:
+    """Singular values of ``J`` given as ``J^T`` (n x m) without zero columns."""
+    n, m = Jt.shape
+    if m == 0:
+        return np.zeros(0)
+    if Jt.is_cuda:
+        A = Jt.T
+        if m > n:
+            A = torch.linalg.qr(A, mode="r")[1]
+        return torch.linalg.svdvals(A).cpu().numpy()
+    if m <= n:  # wide or square J: factor J^T (tall) instead
+        return triangular_svdvals(torch.linalg.qr(Jt, mode="r")[1].numpy())
+    return triangular_svdvals(tall_factor(Jt.T.contiguous().numpy()))
+
+
+def _rows_svdvals(rows: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Singular values of the matrix with these (non-zero) rows."""
+    if rows.shape[0] < rows.shape[1]:
+        return triangular_svdvals(torch.linalg.qr(torch.from_numpy(rows.T), mode="r")[1].numpy())
+    return triangular_svdvals(tall_factor(rows))
+
+
+def singular_values(J: NDArray[np.float64] | torch.Tensor, *, transposed: bool = False) -> NDArray[np.float64]:
+    """All ``min(m, n)`` singular values of ``J`` (m x n), descending, float64.
+
+    Zero rows are dropped first (they do not change singular values; after a ReLU half the rows
+    are zero).  On CUDA tensors: QR first when tall, then ``torch.linalg.svdvals`` on the device.
+    On the CPU: the three stages of the module docstring.  Never forms ``J^T J``.
+
+    Args:
+        J: the matrix, as a numpy array or torch tensor (any device).
+        transposed: ``J`` is given as its transpose (``n x m``), as the forward pass produces it.
+
+    Example::
+
+        singular_values(np.diag([3.0, 1.0, 2.0]))      # array([3., 2., 1.])
+    """
+    Jt = _check(J)
+    if not transposed:
+        Jt = Jt.T
+    n, m = Jt.shape
+    if min(n, m) == 0:
+        return np.zeros(0)
+    live = (Jt != 0).any(dim=0)
+    if not bool(live.all()):
+        Jt = Jt[:, live]
+    return _padded(_live_singular_values(Jt), min(n, m))
+
+
+def relu_pair_singular_values(
+    Jt: torch.Tensor, keep: torch.Tensor
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Singular values of ``J`` and of ``D J`` (``D`` keeps the rows where ``keep`` is True), both
+    padded to ``min(m, n)``, sharing work: when more than ``n`` non-zero rows are kept (CPU only),
+    ``R`` of ``J`` is the QR update of ``R`` of the kept rows by the removed rows (module docstring).
+
+    Args:
+        Jt: ``J^T`` (n x m), as the forward pass produces it.
+        keep: boolean mask of length ``m`` (units a ReLU leaves on).
+    """
+    Jt = _check(Jt)
+    n, m = Jt.shape
+    live = (Jt != 0).any(dim=0)
+    kept, removed = live & keep, live & ~keep
+    if Jt.is_cuda or int(kept.sum()) <= n or min(n, m) == 0:
+        return singular_values(Jt, transposed=True), singular_values(Jt * keep, transposed=True)
+    J = Jt.T.contiguous().numpy()
+    R_kept = tall_factor(J[kept.numpy()])
+    rows = np.concatenate([R_kept[(R_kept != 0).any(axis=1)], J[removed.numpy()]])
+    del J
+    values_all = _rows_svdvals(rows)
+    return _padded(values_all, min(n, m)), _padded(triangular_svdvals(R_kept), min(n, m))
