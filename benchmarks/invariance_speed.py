@@ -46,16 +46,17 @@ def table1_case(trained: bool, seed: int):
         model = mlp_table1()
         return model, rng.random((1, 28, 28)), rng.random((1, 28, 28)), "random init, x ~ U[0,1]^784"
     from reluinv.data import load_embedded_digits
+    from reluinv.experiments.fig7 import fewest_active_examples, first_layer_activity
     from reluinv.train import quick_recipe, train
 
     test = load_embedded_digits("test")
     model, info = train(quick_recipe("mlp_table1", seed=seed), load_embedded_digits("train"),
                         test_set=test, progress=False, use_cache=False, num_threads=1)
     images = test.images.astype(np.float64)
-    with torch.no_grad():
-        first = model[:3].double()(torch.as_tensor(images))
-    idx = int(torch.argmin((first > 0).sum(dim=1)))
-    other = int(np.flatnonzero(test.labels != test.labels[idx])[0])
+    active = first_layer_activity(model, images, 2, float64=True).sum(1)
+    (example,) = fewest_active_examples(active, test.labels, n_sources=1, n_targets=1,
+                                        fresh_across_sources=False)
+    idx, other = example.source, example.targets[0]
     return (model, images[idx], images[other],
             f"quick-trained (test accuracy {info.test_accuracy:.3f}), test digit #{idx}")
 
