@@ -151,7 +151,7 @@ def pattern_pieces(layers, x, *, relu_last, lower=None, upper=None):
     widths = [W.shape[0] for W, _ in relu_layers]
     lo = np.full(n, -np.inf) if lower is None else np.broadcast_to(np.asarray(lower, float), (n,))
     up = np.full(n, np.inf) if upper is None else np.broadcast_to(np.asarray(upper, float), (n,))
-    bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b) for a, b in zip(lo, up)]
+    bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b) for a, b in zip(lo, up, strict=True)]
     for bits in itertools.product([False, True], repeat=sum(widths)):
         pattern, start = [], 0
         for w in widths:
@@ -159,7 +159,7 @@ def pattern_pieces(layers, x, *, relu_last, lower=None, upper=None):
             start += w
         J, k = np.eye(n), np.zeros(n)
         A_ub, b_ub = [], []
-        for (W, b), s in zip(relu_layers, pattern):
+        for (W, b), s in zip(relu_layers, pattern, strict=True):
             Z, kz = W @ J, W @ k + b
             A_ub += [-Z[s], Z[~s]]  # active: z >= 0, inactive: z <= 0
             b_ub += [kz[s], -kz[~s]]

@@ -16,6 +16,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy.optimize import linprog
+from torch import nn
+
 from problems import (
     brute_force,
     brute_force_extent,
@@ -24,9 +27,6 @@ from problems import (
     make_net,
     net_layers,
 )
-from scipy.optimize import linprog
-from torch import nn
-
 from reluinv import _lp
 from reluinv.experiments.fig7x import fig7x_examples
 from reluinv.invariance import (

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from .._lp import MIN_SOLVE_SECONDS
 from .bounds import TIGHTEN_CHOICES, preimage_bounds, states_from_bounds
-from .encoding import Box, Bounds, Encoding
+from .encoding import Bounds, Box, Encoding
 from .problem import ACTIVE, MIN_LP_SECONDS, POLISH_RTOL, Problem, TimeShares, setup
 from .search import json_float
 
