@@ -24,7 +24,8 @@ def brute_force_kind(A, b, y, lower=None, upper=None, *, spread_tol=1e-7) -> str
     pos = y > 0
     lo = np.full(n, -np.inf) if lower is None else np.broadcast_to(np.asarray(lower, float), (n,))
     up = np.full(n, np.inf) if upper is None else np.broadcast_to(np.asarray(upper, float), (n,))
-    bounds = [(None if np.isneginf(l) else l, None if np.isposinf(u) else u) for l, u in zip(lo, up)]
+    bounds = [(None if np.isneginf(l) else l, None if np.isposinf(u) else u)
+              for l, u in zip(lo, up, strict=True)]
     kw = dict(
         A_eq=A[pos] if pos.any() else None,
         b_eq=(y - b)[pos] if pos.any() else None,
