@@ -1,16 +1,19 @@
 """The paper's architectures (Appendix A4, Tables 1-4) and the 2-d toy network of Figure 1.
 
-Every builder returns a ``torch.nn.Sequential`` whose ReLUs are separate modules, so module
-indices match the "layer" counting of Figures 5, 8, 10 and 11 (an activation is its own layer).
+Every builder returns a ``torch.nn.Sequential`` whose ReLUs are separate modules, as the legends
+of Figures 5, 8, 10 and 11 count them (an activation is its own layer): for the CNNs the 1-based
+legend number is the module index + 1 (``experiments.spectra_data.paper_numbering``).
 
 Choices the paper leaves open, made here:
 
 * Convolutions use zero padding 1 ("same" padding, as the Keras ``cifar10_cnn`` example the paper
-  follows).  With a 32 x 32 input, layer 4 of WideCIFAR then has 32 x 16 x 16 = 8192 units, which
-  matches the M = 5120 active units quoted for Figure 9.
+  follows).  With a 32 x 32 input, layer 4 of WideCIFAR then has 32 x 16 x 16 = 8192 units, of
+  which the paper's Figure 9 sample keeps M = 5120 active, and ThinCIFAR's last convolution
+  32 x 8 x 8 = 2048 units, fewer than the 3072 inputs.
 * The softmax of the last dense layer is left to the loss; the networks output logits.
-* ``in_channels`` and ``image_size`` let the CNNs run on the embedded one-channel 28 x 28 digits
-  when CIFAR-10 is not supplied.
+* ``in_channels`` and ``image_size`` change the input shape.  The figures always use three
+  channels (CIFAR-10 or a stand-in of its shape, :mod:`reluinv.experiments.cifar_shaped`); quick
+  mode may halve the side to 16, which shrinks the input and every layer by the same factor 4.
 """
 
 from __future__ import annotations
