@@ -12,13 +12,13 @@ How (exact up to rounding, all float64):
 1. One pass pushes the identity basis of the input, as a batch of tangent vectors, through the
    graph with every slope and argmax frozen at ``x``; at each layer node the batch *is* ``J_l^T``.
    Nothing is recomputed per layer, and each tangent is freed after its last use.
-2. :func:`reluinv.stability.singular_values` then gives all singular values of each ``J_l``
+2. :func:`reluinv.jacobian_svd.singular_values` then gives all singular values of each ``J_l``
    (zero rows dropped, values only, LAPACK's divide-and-conquer SVD, the staircase QR for
    sparse convolutional Jacobians).
 
 Peak memory is about ``8 * n * (largest sum of simultaneously live activations)`` bytes plus one
 Jacobian for the SVD, ``n`` the number of varying inputs.  ``method="lanczos"`` never forms ``J``:
-it runs :func:`reluinv.stability.golub_kahan` on ``v -> J v`` (a tangent pass) and ``u -> J^T u``
+it runs :func:`reluinv.lanczos.golub_kahan` on ``v -> J v`` (a tangent pass) and ``u -> J^T u``
 (its vector-Jacobian product) per layer.
 """
 
@@ -34,11 +34,11 @@ from numpy.typing import NDArray
 from torch import nn
 
 from .graph import GraphNet, Layer, prepare_graph
+from .jacobian_svd import singular_values
+from .lanczos import golub_kahan
+from .layer_spectrum import LayerSpectrum, rank_tolerance
 
 __all__ = ["graph_spectra"]
-
-_EPS = float(np.finfo(np.float64).eps)
-
 
 def _columns(in_shape: tuple[int, ...], window: Sequence[int] | None) -> NDArray[np.intp]:
     """Flat indices of the varying inputs; pixel-major for images (the staircase order)."""
@@ -60,11 +60,9 @@ def _columns(in_shape: tuple[int, ...], window: Sequence[int] | None) -> NDArray
     return np.ascontiguousarray(index.transpose(1, 2, 0)).reshape(-1)
 
 
-def _spectrum(layer: Layer, n: int, values: NDArray[np.float64], rank_rtol: float | None, **extra: Any):
-    from .stability import LayerSpectrum
-
-    top = float(values[0]) if values.size else 0.0
-    tol = float(rank_rtol) * top if rank_rtol is not None else max(layer.out_dim, n) * _EPS * top
+def _spectrum(layer: Layer, n: int, values: NDArray[np.float64], rank_rtol: float | None,
+              **extra: Any) -> LayerSpectrum:
+    tol = rank_tolerance(float(values[0]) if values.size else 0.0, (layer.out_dim, n), rank_rtol)
     nonzero = values[values > tol]
     complete = extra.pop("complete", True)
     return LayerSpectrum(
@@ -87,9 +85,7 @@ def _basis(net: GraphNet, columns: NDArray[np.intp]) -> torch.Tensor:
     return basis.reshape(columns.size, *net.in_shape)
 
 
-def _dense(net: GraphNet, columns: NDArray[np.intp], rank_rtol: float | None) -> list:
-    from .stability import singular_values
-
+def _dense(net: GraphNet, columns: NDArray[np.intp], rank_rtol: float | None) -> list[LayerSpectrum]:
     layer_of = {layer.node: layer for layer in net.layers}
     out = []
     n = columns.size
@@ -118,9 +114,8 @@ def _operator(net: GraphNet, layer: Layer, columns: torch.Tensor, rows: torch.Te
     return matvec, lambda u: pullback(u)[0].detach()
 
 
-def _lanczos(net: GraphNet, columns: NDArray[np.intp], k: int, rank_rtol, tol: float, max_steps: int) -> list:
-    from .stability import golub_kahan
-
+def _lanczos(net: GraphNet, columns: NDArray[np.intp], k: int, rank_rtol: float | None, tol: float,
+             max_steps: int) -> list[LayerSpectrum]:
     columns_t = torch.as_tensor(columns, device=net.device)
     out = []
     for layer in net.layers:
@@ -134,8 +129,7 @@ def _lanczos(net: GraphNet, columns: NDArray[np.intp], k: int, rank_rtol, tol: f
         ritz = result.ritz_values
         ends = np.r_[result.residuals[:k], result.residuals[-k:]]
         converged = result.exhausted or bool(np.all(ends <= tol * (ritz[0] if ritz.size else 0.0)))
-        top = float(ritz[0]) if ritz.size else 0.0
-        cut = float(rank_rtol) * top if rank_rtol is not None else max(layer.out_dim, columns.size) * _EPS * top
+        cut = rank_tolerance(float(ritz[0]) if ritz.size else 0.0, (layer.out_dim, columns.size), rank_rtol)
         nonzero = ritz[ritz > cut]
         if result.exhausted:
             values = np.zeros(min(layer.out_dim, columns.size))
@@ -158,7 +152,7 @@ def graph_spectra(
     rank_rtol: float | None = None,
     lanczos_tol: float = 1e-10,
     max_steps: int = 500,
-) -> list:
+) -> list[LayerSpectrum]:
     """Singular values of every layer's prefix Jacobian of a traced graph at ``x`` (Section 3.2).
 
     Called by :func:`reluinv.spectra` for every model that is not a chain; the arguments mean the
