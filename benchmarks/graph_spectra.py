@@ -38,7 +38,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import graph_models  # noqa: E402
-
 from reluinv import spectra  # noqa: E402
 from reluinv.graph import prepare_graph  # noqa: E402
 
@@ -49,25 +48,30 @@ def model_and_input(size: int, seed: int = 0) -> tuple[torch.nn.Module, torch.Te
     return model, torch.randn(3, size, size, dtype=torch.float64)
 
 
+def layer_jacobian(model64: torch.nn.Module, name: str, x: torch.Tensor, chunk_size: int) -> np.ndarray:
+    """jacrev of one layer's output: the k-th output of its module (``name#k``), read by a hook."""
+    path, _, call = name.partition("#")
+    calls: list[torch.Tensor] = []
+    handle = model64.get_submodule(path).register_forward_hook(lambda m, i, o: calls.append(o))
+
+    def prefix(v: torch.Tensor) -> torch.Tensor:
+        calls.clear()
+        model64(v[None])
+        return calls[int(call or 1) - 1].reshape(-1)
+
+    try:
+        return torch.func.jacrev(prefix, chunk_size=chunk_size)(x).reshape(-1, x.numel()).numpy()
+    finally:
+        handle.remove()
+
+
 def obvious_spectra(model: torch.nn.Module, x: torch.Tensor, chunk_size: int) -> list[np.ndarray]:
     model64 = copy.deepcopy(model).double().requires_grad_(False)
     _, net = prepare_graph(model, x)
     out = []
     for layer in net.layers:
-        path, _, call = layer.name.partition("#")
-        calls: list[torch.Tensor] = []
-        handle = model64.get_submodule(path).register_forward_hook(lambda m, i, o: calls.append(o))
-
-        def prefix(v: torch.Tensor, k: int = int(call or 1)) -> torch.Tensor:
-            calls.clear()
-            model64(v[None])
-            return calls[k - 1].reshape(-1)
-
         start = time.perf_counter()
-        try:
-            J = torch.func.jacrev(prefix, chunk_size=chunk_size)(x).reshape(-1, x.numel()).numpy()
-        finally:
-            handle.remove()
+        J = layer_jacobian(model64, layer.name, x, chunk_size)
         out.append(np.linalg.svd(J, compute_uv=False))
         del J
         print(f"  obvious {layer.name}: {time.perf_counter() - start:.1f} s", flush=True)
@@ -83,16 +87,26 @@ def compare(size: int, repeats: int, chunk_size: int) -> dict:
     times: dict[str, list[float]] = {"reluinv": [], "obvious": []}
     results = {}
     for _ in range(repeats):
-        for name, run in (("reluinv", lambda: fast_spectra(model, x)),
-                          ("obvious", lambda: obvious_spectra(model, x, chunk_size))):
+        for name, run in (
+            ("reluinv", lambda: fast_spectra(model, x)),
+            ("obvious", lambda: obvious_spectra(model, x, chunk_size)),
+        ):
             start = time.perf_counter()
             results[name] = run()
             times[name].append(time.perf_counter() - start)
             print(f"  {name}: {times[name][-1]:.1f} s", flush=True)
-    worst = max(float(np.abs(a - b).max() / b[0]) for a, b in zip(results["reluinv"], results["obvious"]))
+    worst = max(
+        float(np.abs(a - b).max() / b[0]) for a, b in zip(results["reluinv"], results["obvious"], strict=True)
+    )
     fast, slow = min(times["reluinv"]), min(times["obvious"])
-    return {"size": size, "layers": len(results["reluinv"]), "reluinv_s": fast, "obvious_s": slow,
-            "speedup": slow / fast, "max_rel_diff": worst}
+    return {
+        "size": size,
+        "layers": len(results["reluinv"]),
+        "reluinv_s": fast,
+        "obvious_s": slow,
+        "speedup": slow / fast,
+        "max_rel_diff": worst,
+    }
 
 
 def one_size(size: int) -> dict:
@@ -101,16 +115,23 @@ def one_size(size: int) -> dict:
     start = time.perf_counter()
     fast_spectra(model, x)
     seconds = time.perf_counter() - start
-    return {"size": size, "seconds": seconds, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return {
+        "size": size,
+        "seconds": seconds,
+        "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
 
 
 def memory_table(sizes: list[int]) -> None:
     rows = []
     for size in sizes:
-        out = subprocess.run([sys.executable, __file__, "--one-size", str(size)], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one-size", str(size)], capture_output=True, text=True, check=True
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"3x{size}x{size}: {rows[-1]['seconds']:.1f} s, peak {rows[-1]['peak_gib']:.2f} GiB", flush=True)
+        print(
+            f"3x{size}x{size}: {rows[-1]['seconds']:.1f} s, peak {rows[-1]['peak_gib']:.2f} GiB", flush=True
+        )
     if len(rows) >= 2:
         a, b = rows[-2], rows[-1]
         # Tangents and Jacobians scale with (input pixels) x (layer pixels): size^4 above a fixed base.
@@ -118,8 +139,12 @@ def memory_table(sizes: list[int]) -> None:
         base = b["peak_gib"] - per * b["size"] ** 4
         largest = ((24.0 - base) / per) ** 0.25
         p = math.log(b["seconds"] / a["seconds"]) / math.log(b["size"] / a["size"])
-        print(f"memory ~ {base:.2f} + {per:.3e} * size^4 GiB: dense spectra fit in 24 GiB up to 3x{int(largest)}x{int(largest)}")
-        print(f"time ~ size^{p:.1f}: projected {b['seconds'] * (32 / b['size']) ** p:.0f} s per sample at 3x32x32")
+        side = int(largest)
+        print(
+            f"memory ~ {base:.2f} + {per:.3e} * size^4 GiB: dense spectra fit in 24 GiB up to 3x{side}x{side}"
+        )
+        projected = b["seconds"] * (32 / b["size"]) ** p
+        print(f"time ~ size^{p:.1f}: projected {projected:.0f} s per sample at 3x32x32")
 
 
 def main() -> None:
@@ -127,7 +152,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16, help="input is 3 x size x size (default 16)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--chunk-size", type=int, default=512, help="jacrev chunk size of the obvious way")
-    parser.add_argument("--memory", type=int, nargs="*", help="reluinv alone at these sizes, one process each")
+    parser.add_argument(
+        "--memory", type=int, nargs="*", help="reluinv alone at these sizes, one process each"
+    )
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_size:
@@ -138,9 +165,11 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     row = compare(args.size, args.repeats, args.chunk_size)
-    print(f"ResNet-18 (CIFAR stem) at 3x{row['size']}x{row['size']}, {row['layers']} layers: reluinv "
-          f"{row['reluinv_s']:.1f} s, obvious {row['obvious_s']:.1f} s, speed-up {row['speedup']:.1f}x, "
-          f"max relative difference {row['max_rel_diff']:.1e}")
+    print(
+        f"ResNet-18 (CIFAR stem) at 3x{row['size']}x{row['size']}, {row['layers']} layers: reluinv "
+        f"{row['reluinv_s']:.1f} s, obvious {row['obvious_s']:.1f} s, speed-up {row['speedup']:.1f}x, "
+        f"max relative difference {row['max_rel_diff']:.1e}"
+    )
     assert row["max_rel_diff"] <= 1e-8, row
 
 

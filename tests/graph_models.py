@@ -42,7 +42,9 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -90,7 +92,8 @@ class ResNet(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+                nn.Conv2d(self.inplanes, planes, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
             )
         layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes
@@ -125,8 +128,12 @@ class VGG(nn.Module):
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(True),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(True),
+            nn.Dropout(p=dropout),
             nn.Linear(4096, num_classes),
         )
         _init(self)
@@ -146,7 +153,11 @@ def vgg11_bn(num_classes: int = 10) -> VGG:
         if v == "M":
             layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
         else:
-            layers += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(in_channels, v, kernel_size=3, padding=1),
+                nn.BatchNorm2d(v),
+                nn.ReLU(inplace=True),
+            ]
             in_channels = v
     return VGG(nn.Sequential(*layers), num_classes=num_classes)
 
@@ -162,7 +173,9 @@ class DenseLayer(nn.Module):
         self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, kernel_size=1, stride=1, bias=False)
         self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
         self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(
+            bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False
+        )
 
     def forward(self, inputs: list[Tensor]) -> Tensor:
         concated_features = torch.cat(inputs, 1)
@@ -174,7 +187,9 @@ class DenseBlock(nn.ModuleDict):
     def __init__(self, num_layers: int, num_input_features: int, bn_size: int, growth_rate: int) -> None:
         super().__init__()
         for i in range(num_layers):
-            self.add_module(f"denselayer{i + 1}", DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size))
+            self.add_module(
+                f"denselayer{i + 1}", DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size)
+            )
 
     def forward(self, init_features: Tensor) -> Tensor:
         features = [init_features]
@@ -195,17 +210,27 @@ class Transition(nn.Sequential):
 class DenseNet(nn.Module):
     """A small DenseNet-BC: stem, two dense blocks with a transition between, classifier."""
 
-    def __init__(self, growth_rate: int = 4, block_config: tuple[int, ...] = (3, 2), num_init_features: int = 8,
-                 bn_size: int = 2, num_classes: int = 5) -> None:
+    def __init__(
+        self,
+        growth_rate: int = 4,
+        block_config: tuple[int, ...] = (3, 2),
+        num_init_features: int = 8,
+        bn_size: int = 2,
+        num_classes: int = 5,
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential()
-        self.features.add_module("conv0", nn.Conv2d(3, num_init_features, kernel_size=3, padding=1, bias=False))
+        self.features.add_module(
+            "conv0", nn.Conv2d(3, num_init_features, kernel_size=3, padding=1, bias=False)
+        )
         self.features.add_module("norm0", nn.BatchNorm2d(num_init_features))
         self.features.add_module("relu0", nn.ReLU(inplace=True))
         self.features.add_module("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):
-            self.features.add_module(f"denseblock{i + 1}", DenseBlock(num_layers, num_features, bn_size, growth_rate))
+            self.features.add_module(
+                f"denseblock{i + 1}", DenseBlock(num_layers, num_features, bn_size, growth_rate)
+            )
             num_features += num_layers * growth_rate
             if i != len(block_config) - 1:
                 self.features.add_module(f"transition{i + 1}", Transition(num_features, num_features // 2))
@@ -226,7 +251,9 @@ class DenseNet(nn.Module):
 
 
 class ConvBNActivation(nn.Sequential):
-    def __init__(self, in_planes: int, out_planes: int, kernel_size: int = 3, stride: int = 1, groups: int = 1) -> None:
+    def __init__(
+        self, in_planes: int, out_planes: int, kernel_size: int = 3, stride: int = 1, groups: int = 1
+    ) -> None:
         padding = (kernel_size - 1) // 2
         super().__init__(
             nn.Conv2d(in_planes, out_planes, kernel_size, stride, padding, groups=groups, bias=False),
@@ -243,11 +270,13 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand_ratio != 1:
             layers.append(ConvBNActivation(inp, hidden_dim, kernel_size=1))
-        layers.extend([
-            ConvBNActivation(hidden_dim, hidden_dim, stride=stride, groups=hidden_dim),  # depthwise
-            nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(oup),
-        ])
+        layers.extend(
+            [
+                ConvBNActivation(hidden_dim, hidden_dim, stride=stride, groups=hidden_dim),  # depthwise
+                nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(oup),
+            ]
+        )
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -280,8 +309,9 @@ class MobileNetV2Small(nn.Module):
         return x
 
 
-def train_a_little(model: nn.Module, input_shape: tuple[int, ...], *, steps: int = 3, batch: int = 4,
-                   seed: int = 0) -> nn.Module:
+def train_a_little(
+    model: nn.Module, input_shape: tuple[int, ...], *, steps: int = 3, batch: int = 4, seed: int = 0
+) -> nn.Module:
     """A few SGD steps in training mode on random data (batch-norm statistics move), then eval."""
     torch.manual_seed(seed)
     model.train()

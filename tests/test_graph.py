@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import copy
 
-import graph_models as gm
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import graph_models as gm
 from reluinv import activation_pattern, linearize, spectra
 from reluinv.graph import is_chain, prepare_graph
 from reluinv.network import as_chain
@@ -42,7 +42,11 @@ SLOW = {("resnet18-cifar", True), ("vgg11_bn", False), ("vgg11_bn", True), ("res
 
 @pytest.mark.parametrize(
     "name, trained",
-    [pytest.param(n, t, marks=[pytest.mark.slow] if (n, t) in SLOW else []) for n in MODELS for t in (False, True)],
+    [
+        pytest.param(n, t, marks=[pytest.mark.slow] if (n, t) in SLOW else [])
+        for n in MODELS
+        for t in (False, True)
+    ],
 )
 def test_linearize_equals_jacrev(name, trained):
     make, shape = MODELS[name]
@@ -97,21 +101,21 @@ class EveryOperation(nn.Module):
         self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 6).reshape(1, 6, 1, 1))
 
     def forward(self, x):
-        seq = x.reshape(x.size(0), 2, -1)                                # (2, 32)
+        seq = x.reshape(x.size(0), 2, -1)  # (2, 32)
         s = self.prelu(self.bn1d(self.conv1d(seq)))
         s = F.leaky_relu(self.pool1d(s), 0.2)
-        s1 = self.amax1d(F.max_pool1d(s, 2, 1)).flatten(1)              # 4 x 3
-        h = self.bn(self.conv(x))                                        # (6, 4, 4)
+        s1 = self.amax1d(F.max_pool1d(s, 2, 1)).flatten(1)  # 4 x 3
+        h = self.bn(self.conv(x))  # (6, 4, 4)
         h = self.relu6(3.0 * h) + F.relu6(h - 0.2) - torch.relu(-h)
         g = self.grouped(h) * self.scale / 2.0
         g = self.hardtanh(g) + F.hardtanh(self.depthwise(h), -1.0, 1.0)
         g = -self.leaky(g) + h
         m = self.maxpool(g).relu()
-        m1 = F.max_pool2d(m, kernel_size=2, stride=2)                   # (6, 2, 2)
-        m2 = self.amax(F.adaptive_max_pool2d(g, (3, 3)))                # (6, 2, 3)
-        a = F.avg_pool2d(g, 2).permute(0, 2, 3, 1).contiguous()         # (2, 2, 6)
-        a = torch.transpose(a, 1, 3).mean(dim=(2, 3))                    # (6,)
-        t = self.tanh(self.avg(g)).sum(dim=-1).view(x.size(0), -1)       # 12
+        m1 = F.max_pool2d(m, kernel_size=2, stride=2)  # (6, 2, 2)
+        m2 = self.amax(F.adaptive_max_pool2d(g, (3, 3)))  # (6, 2, 3)
+        a = F.avg_pool2d(g, 2).permute(0, 2, 3, 1).contiguous()  # (2, 2, 6)
+        a = torch.transpose(a, 1, 3).mean(dim=(2, 3))  # (6,)
+        t = self.tanh(self.avg(g)).sum(dim=-1).view(x.size(0), -1)  # 12
         e = self.elu(torch.flatten(m1, 1)[:, :12])
         z = torch.cat([torch.flatten(m1, 1), m2.reshape(m2.shape[0], -1), e - t, s1, a], dim=1)
         return self.fc(z)
@@ -161,15 +165,24 @@ class VectorResidual(nn.Module):
 
 def test_chains_keep_the_chain_code_path_and_agree_with_the_graph():
     torch.manual_seed(2)
-    chain = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), nn.BatchNorm2d(3), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(3 * 5 * 5, 4), nn.LeakyReLU(0.1), nn.Linear(4, 2)).eval()
+    chain = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 5 * 5, 4),
+        nn.LeakyReLU(0.1),
+        nn.Linear(4, 2),
+    ).eval()
     assert is_chain(chain)
     x = torch.randn(2, 5, 5, dtype=torch.float64)
     J_chain, c_chain = linearize(chain, x)
     _, net = prepare_graph(chain, x)
     np.testing.assert_allclose(net.jacobian(), J_chain, rtol=1e-12, atol=1e-14)
     # a chain with a max-pool is no chain any more: it goes through the graph
-    pooled = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3, 2)).eval()
+    pooled = nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3, 2)
+    ).eval()
     assert not is_chain(pooled)
     assert relative_error(linearize(pooled, x)[0], jacrev(pooled, x)) <= 1e-10
 
@@ -220,7 +233,10 @@ class Branches(nn.Module):
         (WithGelu(), r"module 'block.1' \(GELU\) is not supported"),
         (MixesBatch(), r"\.view\(\) does not keep the batch axis"),
         (Branches(), r"torch.fx could not trace Branches.forward"),
-        (nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.MaxPool1d(1)), r"'1' \(BatchNorm1d\) is in training mode"),
+        (
+            nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.MaxPool1d(1)),
+            r"'1' \(BatchNorm1d\) is in training mode",
+        ),
     ],
 )
 def test_unsupported_models_name_the_operation_and_where_it_is(model, pattern):
@@ -238,7 +254,9 @@ def test_activation_pattern_matches_hooks():
     seen: dict[str, list[torch.Tensor]] = {}
     for path, module in model.named_modules():
         if isinstance(module, (nn.ReLU, nn.MaxPool2d)):
-            module.register_forward_pre_hook(lambda m, inp, path=path: seen.setdefault(path, []).append(inp[0].clone()))
+            module.register_forward_pre_hook(
+                lambda m, inp, path=path: seen.setdefault(path, []).append(inp[0].clone())
+            )
     with torch.no_grad():
         model.double()(x.double()[None])
     pattern = activation_pattern(model, x)
@@ -271,7 +289,7 @@ def test_spectra_of_every_layer_equal_svd_of_jacrev_prefixes():
     assert [s.index for s in layers] == list(range(len(layers)))
     assert layers[0].name == "features.relu0" and layers[-1].name == "relu()"
     model64 = copy.deepcopy(model).double()
-    for spectrum, layer in zip(layers, net.layers):
+    for spectrum, layer in zip(layers, net.layers, strict=True):
         R = prefix_jacobian(model64, layer.name, x)
         expected = np.linalg.svd(R, compute_uv=False)
         assert spectrum.out_dim == R.shape[0]
@@ -283,7 +301,12 @@ def prefix_jacobian(model64: nn.Module, name: str, x: torch.Tensor) -> np.ndarra
     """jacrev of one layer's output: a forward hook on the module of that path (DenseNet's last
     ReLU is functional: written out)."""
     if name == "relu()":
-        return torch.func.jacrev(lambda v: F.relu(model64.features(v[None])).reshape(-1))(x).reshape(-1, x.numel()).detach().numpy()
+        return (
+            torch.func.jacrev(lambda v: F.relu(model64.features(v[None])).reshape(-1))(x)
+            .reshape(-1, x.numel())
+            .detach()
+            .numpy()
+        )
     captured = {}
     handle = model64.get_submodule(name).register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
     try:
@@ -299,7 +322,7 @@ def test_lanczos_on_a_graph_finds_the_extreme_singular_values():
     x = torch.randn(3, 8, 8, dtype=torch.float64)
     dense = spectra(model, x)
     lanczos = spectra(model, x, method="lanczos", k=2, max_steps=300)
-    for d, s in zip(dense, lanczos):
+    for d, s in zip(dense, lanczos, strict=True):
         assert s.name == d.name and s.method == "lanczos"
         nonzero = d.singular_values[d.singular_values > d.rank_tolerance]
         np.testing.assert_allclose(s.largest, nonzero[:2], rtol=1e-8)

@@ -23,8 +23,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def lp_kind(E, e, G, g, n, lower=None, upper=None, spread_tol=1e-7) -> str:
     bounds = [(lower, upper)] * n
-    kw = dict(A_eq=E if len(E) else None, b_eq=e if len(E) else None,
-              A_ub=G if len(G) else None, b_ub=g if len(G) else None, bounds=bounds, method="highs")
+    kw = dict(
+        A_eq=E if len(E) else None,
+        b_eq=e if len(E) else None,
+        A_ub=G if len(G) else None,
+        b_ub=g if len(G) else None,
+        bounds=bounds,
+        method="highs",
+    )
     if linprog(np.zeros(n), **kw).status == 2:
         return "empty"
     spread = 0.0
@@ -71,8 +77,10 @@ def test_residual_relu_layers_match_hand_built_systems_and_the_lp_oracle(seed, b
     reach = box + max(np.abs(x.numpy()).max(), np.abs(h).max()) if box else None
     lower, upper = (-reach, reach) if box else (None, None)
     # relu1 is fed by the input alone; relu2 by the input (residual) and relu1
-    for layer, A, b, sources in [("relu1", W1, b1, ("input",)),
-                                 ("relu2", np.hstack([np.eye(n), W2]), b2, ("input", "relu1"))]:
+    for layer, A, b, sources in [
+        ("relu1", W1, b1, ("input",)),
+        ("relu2", np.hstack([np.eye(n), W2]), b2, ("input", "relu1")),
+    ]:
         result, system = graph_layer_preimage(model, x, layer, lower=lower, upper=upper)
         assert tuple(name for name, _ in system.sources) == sources
         np.testing.assert_allclose(system.A, A, rtol=0, atol=1e-15)
@@ -101,7 +109,9 @@ def conv_matrix(conv: nn.Conv2d, shape) -> tuple[np.ndarray, np.ndarray]:
     basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
     with torch.no_grad():
         images = F.conv2d(basis, conv.weight, None, conv.stride, conv.padding)
-        bias = F.conv2d(torch.zeros(1, *shape, dtype=torch.float64), conv.weight, conv.bias, conv.stride, conv.padding)
+        bias = F.conv2d(
+            torch.zeros(1, *shape, dtype=torch.float64), conv.weight, conv.bias, conv.stride, conv.padding
+        )
     return images.reshape(n, -1).T.numpy(), bias.reshape(-1).numpy()
 
 
@@ -126,10 +136,14 @@ def windows(channels, height, width, kernel, stride, padding):
     for c in range(channels):
         for i in range(out_h):
             for j in range(out_w):
-                found.append([c * height * width + r * width + q
-                              for r in range(i * stride - padding, i * stride - padding + kernel)
-                              for q in range(j * stride - padding, j * stride - padding + kernel)
-                              if 0 <= r < height and 0 <= q < width])
+                found.append(
+                    [
+                        c * height * width + r * width + q
+                        for r in range(i * stride - padding, i * stride - padding + kernel)
+                        for q in range(j * stride - padding, j * stride - padding + kernel)
+                        if 0 <= r < height and 0 <= q < width
+                    ]
+                )
     return found
 
 
@@ -172,7 +186,13 @@ def test_adaptive_maxpool_windows_and_relu6_rows():
     system = layer_system(model, x, "pool")
     # adaptive pooling of 4 -> 2 rows and 4 -> 3 columns: rows {0,1},{2,3}; columns {0,1},{1,2},{2,3}
     assert [sorted(w.tolist()) for w in system.windows] == [
-        [0, 1, 4, 5], [1, 2, 5, 6], [2, 3, 6, 7], [8, 9, 12, 13], [9, 10, 13, 14], [10, 11, 14, 15]]
+        [0, 1, 4, 5],
+        [1, 2, 5, 6],
+        [2, 3, 6, 7],
+        [8, 9, 12, 13],
+        [9, 10, 13, 14],
+        [10, 11, 14, 15],
+    ]
 
     class Clipped(nn.Module):
         def __init__(self) -> None:
@@ -189,7 +209,8 @@ def test_adaptive_maxpool_windows_and_relu6_rows():
         A, b = 3.0 * clipped.fc.weight.detach().numpy(), 3.0 * clipped.fc.bias.detach().numpy()
         y = np.clip(A @ v.numpy() + b, 0, 6)
         inside, low, high = (y > 0) & (y < 6), y <= 0, y >= 6
-        expected = lp_kind(A[inside], (y - b)[inside], np.vstack([A[low], -A[high]]),
-                           np.r_[-b[low], b[high] - 6], 3)
+        expected = lp_kind(
+            A[inside], (y - b)[inside], np.vstack([A[low], -A[high]]), np.r_[-b[low], b[high] - 6], 3
+        )
         assert result.kind == expected
         np.testing.assert_allclose(np.clip(A @ result.point + b, 0, 6), y, atol=1e-8)

@@ -22,9 +22,10 @@ functional) or a max-pooling node.  Layers are listed in the order of the traced
 topological order) and named by their module path (``layer1.0.relu``); a module called more than
 once (torchvision's ``BasicBlock`` uses ``self.relu`` twice) gets ``#2``, ``#3`` for its later
 calls, and a functional activation or max-pool is named ``<enclosing module path>.<function>()``
-(``layer1.0.relu()`` for ``F.relu`` in ``layer1.0``'s forward, ``relu()`` at top level).  The same names are used by :func:`reluinv.spectra` (one prefix Jacobian per layer),
+(``layer1.0.relu()`` for ``F.relu`` in ``layer1.0``'s forward, ``relu()`` at top level).  The
+same names are used by :func:`reluinv.spectra` (one prefix Jacobian per layer),
 :func:`reluinv.activation_pattern` (one pattern per ReLU or max-pool layer) and the layer
-preimages of :mod:`reluinv.graph_spectra` (the preimage of a layer is taken with respect to the
+preimages of :mod:`reluinv.graph_preimage` (the preimage of a layer is taken with respect to the
 affine map from the outputs of the nonlinear nodes, or the model input, that feed it).
 
 Supported nodes (everything else is a ``ValueError`` naming the operation and where it sits):
@@ -52,8 +53,8 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,44 +63,112 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ._graph_ops import (
+    _activation_from_call,
+    _activation_from_module,
+    _Affine,
+    _MaxPool,
+    _maxpool_from_call,
+    _maxpool_from_module,
+)
 from ._validate import as_finite_array
 
 __all__ = ["GraphNet", "Layer", "is_chain", "prepare_graph", "trace"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-_POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity) + _DROPOUT
+_POOL_MODULES = (
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Identity,
+) + _DROPOUT
 _MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 _ACTIVATION_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.Tanh)
 _SUPPORTED_MODULE_NAMES = sorted(
-    t.__name__ for t in (nn.Linear, nn.Conv1d, nn.Conv2d) + _BN + _POOL_MODULES + _MAXPOOL_MODULES + _ACTIVATION_MODULES
+    t.__name__
+    for t in (nn.Linear, nn.Conv1d, nn.Conv2d) + _BN + _POOL_MODULES + _MAXPOOL_MODULES + _ACTIVATION_MODULES
 )
 
 # Functions and methods that are linear in their tensor arguments and keep the batch axis.
 _STRUCTURAL_FUNCTIONS = {
-    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.cat, torch.concat,
-    torch.mean, torch.sum, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-    operator.getitem, operator.neg, torch.neg, torch.squeeze, torch.unsqueeze,
+    torch.flatten,
+    torch.reshape,
+    torch.permute,
+    torch.transpose,
+    torch.cat,
+    torch.concat,
+    torch.mean,
+    torch.sum,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    operator.getitem,
+    operator.neg,
+    torch.neg,
+    torch.squeeze,
+    torch.unsqueeze,
 }
 _STRUCTURAL_METHODS = {
-    "view", "reshape", "flatten", "permute", "transpose", "contiguous", "mean", "sum", "neg",
-    "squeeze", "unsqueeze", "view_as", "reshape_as", "clone",
+    "view",
+    "reshape",
+    "flatten",
+    "permute",
+    "transpose",
+    "contiguous",
+    "mean",
+    "sum",
+    "neg",
+    "squeeze",
+    "unsqueeze",
+    "view_as",
+    "reshape_as",
+    "clone",
 }
 _META_METHODS = {"size", "dim"}
 _ARITHMETIC = {
-    operator.add: "add", operator.iadd: "add", torch.add: "add", "add": "add", "__add__": "add",
-    operator.sub: "sub", operator.isub: "sub", torch.sub: "sub", "sub": "sub", "__sub__": "sub",
-    operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", "mul": "mul", "__mul__": "mul",
-    operator.truediv: "div", operator.itruediv: "div", torch.div: "div", "div": "div",
+    operator.add: "add",
+    operator.iadd: "add",
+    torch.add: "add",
+    "add": "add",
+    "__add__": "add",
+    operator.sub: "sub",
+    operator.isub: "sub",
+    torch.sub: "sub",
+    "sub": "sub",
+    "__sub__": "sub",
+    operator.mul: "mul",
+    operator.imul: "mul",
+    torch.mul: "mul",
+    "mul": "mul",
+    "__mul__": "mul",
+    operator.truediv: "div",
+    operator.itruediv: "div",
+    torch.div: "div",
+    "div": "div",
 }
 _ACTIVATION_FUNCTIONS = {
-    F.relu: "relu", torch.relu: "relu", "relu": "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu",
-    F.hardtanh: "hardtanh", F.elu: "elu", torch.tanh: "tanh", F.tanh: "tanh", "tanh": "tanh",
-    F.prelu: "prelu", torch.prelu: "prelu",
+    F.relu: "relu",
+    torch.relu: "relu",
+    "relu": "relu",
+    F.relu6: "relu6",
+    F.leaky_relu: "leaky_relu",
+    F.hardtanh: "hardtanh",
+    F.elu: "elu",
+    torch.tanh: "tanh",
+    F.tanh: "tanh",
+    "tanh": "tanh",
+    F.prelu: "prelu",
+    torch.prelu: "prelu",
 }
 _MAXPOOL_FUNCTIONS = {
-    F.max_pool1d: "max_pool1d", F.max_pool2d: "max_pool2d",
-    F.adaptive_max_pool1d: "adaptive_max_pool1d", F.adaptive_max_pool2d: "adaptive_max_pool2d",
+    F.max_pool1d: "max_pool1d",
+    F.max_pool2d: "max_pool2d",
+    F.adaptive_max_pool1d: "adaptive_max_pool1d",
+    F.adaptive_max_pool2d: "adaptive_max_pool2d",
 }
 
 
@@ -194,170 +263,6 @@ class Layer:
         return math.prod(self.out_shape)
 
 
-def _f64(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if t is None else t.detach().to(device=device, dtype=torch.float64)
-
-
-def _conv(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Conv1d/Conv2d with float64 parameters, padding modes included (as ``_ConvNd.forward``)."""
-    conv = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
-    if module.padding_mode == "zeros":
-        return conv(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
-    if isinstance(module.padding, str):
-        pads: list[int] = []
-        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation)):
-            total = 0 if module.padding == "valid" else d * (k - 1)
-            pads += [total // 2, total - total // 2]
-    else:
-        pads = [p for p in reversed(module.padding) for _ in range(2)]
-    padded = F.pad(x, tuple(pads), mode=module.padding_mode)
-    return conv(padded, weight, bias, module.stride, 0, module.dilation, module.groups)
-
-
-class _Affine:
-    """An affine module: ``value`` is ``W x + c``, ``linear`` is ``W v``."""
-
-    def __init__(self, module: nn.Module, device: torch.device) -> None:
-        self.module = module
-        self.weight = self.bias = None
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            self.weight, self.bias = _f64(module.weight, device), _f64(module.bias, device)
-        elif isinstance(module, _BN):
-            mean, var = _f64(module.running_mean, device), _f64(module.running_var, device)
-            gamma = _f64(module.weight, device) if module.affine else torch.ones_like(mean)
-            beta = _f64(module.bias, device) if module.affine else torch.zeros_like(mean)
-            self.weight = gamma / torch.sqrt(var + module.eps)
-            self.bias = beta - mean * self.weight
-
-    def run(self, x: torch.Tensor, offset: bool) -> torch.Tensor:
-        module, bias = self.module, self.bias if offset else None
-        if isinstance(module, nn.Linear):
-            return F.linear(x, self.weight, bias)
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            return _conv(module, x, self.weight, bias)
-        if isinstance(module, _BN):
-            view = (1, -1) + (1,) * (x.dim() - 2)
-            out = x * self.weight.reshape(view)
-            return out + self.bias.reshape(view) if offset else out
-        return module(x)  # pooling, flatten, identity, dropout (eval): linear, no offset
-
-
-@dataclass
-class _Activation:
-    kind: str
-    low: float = 0.0  # hardtanh / relu6 bounds
-    high: float = 6.0
-    slope_neg: float | torch.Tensor = 0.0  # leaky_relu slope, PReLU weight, ELU alpha
-
-    def value(self, z: torch.Tensor) -> torch.Tensor:
-        if self.kind == "relu":
-            return torch.relu(z)
-        if self.kind in ("relu6", "hardtanh"):
-            return torch.clamp(z, self.low, self.high)
-        if self.kind in ("leaky_relu", "prelu"):
-            return torch.where(z > 0, z, z * self._channel(z))
-        if self.kind == "elu":
-            return F.elu(z, float(self.slope_neg))
-        return torch.tanh(z)
-
-    def slope(self, z: torch.Tensor) -> torch.Tensor:
-        """Elementwise derivative at ``z`` with torch's convention at the kinks."""
-        one = torch.ones_like(z)
-        if self.kind == "relu":
-            return (z > 0).to(z.dtype)
-        if self.kind in ("relu6", "hardtanh"):
-            return ((z > self.low) & (z < self.high)).to(z.dtype)
-        if self.kind in ("leaky_relu", "prelu"):
-            return torch.where(z > 0, one, one * self._channel(z))
-        if self.kind == "elu":
-            return torch.where(z > 0, one, float(self.slope_neg) * torch.exp(z))
-        return 1.0 - torch.tanh(z) ** 2
-
-    def _channel(self, z: torch.Tensor) -> torch.Tensor | float:
-        a = self.slope_neg
-        if isinstance(a, torch.Tensor) and a.numel() > 1:  # PReLU: one slope per channel (axis 1)
-            return a.reshape((1, -1) + (1,) * (z.dim() - 2))
-        return a if not isinstance(a, torch.Tensor) else a.reshape(())
-
-
-def _activation_from_module(module: nn.Module, device: torch.device) -> _Activation:
-    if isinstance(module, nn.ReLU6):
-        return _Activation("relu6", 0.0, 6.0)
-    if isinstance(module, nn.Hardtanh):
-        return _Activation("hardtanh", float(module.min_val), float(module.max_val))
-    if isinstance(module, nn.ReLU):
-        return _Activation("relu")
-    if isinstance(module, nn.LeakyReLU):
-        return _Activation("leaky_relu", slope_neg=float(module.negative_slope))
-    if isinstance(module, nn.PReLU):
-        return _Activation("prelu", slope_neg=_f64(module.weight, device))
-    if isinstance(module, nn.ELU):
-        return _Activation("elu", slope_neg=float(module.alpha))
-    return _Activation("tanh")
-
-
-def _activation_from_call(kind: str, args: tuple, kwargs: dict) -> _Activation:
-    def arg(i: int, name: str, default: Any) -> Any:
-        return args[i] if len(args) > i else kwargs.get(name, default)
-
-    if kind == "relu6":
-        return _Activation("relu6", 0.0, 6.0)
-    if kind == "hardtanh":
-        return _Activation("hardtanh", float(arg(1, "min_val", -1.0)), float(arg(2, "max_val", 1.0)))
-    if kind == "leaky_relu":
-        return _Activation("leaky_relu", slope_neg=float(arg(1, "negative_slope", 0.01)))
-    if kind == "elu":
-        return _Activation("elu", slope_neg=float(arg(1, "alpha", 1.0)))
-    if kind == "prelu":
-        return _Activation("prelu", slope_neg=arg(1, "weight", None))
-    return _Activation(kind)
-
-
-@dataclass
-class _MaxPool:
-    """Max-pooling: the value, and on a linear region the argmax selection (its linearisation)."""
-
-    fn: str  # max_pool1d, max_pool2d, adaptive_max_pool1d, adaptive_max_pool2d
-    params: dict[str, Any]
-
-    def value(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if z.dim() != (3 if self.fn.endswith("1d") else 4):
-            raise ValueError(f"{self.fn} needs a channel axis: per-sample input of shape "
-                             f"({'C, L' if self.fn.endswith('1d') else 'C, H, W'}), got {tuple(z.shape[1:])}")
-        out, idx = getattr(F, self.fn)(z, **self.params, return_indices=True)
-        return out, idx
-
-    @staticmethod
-    def select(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Gather ``v`` (batch, C, *spatial) at the argmax indices ``idx`` (1, C, *out_spatial)."""
-        b, c = v.shape[0], v.shape[1]
-        flat = idx.reshape(1, c, -1).expand(b, c, -1)
-        return v.reshape(b, c, -1).gather(2, flat).reshape(b, *idx.shape[1:])
-
-
-_MAXPOOL_PARAMS = {
-    "max_pool1d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
-    "max_pool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
-    "adaptive_max_pool1d": ("output_size",),
-    "adaptive_max_pool2d": ("output_size",),
-}
-
-
-def _maxpool_from_module(module: nn.Module) -> _MaxPool:
-    fn = {nn.MaxPool1d: "max_pool1d", nn.MaxPool2d: "max_pool2d", nn.AdaptiveMaxPool1d: "adaptive_max_pool1d",
-          nn.AdaptiveMaxPool2d: "adaptive_max_pool2d"}[type(module)]
-    return _MaxPool(fn, {p: getattr(module, p) for p in _MAXPOOL_PARAMS[fn]})
-
-
-def _maxpool_from_call(fn: str, args: tuple, kwargs: dict) -> _MaxPool:
-    names = _MAXPOOL_PARAMS[fn]
-    params = dict(zip(names, args[1:]))
-    params.update({k: v for k, v in kwargs.items() if k in names})
-    if fn.startswith("max_pool") and params.get("stride") in (None, []):
-        params["stride"] = params["kernel_size"]
-    return _MaxPool(fn, params)
-
-
 # --------------------------------------------------------------------------------------------
 # The graph
 # --------------------------------------------------------------------------------------------
@@ -424,7 +329,9 @@ class GraphNet:
     def _classify(self) -> None:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
-            raise ValueError(f"the model's forward must take exactly one tensor, got {len(placeholders)} arguments")
+            raise ValueError(
+                f"the model's forward must take exactly one tensor, got {len(placeholders)} arguments"
+            )
         order = list(self.gm.graph.nodes)
         for position, node in enumerate(order):
             refs = _refs(node)
@@ -463,8 +370,10 @@ class GraphNet:
         ):
             for r in _refs(node):
                 if not self.nodes[r.name].live and self.nodes[r.name].role == "const":
-                    raise ValueError(f"{_where(node)}: {_op_name(node)} mixes the input with a constant tensor; "
-                                     "not supported")
+                    raise ValueError(
+                        f"{_where(node)}: {_op_name(node)} mixes the input with a constant tensor; "
+                        "not supported"
+                    )
             return "structural"
         raise ValueError(
             f"{_where(node)}: operation {_op_name(node)} is not supported (not affine or piecewise linear); "
@@ -475,8 +384,10 @@ class GraphNet:
     def _module_role(self, node: fx.Node, module: nn.Module) -> str:
         where = f"module {node.target!r} ({type(module).__name__})"
         if isinstance(module, _BN + _DROPOUT) and module.training:
-            raise ValueError(f"{where} is in training mode (random or batch-dependent, so the network has no "
-                             "fixed linear regions); call model.eval() first")
+            raise ValueError(
+                f"{where} is in training mode (random or batch-dependent, so the network has no "
+                "fixed linear regions); call model.eval() first"
+            )
         if isinstance(module, _BN) and module.running_mean is None:
             raise ValueError(f"{where} has no running statistics (track_running_stats=False)")
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d) + _BN + _POOL_MODULES):
@@ -485,8 +396,10 @@ class GraphNet:
             return "activation"
         if isinstance(module, _MAXPOOL_MODULES):
             return "maxpool"
-        raise ValueError(f"{where} is not supported (not affine or piecewise linear); supported modules: "
-                         f"{', '.join(_SUPPORTED_MODULE_NAMES)}")
+        raise ValueError(
+            f"{where} is not supported (not affine or piecewise linear); supported modules: "
+            f"{', '.join(_SUPPORTED_MODULE_NAMES)}"
+        )
 
     def _check_arith(self, node: fx.Node, kind: str) -> str:
         def is_live(a: Any) -> bool:
@@ -494,10 +407,14 @@ class GraphNet:
 
         flags = [is_live(a) for a in node.args[:2]]
         if kind in ("mul", "div") and all(flags):
-            raise ValueError(f"{_where(node)}: {_op_name(node)} of two tensors that both depend on the input is not "
-                             "piecewise linear; only multiplication or division by a constant is supported")
+            raise ValueError(
+                f"{_where(node)}: {_op_name(node)} of two tensors that both depend on the input is not "
+                "piecewise linear; only multiplication or division by a constant is supported"
+            )
         if kind == "div" and not flags[0]:
-            raise ValueError(f"{_where(node)}: division by a tensor that depends on the input is not supported")
+            raise ValueError(
+                f"{_where(node)}: division by a tensor that depends on the input is not supported"
+            )
         return "arith"
 
     def _layer_name(self, node: fx.Node, counts: dict[str, int]) -> str:
@@ -506,14 +423,18 @@ class GraphNet:
         else:
             stack = node.meta.get("nn_module_stack") or {}
             enclosing = next(reversed(stack.values()))[0] if stack else ""
-            fn = node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+            fn = (
+                node.target
+                if node.op == "call_method"
+                else getattr(node.target, "__name__", str(node.target))
+            )
             base = f"{enclosing}.{fn}()" if enclosing else f"{fn}()"
         counts[base] = counts.get(base, 0) + 1
         return base if counts[base] == 1 else f"{base}#{counts[base]}"
 
     def _build_run(self, sample: torch.Tensor) -> None:
         counts: dict[str, int] = {}
-        for name, node in self.nodes.items():
+        for node in self.nodes.values():
             n = node.fx_node
             if node.role in ("activation", "maxpool") or node.role == "module":
                 node.handler = self._make_handler(n, node.role)
@@ -525,18 +446,28 @@ class GraphNet:
                 z = self.values[n.args[0].name]
                 kind = node.handler.kind if node.role == "activation" else "maxpool"
                 node.layer = Layer(
-                    index=0, name=self._layer_name(n, counts), node=n.name, kind=kind,
-                    in_shape=tuple(z.shape[1:]), out_shape=tuple(self.values[n.name].shape[1:]),
+                    index=0,
+                    name=self._layer_name(n, counts),
+                    node=n.name,
+                    kind=kind,
+                    in_shape=tuple(z.shape[1:]),
+                    out_shape=tuple(self.values[n.name].shape[1:]),
                 )
         for index, node in enumerate(n for n in self.nodes.values() if n.layer is not None):
-            node.layer = Layer(index, *[getattr(node.layer, f) for f in ("name", "node", "kind", "in_shape", "out_shape")])
+            node.layer = Layer(
+                index, *[getattr(node.layer, f) for f in ("name", "node", "kind", "in_shape", "out_shape")]
+            )
 
     def _make_handler(self, n: fx.Node, role: str) -> Any:
         if role == "module":
             return _Affine(self.gm.get_submodule(n.target), self.device)
         if n.op == "call_module":
             module = self.gm.get_submodule(n.target)
-            return _activation_from_module(module, self.device) if role == "activation" else _maxpool_from_module(module)
+            return (
+                _activation_from_module(module, self.device)
+                if role == "activation"
+                else _maxpool_from_module(module)
+            )
         return None  # functional: built on the first value run, once constant arguments are known
 
     def _check_batch_axis(self, sample: torch.Tensor) -> None:
@@ -545,11 +476,17 @@ class GraphNet:
             if not isinstance(value, torch.Tensor):
                 continue
             one = self.values[name]
-            if value.dim() == 0 or value.shape[0] != 2 or one.shape[0] != 1 or value.shape[1:] != one.shape[1:]:
+            if (
+                value.dim() == 0
+                or value.shape[0] != 2
+                or one.shape[0] != 1
+                or value.shape[1:] != one.shape[1:]
+            ):
                 node = self.nodes[name]
                 raise ValueError(
                     f"{node.where}: {_op_name(node.fx_node)} does not keep the batch axis first (shape "
-                    f"{tuple(one.shape)} for one sample, {tuple(value.shape)} for two); every operation must act "
+                    f"{tuple(one.shape)} for one sample, {tuple(value.shape)} for two); every operation "
+                    "must act "
                     "on each sample separately"
                 )
 
@@ -630,7 +567,9 @@ class GraphNet:
             return self._apply(node, mode, args, kwargs, record)
         except (RuntimeError, IndexError, TypeError, ValueError) as exc:
             shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-            raise ValueError(f"{node.where}: {_op_name(n)} failed on inputs of shape {shapes}: {exc}") from exc
+            raise ValueError(
+                f"{node.where}: {_op_name(n)} failed on inputs of shape {shapes}: {exc}"
+            ) from exc
 
     def _apply(self, node: _Node, mode: str, args: tuple, kwargs: dict, record: bool) -> Any:
         n, role, name = node.fx_node, node.role, node.fx_node.name
@@ -641,15 +580,24 @@ class GraphNet:
         if role == "arith":
             if mode == "tangent" and _ARITHMETIC[n.target] in ("add", "sub"):
                 args = tuple(
-                    a if i > 1 or (isinstance(r, fx.Node) and self.nodes[r.name].live and self.nodes[r.name].role != "meta")
+                    a
+                    if i > 1
+                    or (
+                        isinstance(r, fx.Node)
+                        and self.nodes[r.name].live
+                        and self.nodes[r.name].role != "meta"
+                    )
                     else (torch.zeros_like(a) if isinstance(a, torch.Tensor) else 0.0)
-                    for i, (a, r) in enumerate(zip(args, n.args))
+                    for i, (a, r) in enumerate(zip(args, n.args, strict=True))
                 )
             return _call(n, args, kwargs)
         z = args[0]
         if node.handler is None:
-            node.handler = (_activation_from_call(_ACTIVATION_FUNCTIONS[n.target], args, kwargs) if role == "activation"
-                            else _maxpool_from_call(_MAXPOOL_FUNCTIONS[n.target], args, kwargs))
+            node.handler = (
+                _activation_from_call(_ACTIVATION_FUNCTIONS[n.target], args, kwargs)
+                if role == "activation"
+                else _maxpool_from_call(_MAXPOOL_FUNCTIONS[n.target], args, kwargs)
+            )
         if role == "activation":
             if mode == "tangent":
                 return z * self.states[name]
@@ -691,7 +639,9 @@ class GraphNet:
         target = node or self.output
         out_dim = math.prod(self.values[target].shape[1:])
         in_dim, in_shape = self.in_dim, self.in_shape
-        widest = max([in_dim, out_dim] + [v[0].numel() for v in self.values.values() if isinstance(v, torch.Tensor)])
+        widest = max(
+            [in_dim, out_dim] + [v[0].numel() for v in self.values.values() if isinstance(v, torch.Tensor)]
+        )
         chunk = max(1, chunk_bytes // (8 * widest))
         J = np.empty((out_dim, in_dim))
         eye = _identity_rows
@@ -704,7 +654,9 @@ class GraphNet:
         for start in range(0, out_dim, chunk):
             stop = min(out_dim, start + chunk)
             with torch.enable_grad():
-                v = torch.zeros(stop - start, *in_shape, dtype=torch.float64, device=self.device, requires_grad=True)
+                v = torch.zeros(
+                    stop - start, *in_shape, dtype=torch.float64, device=self.device, requires_grad=True
+                )
                 out = self.push(v, target).reshape(stop - start, -1)
                 (grad,) = torch.autograd.grad(out, v, grad_outputs=eye(start, stop, out_dim, self.device))
             J[start:stop] = grad.reshape(stop - start, -1).cpu().numpy()
@@ -717,8 +669,12 @@ def _identity_rows(start: int, stop: int, dim: int, device: torch.device) -> tor
     return rows
 
 
-_INPLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-            operator.itruediv: operator.truediv}
+_INPLACE = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+}
 
 
 def _call(n: fx.Node, args: tuple, kwargs: dict) -> Any:
@@ -771,8 +727,9 @@ def prepare_graph(model: nn.Module, x: Any) -> tuple[torch.Tensor, GraphNet]:
 def layer_by_name(net: GraphNet, layer: str | int) -> Layer:
     """The layer called ``layer`` (a name of :attr:`GraphNet.layers`, or its index)."""
     for candidate in net.layers:
-        if candidate.name == layer or (isinstance(layer, (int, np.integer)) and not isinstance(layer, bool)
-                                       and candidate.index == layer):
+        if candidate.name == layer or (
+            isinstance(layer, (int, np.integer)) and not isinstance(layer, bool) and candidate.index == layer
+        ):
             return candidate
     names = ", ".join(repr(l.name) for l in net.layers)
     raise ValueError(f"no layer {layer!r} in this model; its layers are: {names}")

@@ -90,7 +90,7 @@ def _affine_map(net: GraphNet, target: str, sources: list[str]) -> tuple[np.ndar
     sizes = [math.prod(s) for s in shapes]
     n = sum(sizes)
     tangents, zeros, offset = {}, {}, 0
-    for name, shape, size in zip(sources, shapes, sizes):
+    for name, shape, size in zip(sources, shapes, sizes, strict=True):
         block = torch.zeros(n, size, dtype=torch.float64, device=net.device)
         block[torch.arange(offset, offset + size), torch.arange(size)] = 1.0
         tangents[name] = block.reshape(n, *shape)
@@ -122,8 +122,10 @@ def _axis_windows(n_in: int, n_out: int, pool: _MaxPool, axis: int, ndim: int) -
 def _windows(layer: Layer, pool: _MaxPool) -> tuple[np.ndarray, ...]:
     """For every output position (row-major, per channel) the flat spatial input indices it pools."""
     spatial_in, spatial_out = layer.in_shape[1:], layer.out_shape[1:]
-    axes = [_axis_windows(n_in, n_out, pool, a, len(spatial_in))
-            for a, (n_in, n_out) in enumerate(zip(spatial_in, spatial_out))]
+    axes = [
+        _axis_windows(n_in, n_out, pool, a, len(spatial_in))
+        for a, (n_in, n_out) in enumerate(zip(spatial_in, spatial_out, strict=True))
+    ]
     windows = []
     for position in product(*[range(n) for n in spatial_out]):
         grids = np.meshgrid(*[axes[a][i] for a, i in enumerate(position)], indexing="ij")
@@ -157,14 +159,20 @@ def layer_system(model: nn.Module, x: Any, layer: str | int) -> LayerSystem:
     elif chosen.kind in ("leaky_relu", "prelu"):
         slope = torch.as_tensor(handler.slope_neg)
         if bool((slope <= 0).any()):
-            raise ValueError(f"layer {chosen.name!r}: a {chosen.kind} with a slope <= 0 is not invertible; its "
-                             "preimage is not one polyhedron")
+            raise ValueError(
+                f"layer {chosen.name!r}: a {chosen.kind} with a slope <= 0 is not invertible; its "
+                "preimage is not one polyhedron"
+            )
     elif chosen.kind == "elu" and float(handler.slope_neg) <= 0:
         raise ValueError(f"layer {chosen.name!r}: an ELU with alpha <= 0 is not invertible")
     return LayerSystem(
         layer=chosen,
-        sources=tuple(("input" if s == net.input else names[s], tuple(net.values[s].shape[1:])) for s in sources),
-        A=A, b=b, u=u,
+        sources=tuple(
+            ("input" if s == net.input else names[s], tuple(net.values[s].shape[1:])) for s in sources
+        ),
+        A=A,
+        b=b,
+        u=u,
         z=net.values[target].reshape(-1).cpu().numpy().copy(),
         y=net.values[chosen.node].reshape(-1).cpu().numpy().copy(),
         **extra,
@@ -176,7 +184,9 @@ def _equalities(A: np.ndarray, b: np.ndarray, t: np.ndarray) -> tuple[np.ndarray
     return A, b - t + 1.0, np.ones(A.shape[0])
 
 
-def preimage_rows(system: LayerSystem) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+def preimage_rows(
+    system: LayerSystem,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """``(A', b', y')`` whose :func:`reluinv.preimage` is the layer's preimage (module docstring):
     rows with ``y'_i > 0`` are equalities ``A'_i u + b'_i = y'_i``, rows with ``y'_i = 0`` are
     inequalities ``A'_i u + b'_i <= 0``."""
@@ -186,10 +196,12 @@ def preimage_rows(system: LayerSystem) -> tuple[NDArray[np.float64], NDArray[np.
     if kind in ("relu6", "hardtanh"):
         low, high = y <= system.low, y >= system.high
         inside = ~(low | high)
-        parts = [_equalities(A[inside], b[inside], y[inside]),
-                 (A[low], b[low] - system.low, np.zeros(int(low.sum()))),
-                 (-A[high], system.high - b[high], np.zeros(int(high.sum())))]
-        return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
+        parts = [
+            _equalities(A[inside], b[inside], y[inside]),
+            (A[low], b[low] - system.low, np.zeros(int(low.sum()))),
+            (-A[high], system.high - b[high], np.zeros(int(high.sum()))),
+        ]
+        return tuple(np.concatenate(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
     if kind != "maxpool":
         return _equalities(A, b, z)  # a strictly increasing activation: z itself is determined
     selected = system.selection
@@ -207,11 +219,22 @@ def preimage_rows(system: LayerSystem) -> tuple[NDArray[np.float64], NDArray[np.
     G = np.array(rows).reshape(-1, A.shape[1])
     g = np.array(offsets)
     keep = np.abs(G).max(axis=1) > 0 if G.size else np.zeros(0, bool)  # 0 <= 0 rows: always hold at x
-    return np.concatenate([eq[0], G[keep]]), np.concatenate([eq[1], g[keep]]), np.concatenate([eq[2], np.zeros(int(keep.sum()))])
+    return (
+        np.concatenate([eq[0], G[keep]]),
+        np.concatenate([eq[1], g[keep]]),
+        np.concatenate([eq[2], np.zeros(int(keep.sum()))]),
+    )
 
 
-def graph_layer_preimage(model: nn.Module, x: Any, layer: str | int, *, lower: Any = None, upper: Any = None,
-                         rtol: float = DEFAULT_RTOL) -> tuple[Preimage, LayerSystem]:
+def graph_layer_preimage(
+    model: nn.Module,
+    x: Any,
+    layer: str | int,
+    *,
+    lower: Any = None,
+    upper: Any = None,
+    rtol: float = DEFAULT_RTOL,
+) -> tuple[Preimage, LayerSystem]:
     """The preimage of one graph layer's output at ``x``, in the space of its sources' outputs.
 
     Returns ``(result, system)``: ``result`` is :func:`reluinv.preimage` of

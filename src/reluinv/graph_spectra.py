@@ -40,6 +40,7 @@ from .layer_spectrum import LayerSpectrum, rank_tolerance
 
 __all__ = ["graph_spectra"]
 
+
 def _columns(in_shape: tuple[int, ...], window: Sequence[int] | None) -> NDArray[np.intp]:
     """Flat indices of the varying inputs; pixel-major for images (the staircase order)."""
     if len(in_shape) != 3:
@@ -54,14 +55,17 @@ def _columns(in_shape: tuple[int, ...], window: Sequence[int] | None) -> NDArray
         except (TypeError, ValueError) as exc:
             raise ValueError(f"window must be (top, left, height, width), got {window!r}") from exc
         if win_h < 1 or win_w < 1 or top < 0 or left < 0 or top + win_h > height or left + win_w > width:
-            raise ValueError(f"window (top={top}, left={left}, height={win_h}, width={win_w}) must lie inside the "
-                             f"{height} x {width} input and be non-empty")
+            raise ValueError(
+                f"window (top={top}, left={left}, height={win_h}, width={win_w}) must lie inside the "
+                f"{height} x {width} input and be non-empty"
+            )
         index = index[:, top : top + win_h, left : left + win_w]
     return np.ascontiguousarray(index.transpose(1, 2, 0)).reshape(-1)
 
 
-def _spectrum(layer: Layer, n: int, values: NDArray[np.float64], rank_rtol: float | None,
-              **extra: Any) -> LayerSpectrum:
+def _spectrum(
+    layer: Layer, n: int, values: NDArray[np.float64], rank_rtol: float | None, **extra: Any
+) -> LayerSpectrum:
     tol = rank_tolerance(float(values[0]) if values.size else 0.0, (layer.out_dim, n), rank_rtol)
     nonzero = values[values > tol]
     complete = extra.pop("complete", True)
@@ -105,7 +109,9 @@ def _operator(net: GraphNet, layer: Layer, columns: torch.Tensor, rows: torch.Te
         full[columns] = v
         return net.push(full.reshape(1, *net.in_shape), layer.node).reshape(-1)[rows]
 
-    _, pullback = torch.func.vjp(forward, torch.zeros(columns.numel(), dtype=torch.float64, device=net.device))
+    _, pullback = torch.func.vjp(
+        forward, torch.zeros(columns.numel(), dtype=torch.float64, device=net.device)
+    )
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -114,18 +120,30 @@ def _operator(net: GraphNet, layer: Layer, columns: torch.Tensor, rows: torch.Te
     return matvec, lambda u: pullback(u)[0].detach()
 
 
-def _lanczos(net: GraphNet, columns: NDArray[np.intp], k: int, rank_rtol: float | None, tol: float,
-             max_steps: int) -> list[LayerSpectrum]:
+def _lanczos(
+    net: GraphNet, columns: NDArray[np.intp], k: int, rank_rtol: float | None, tol: float, max_steps: int
+) -> list[LayerSpectrum]:
     columns_t = torch.as_tensor(columns, device=net.device)
     out = []
     for layer in net.layers:
         state = net.states[layer.node]
         # Units a ReLU-like activation switched off are zero rows: left out of the operator.
-        live = (state != 0).reshape(-1) if layer.kind != "maxpool" else torch.ones(layer.out_dim, dtype=torch.bool)
+        live = (
+            (state != 0).reshape(-1)
+            if layer.kind != "maxpool"
+            else torch.ones(layer.out_dim, dtype=torch.bool)
+        )
         rows = torch.nonzero(live.to(net.device)).reshape(-1)
         matvec, rmatvec = _operator(net, layer, columns_t, rows)
-        result = golub_kahan(matvec, rmatvec, (int(rows.numel()), columns.size), k=k, max_steps=max_steps, tol=tol,
-                             device=net.device)
+        result = golub_kahan(
+            matvec,
+            rmatvec,
+            (int(rows.numel()), columns.size),
+            k=k,
+            max_steps=max_steps,
+            tol=tol,
+            device=net.device,
+        )
         ritz = result.ritz_values
         ends = np.r_[result.residuals[:k], result.residuals[-k:]]
         converged = result.exhausted or bool(np.all(ends <= tol * (ritz[0] if ritz.size else 0.0)))
@@ -136,9 +154,21 @@ def _lanczos(net: GraphNet, columns: NDArray[np.intp], k: int, rank_rtol: float 
             values[: nonzero.size] = nonzero
         else:
             values = np.unique(np.concatenate([nonzero[:k], nonzero[-k:]]))[::-1]
-        out.append(_spectrum(layer, columns.size, values, rank_rtol, method="lanczos", complete=result.exhausted,
-                             largest=nonzero[:k].copy(), smallest=nonzero[-k:].copy(),
-                             null_directions=int(ritz.size - nonzero.size), steps=result.steps, converged=converged))
+        out.append(
+            _spectrum(
+                layer,
+                columns.size,
+                values,
+                rank_rtol,
+                method="lanczos",
+                complete=result.exhausted,
+                largest=nonzero[:k].copy(),
+                smallest=nonzero[-k:].copy(),
+                null_directions=int(ritz.size - nonzero.size),
+                steps=result.steps,
+                converged=converged,
+            )
+        )
     return out
 
 
