@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from problems import CONSTRUCTED, PINNED_SINGLETON, brute_force_kind
 
 import reluinv
 from reluinv.preimage import CertificateError
-from problems import CONSTRUCTED, PINNED_SINGLETON, brute_force_kind
 
 SCALES = [10.0 ** e for e in (-200, -160, -100, -30, 0, 30, 100, 160, 200)]
 
@@ -75,7 +75,7 @@ def test_constructed_cases_at_extreme_scales(name, s):
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("s", [1e-200, 1e200])
 def test_random_30x10_layers_at_extreme_scales(seed, s):
-    A, b, y, lower, upper = random_layer(30, 10, seed, [0.2, 0.5, 0.8][seed % 3], False, "none")
+    A, b, y, _, _ = random_layer(30, 10, seed, [0.2, 0.5, 0.8][seed % 3], False, "none")
     expected = brute_force_kind(A, b, y)
     assert_kind_at_scale(A * s, b * s, y * s, None, None, expected)
     assert_kind_at_scale(A * s, b, y, None, None, expected)

@@ -169,7 +169,8 @@ def preimage(
 
     Raises:
         ValueError: shapes that do not match, NaN or inf in A, b or y, negative entries of y,
-            ``lower > upper``.
+            ``lower > upper``, complex values or a torch tensor that requires grad (named), and
+            a preimage whose points lie beyond the float64 range (rows of A tiny against b, y).
 
     Example:
         >>> r = preimage([[1, 0], [0, 1], [1, -1]], [0, 0, -1], [1, 0, 0])
@@ -285,6 +286,27 @@ class _UnitInequalities:
         return np.concatenate([layer, x[self.up_idx], -x[self.lo_idx]])
 
 
+def _row_norms(A):
+    """``(M, norms, shift, zero)`` with ``M_i = A_i * 2^-shift_i`` and ``norms_i = |M_i|``.
+
+    The common case costs one pass over A and no copy: every squared row norm lies in
+    ``[2^-800, 2^800]`` (or the row is exactly zero), so ``M = A``.  Otherwise each row is scaled
+    by the power of two of its largest entry (exact), and the norms of the copy cannot overflow
+    or underflow.
+    """
+    sq = np.einsum("ij,ij->i", A, A)
+    outside = np.flatnonzero(~((sq >= 2.0 ** -800) & (sq <= 2.0 ** 800)))
+    zero = np.zeros(A.shape[0], dtype=bool)
+    if all(sq[i] == 0 and not A[i].any() for i in outside):
+        zero[outside] = True
+        return A, np.sqrt(sq), np.zeros(A.shape[0], np.int64), zero
+    p = row_exponents(A)
+    zero = p == _ZERO_ROW
+    shift = np.where(zero, 0, p).astype(np.int64)
+    M = np.ldexp(A, (-shift[:, None]).astype(np.int32))  # entries below 1 in magnitude
+    return M, np.sqrt(np.einsum("ij,ij->i", M, M)), shift, zero
+
+
 def _unit_rhs(b, y, inv, shift, zero):
     """Right-hand sides ``(y_i - b_i) / |A_i|`` of the unit rows as ``mant * 2^exp`` (mant in
     [1/2, 1) or 0), with ``1/|A_i| = inv_i * 2^-shift_i``; no intermediate overflows."""
@@ -313,10 +335,6 @@ def _x_scale(mant, exp, lo, up) -> tuple[int, bool]:
     return 0, True
 
 
-#: Rows whose largest entry lies within 2^-400 .. 2^400 are used in place (no scaled copy of A):
-#: products with such rows and a normalised x neither overflow nor underflow.
-_IN_PLACE_EXP = 400
-
 #: The box sets the scale of x only where it lies more than 2^50 beyond the layer's hyperplanes
 #: (normalised box bounds stay below 2^50, far inside what HiGHS treats as finite).
 _BOX_RANGE = 50
@@ -338,20 +356,14 @@ class _LayerSystem:
         m, n = A.shape
         self.m, self.n, self.rtol = m, n, rtol
         self.active = np.flatnonzero(y > 0)
-        p = row_exponents(A)
-        self.zero_norm = p == _ZERO_ROW
-        shift = np.where(self.zero_norm, 0, p).astype(np.int64)
-        if np.all(np.abs(shift) <= _IN_PLACE_EXP):
-            M, shift = A, np.zeros(m, np.int64)  # products go through A itself: no copy
-        else:
-            M = np.ldexp(A, -shift[:, None])  # row i times 2^-p_i: exact, entries below 1
-        norms = np.sqrt(np.einsum("ij,ij->i", M, M))
+        M, norms, shift, self.zero_norm = _row_norms(A)
         # 1/|A_i| = inv_i * 2^-shift_i
         inv = 1.0 / np.where(self.zero_norm, 1.0, norms)
         self.inv, self.shift = inv, shift
         rho_mant, rho_exp = _unit_rhs(b, y, inv, shift, self.zero_norm)
         self.Q, self.homogeneous = _x_scale(rho_mant, rho_exp, lo, up)
-        rho = np.ldexp(rho_mant, np.clip(rho_exp - self.Q, -2000, 2000).astype(np.int32))  # (y_i - b_i) / |A_i| / 2^Q, at most 1
+        # (y_i - b_i) / |A_i| / 2^Q, at most 1 in magnitude
+        rho = np.ldexp(rho_mant, np.clip(rho_exp - self.Q, -2000, 2000).astype(np.int32))
         lo, up = np.ldexp(lo, -self.Q), np.ldexp(up, -self.Q)
         # Equalities E x = e (active rows), inequalities G x <= h (inactive rows, then box rows),
         # every row of unit norm, x in units of 2^Q.
@@ -654,11 +666,10 @@ def _verify(r: Preimage, A, b, y, lower, upper, rtol) -> None:
     box = np.concatenate([lo, up])
     scale = max(float(np.abs(rho[np.isfinite(rho)]).max(initial=0.0)),
                 float(np.abs(box[np.isfinite(box)]).max(initial=0.0)))
-    for i in np.flatnonzero(~live):  # constant rows: a_i = 0
+    for i in np.flatnonzero(~live if r.kind != "empty" else []):  # constant rows: a_i = 0
         if (y[i] > 0 and not abs(b[i] - y[i]) <= rtol * max(abs(b[i]), y[i])) or \
                 (y[i] <= 0 and b[i] > 0):
-            if r.kind != "empty":
-                raise CertificateError(f"row {i} has a_i = 0 and cannot produce y_i = {y[i]}")
+            raise CertificateError(f"row {i} has a_i = 0 and cannot produce y_i = {y[i]}")
 
     def in_preimage(x: NDArray[np.float64], what: str) -> None:
         if not np.all(np.isfinite(x)):
