@@ -422,3 +422,82 @@ def test_the_store_belongs_to_one_function_and_one_run(shared, tmp_path):
     with ResultStore(store).open():
         with pytest.raises(RuntimeError, match="in use by another reluinv run"):
             ResultStore(store).open()
+
+
+# ----------------------------------------------------------------------------------------------
+# a killed run leaves no process behind
+
+SLEEPY_RUN = '''
+import os, sys, time
+from pathlib import Path
+from reluinv.parallel import run_samples
+
+def sleepy(folder, seconds):
+    Path(folder, f"started-{os.getpid()}").touch()
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+if __name__ == "__main__":
+    run_samples(sleepy, [120] * 4, shared=sys.argv[1], backend="local", workers=2,
+                store=Path(sys.argv[1], "store.jsonl"), progress=False)
+'''
+
+
+def _descendants(pid: int) -> list[int]:
+    parent_of = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent_of[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [c for c, p in parent_of.items() if p == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def _running(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX":
+                alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_the_workers_of_a_killed_run_exit_within_seconds(tmp_path):
+    """SIGKILL of the main process: its workers, busy with 120-second samples, notice within
+    seconds and exit; the fork server and the resource tracker follow."""
+    import subprocess
+    import sys
+
+    import reluinv
+
+    script = tmp_path / "sleepy_run.py"
+    script.write_text(SLEEPY_RUN)
+    src = str(Path(reluinv.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("started-*"))) < 2:  # both workers are inside a sample
+            assert run.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.1)
+        tree = _descendants(run.pid)
+        assert len(tree) >= 3  # fork server, resource tracker, two workers
+        run.kill()
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 3 * parallel.local.PARENT_POLL_S + 5
+        while _running(tree) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _running(tree) == []
+    finally:
+        if run.poll() is None:
+            run.kill()

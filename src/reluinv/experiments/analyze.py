@@ -38,7 +38,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,15 @@ from torch import nn
 
 from .. import stability
 from ..model_io import as_input_batch, load_inputs, load_model
-from ..network import (SUPPORTED_MODULES, ActivationStep, AffineStep, Step, as_chain, checked_device,
-                       flatten_modules)
+from ..network import (
+    SUPPORTED_MODULES,
+    ActivationStep,
+    AffineStep,
+    Step,
+    as_chain,
+    checked_device,
+    flatten_modules,
+)
 from ..parallel import Executor, SampleResult, add_executor_options
 from ..preimage import preimage
 
@@ -580,11 +588,28 @@ def add_analyze_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """Put ``path`` in front of a ValueError that does not name it (one line names the file)."""
+    try:
+        yield
+    except ValueError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: {exc}") from exc
+
+
 def _run_analyze(args: argparse.Namespace) -> int:
+    from .common import check_output_folder
+
     layers = None if args.layers is None else [i for group in args.layers for i in group]
     executor = Executor.from_options(backend=args.backend, scheduler=args.scheduler, workers=args.workers)
-    model = load_model(args.model, weights=args.weights)
-    inputs = load_inputs(args.inputs)
+    check_output_folder(Path(args.out), subfolders=("work",))
+    executor.check_reachable()
+    with _naming(args.model):
+        model = load_model(args.model, weights=args.weights)
+    with _naming(args.inputs):
+        inputs = load_inputs(args.inputs)
     provenance = {"model": str(args.model), "weights": args.weights, "inputs": str(args.inputs)}
     result = analyze(model, inputs, out=args.out, layers=layers, spectra=not args.no_spectra,
                      backend=executor.backend, workers=executor.workers, scheduler=executor.scheduler,

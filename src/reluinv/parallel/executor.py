@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .dask_backend import LOCAL_CLUSTER, SchedulerLost, run_dask, split_address
+from .dask_backend import LOCAL_CLUSTER, SchedulerLost, probe_scheduler, run_dask, split_address
 from .local import run_local
 from .sample import SampleFunction, qualified_name
 from .serial import run_serial
@@ -96,6 +96,11 @@ class Executor:
             backend = "dask" if scheduler is not None else "local"
         return cls(backend=backend, workers=workers, scheduler=scheduler)
 
+    def check_reachable(self) -> None:
+        """Raise ConnectionError now, before any work, when the Dask scheduler does not answer."""
+        if self.backend == "dask" and self.scheduler not in (None, LOCAL_CLUSTER):
+            probe_scheduler(self.scheduler)
+
     def run(
         self,
         fn: SampleFunction,
@@ -149,9 +154,9 @@ class Executor:
             if pending:
                 self._dispatch(fn, pending, shared, record, retries)
         except KeyboardInterrupt:
-            raise RunInterrupted(_kept(finished, len(samples), store)) from None
+            raise RunInterrupted(_kept(samples, finished, store)) from None
         except SchedulerLost as exc:
-            raise SchedulerLost(f"{exc}; {_kept(finished, len(samples), store)}",
+            raise SchedulerLost(f"{exc}; {_kept(samples, finished, store)}",
                                 exc.scheduler) from exc
         finally:
             bar.close()
@@ -177,12 +182,16 @@ class RunInterrupted(KeyboardInterrupt):
     """
 
 
-def _kept(finished: Mapping[SampleKey, SampleResult], total: int,
+def _kept(samples: list[tuple[SampleKey, Any]], finished: Mapping[SampleKey, SampleResult],
           store: ResultStore | None) -> str:
-    done = sum(1 for sample in finished.values() if sample.ok)
+    """How many samples a stopped run leaves done; read from the store when there is one (an
+    interruption may land between storing a result and counting it)."""
+    keys = {key for key, _ in samples}
     if store is None:
-        return f"{done} of {total} samples had finished; nothing was stored"
-    return f"{done} of {total} samples are kept in {store.path}; run the same command again to resume"
+        done = sum(1 for sample in finished.values() if sample.ok)
+        return f"{done} of {len(keys)} samples had finished; nothing was stored"
+    done = sum(1 for key, sample in store.load().items() if sample.ok and key in keys)
+    return f"{done} of {len(keys)} samples are kept in {store.path}; run the same command again to resume"
 
 
 def run_samples(

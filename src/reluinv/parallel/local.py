@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +76,8 @@ def _watch_parent(parent: Identity) -> None:
 
 def _start_local_worker(pickled_work: bytes, started: Any, threads: int, parent: Identity) -> None:
     global _worker_fn, _worker_shared, _worker_started, _worker_thread_limits
+    # Ctrl-C reaches the whole process group: the main process alone decides, and stops the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), name="reluinv-parent-watch",
                      daemon=True).start()
     # Environment first, for libraries loaded later (they read it when loaded); threadpoolctl for

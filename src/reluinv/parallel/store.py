@@ -6,14 +6,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO, Union
+from typing import Any, Literal, TextIO
 
 try:  # POSIX only; elsewhere the store simply is not locked against a second writer.
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-SampleKey = Union[str, int]
+SampleKey = str | int
 
 
 @dataclass(frozen=True)
