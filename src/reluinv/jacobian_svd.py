@@ -30,6 +30,7 @@ few ``n x n`` float64 factors (75 MB each at n = 3072).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -56,7 +57,13 @@ _SMALL = 256
 #: Measured cost of one ``dgbbrd`` rotation-element (per ``n^2 * ku``) over one flop of the
 #: blocked reduction: a band with ``ku`` super-diagonals goes straight to ``dgbbrd`` when
 #: ``_ROTATION_COST * n^2 * (ku - BAND) < 8/3 n^3``.
-_ROTATION_COST = 12.0
+_ROTATION_COST = 60.0
+#: Staircase blocks narrower than this are factored on one thread (see :func:`_one_thread`).
+_NARROW = 512
+
+
+def _numpy(tensor: torch.Tensor) -> NDArray[np.float64]:
+    return np.asarray(tensor.cpu().numpy(), dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,8 +99,10 @@ def _staircase_blocks(
         yield rows, int(first[rows[0]]), hi, next_lo
 
 
-def _staircase_cost(order, first, last, n: int, block_rows: int) -> float:
-    flops, carry_rows, carry_lo = 0.0, 0, None
+def _staircase_cost(
+    order: NDArray[np.intp], first: NDArray[np.intp], last: NDArray[np.intp], n: int, block_rows: int
+) -> float:
+    flops, carry_rows, carry_lo = 0.0, 0, 0
     for rows, lo, hi, next_lo in _staircase_blocks(order, first, last, n, block_rows):
         lo = carry_lo if carry_rows else lo
         height, width = carry_rows + rows.size, hi - lo
@@ -137,10 +146,16 @@ def staircase_r(J: NDArray[np.float64], *, block_rows: int = 1024) -> NDArray[np
         return np.zeros((0, n))
     order, first, last = _staircase_profile(J)
     R = _staircase_square(J, order, first, last, block_rows)
-    return R[(R != 0).any(axis=1)]
+    return np.asarray(R[(R != 0).any(axis=1)], dtype=np.float64)
 
 
-def _staircase_square(J, order, first, last, block_rows: int) -> NDArray[np.float64]:
+def _staircase_square(
+    J: NDArray[np.float64],
+    order: NDArray[np.intp],
+    first: NDArray[np.intp],
+    last: NDArray[np.intp],
+    block_rows: int,
+) -> NDArray[np.float64]:
     """``n x n`` upper triangular ``R`` with ``R^T R = J^T J``; row ``i`` is the row whose pivot is
     column ``i`` (zero where no row has its pivot there), so the band of ``R`` is as narrow as the
     staircase of ``J`` allows."""
@@ -155,8 +170,10 @@ def _staircase_square(J, order, first, last, block_rows: int) -> NDArray[np.floa
         if carry.shape[0]:
             stacked[: carry.shape[0], carry_lo - lo : carry_hi - lo] = carry
         stacked[carry.shape[0] :] = J[rows, lo:hi]
-        # torch's QR (LAPACK geqrf behind it) measured faster here than scipy's on these sizes.
-        R = torch.linalg.qr(torch.from_numpy(stacked), mode="r")[1].numpy()
+        # torch's QR (LAPACK geqrf behind it) measured faster here than scipy's on these sizes;
+        # narrow blocks gain little from a second thread and lose much on a loaded machine.
+        with _one_thread(torch.device("cpu")) if hi - lo < _NARROW else nullcontext():
+            R = torch.linalg.qr(torch.from_numpy(stacked), mode="r")[1].numpy()
         # Row t of the trapezoidal R is zero left of local column t: it belongs at row lo + t.
         final = min(next_lo - lo, R.shape[0])
         out[lo : lo + final, lo:hi] = R[:final]
@@ -177,7 +194,7 @@ def tall_factor(J: NDArray[np.float64], *, block_rows: int = 1024) -> NDArray[np
     order, first, last = _staircase_profile(J)
     if _staircase_cost(order, first, last, n, block_rows) < 0.5 * _qr_flops(m, n):
         return _staircase_square(J, order, first, last, block_rows)
-    return torch.linalg.qr(torch.from_numpy(J), mode="r")[1].numpy()
+    return _numpy(torch.linalg.qr(torch.from_numpy(J), mode="r")[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +215,9 @@ def _block_reflector(a: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, 
     if bool(trivial.any()):
         V[:, trivial] = 0.0
     inverse = torch.triu(V.T @ V, 1)
-    inverse.diagonal().copy_(torch.where(trivial, torch.ones_like(tau), 1.0 / torch.where(trivial, torch.ones_like(tau), tau)))
+    inverse.diagonal().copy_(
+        torch.where(trivial, torch.ones_like(tau), 1.0 / torch.where(trivial, torch.ones_like(tau), tau))
+    )
     eye = torch.eye(k, dtype=a.dtype, device=a.device)
     return V, torch.linalg.solve_triangular(inverse, eye, upper=True)
 
@@ -215,20 +234,37 @@ def band_reduce(R: torch.Tensor, band: int = BAND) -> torch.Tensor:
     n = R.shape[0]
     for j in range(0, n, band):
         w = min(band, n - j)
-        a, tau = torch.geqrf(R[j:, j : j + w])
-        if j + w < n:
+        with _one_thread(R.device):
+            a, tau = torch.geqrf(R[j:, j : j + w])
             V, T = _block_reflector(a, tau)
-            trailing = R[j:, j + w :]
-            trailing.sub_(V @ (T.T @ (V.T @ trailing)))
-        R[j:, j : j + w] = torch.triu(a)
+            R[j:, j : j + w] = torch.triu(a)
         if j + w >= n:
             break
-        a, tau = torch.geqrf(R[j : j + w, j + w :].T)
-        V, T = _block_reflector(a, tau)
+        trailing = R[j:, j + w :]
+        trailing.addmm_(V, T.T @ (V.T @ trailing), alpha=-1)  # in place: one pass over it
+        with _one_thread(R.device):
+            a, tau = torch.geqrf(R[j : j + w, j + w :].T)
+            V, T = _block_reflector(a, tau)
+            R[j : j + w, j + w :] = torch.triu(a).T
         trailing = R[j + w :, j + w :]
-        trailing.sub_(((trailing @ V) @ T) @ V.T)
-        R[j : j + w, j + w :] = torch.triu(a).T
+        trailing.addmm_((trailing @ V) @ T, V.T, alpha=-1)
     return R
+
+
+@contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """Panel factorisations and small copies on one CPU thread: they are matrix-vector bound, and
+    with several threads each of their many small steps pays a synchronisation (on a loaded
+    machine, a scheduler time slice: measured 0.44 s instead of ~10 ms per 3072 x 64 panel)."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def upper_bandwidth(R: NDArray[np.float64]) -> int:
@@ -262,7 +298,7 @@ def triangular_svdvals(R: NDArray[np.float64]) -> NDArray[np.float64]:
     if R.shape != (n, n):
         raise ValueError(f"R must be square, got shape {R.shape}")
     if n <= _SMALL:
-        return torch.linalg.svdvals(torch.as_tensor(R, dtype=torch.float64)).numpy()
+        return _numpy(torch.linalg.svdvals(torch.as_tensor(R, dtype=torch.float64)))
     ku = upper_bandwidth(R)
     if _ROTATION_COST * n * n * (ku - BAND) >= (8.0 / 3.0) * n**3:
         R = band_reduce(torch.tensor(R, dtype=torch.float64), BAND).numpy()
@@ -300,7 +336,7 @@ def _live_singular_values(Jt: torch.Tensor) -> NDArray[np.float64]:
         A = Jt.T
         if m > n:
             A = torch.linalg.qr(A, mode="r")[1]
-        return torch.linalg.svdvals(A).cpu().numpy()
+        return _numpy(torch.linalg.svdvals(A))
     if m <= n:  # wide or square J: factor J^T (tall) instead
         return triangular_svdvals(torch.linalg.qr(Jt, mode="r")[1].numpy())
     return triangular_svdvals(tall_factor(Jt.T.contiguous().numpy()))
@@ -313,7 +349,9 @@ def _rows_svdvals(rows: NDArray[np.float64]) -> NDArray[np.float64]:
     return triangular_svdvals(tall_factor(rows))
 
 
-def singular_values(J: NDArray[np.float64] | torch.Tensor, *, transposed: bool = False) -> NDArray[np.float64]:
+def singular_values(
+    J: NDArray[np.float64] | torch.Tensor, *, transposed: bool = False
+) -> NDArray[np.float64]:
     """All ``min(m, n)`` singular values of ``J`` (m x n), descending, float64.
 
     Zero rows are dropped first (they do not change singular values; after a ReLU half the rows

@@ -8,6 +8,7 @@ Section 3.2), with the Jacobian products as passes through the masked network.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,6 @@ from .layer_spectrum import EPS, LayerSpectrum, jacobian_unchanged, rank_toleran
 from .network import AffineStep, Step, push_tangents
 
 __all__ = ["Bidiagonalisation", "golub_kahan", "lanczos_spectra"]
-
-
 
 
 @dataclass(frozen=True)
@@ -100,105 +99,144 @@ def golub_kahan(
         seed: for the random start (and restarts).
     """
     m, n = shape
-    device = torch.device(device)
-    generator = torch.Generator().manual_seed(seed)
-    limit = max(1, min(max_steps, m, n))
-
-    def random(size: int) -> torch.Tensor:
-        return torch.randn(size, generator=generator, dtype=torch.float64).to(device)
-
-    U = torch.zeros(limit + 1, m, dtype=torch.float64, device=device)
-    V = torch.zeros(limit + 1, n, dtype=torch.float64, device=device)
-    alphas: list[float] = []
-    betas: list[float] = []  # betas[i] couples u_{i+1} to v_i (0-based: B[i+1, i])
-    scale = 0.0  # running estimate of sigma_max for the breakdown tests
-
-    def fresh_right(p: int, threshold: float) -> torch.Tensor | None:
-        # A new row-space direction orthogonal to V[:p], or None if the row space is exhausted:
-        # J^T u is in the row space for every u, so only its part outside span(V) can be new.
-        for _ in range(3):
-            u_random = random(m)
-            w = rmatvec(u_random / torch.linalg.norm(u_random))
-            before = float(torch.linalg.norm(w))
-            w = _orthogonalise(w, V[:p])
-            after = float(torch.linalg.norm(w))
-            if after > max(1e-10 * before, threshold):
-                return w / after
-        return None
-
-    u = random(m)
-    U[0] = u / torch.linalg.norm(u)
-    w = rmatvec(U[0])
-    alpha = float(torch.linalg.norm(w))
-    exhausted = False
-    if alpha == 0.0:
-        v = fresh_right(0, 0.0)
-        if v is None:  # J = 0
-            return Bidiagonalisation(np.zeros(0), np.zeros(0), 0, True)
-    else:
-        v = w / alpha
-    V[0] = v
-    alphas.append(alpha)
-    p = 1
-    last_check = 0
+    state = _Bidiagonaliser(matvec, rmatvec, shape, max(1, min(max_steps, m, n)), seed, torch.device(device))
+    if not state.start():  # J = 0
+        return Bidiagonalisation(np.zeros(0), np.zeros(0), 0, True)
+    p, last_check = 1, 0
     ritz = residual = np.zeros(0)
     while True:
-        # beta_{p+1} u_{p+1} = J v_p - alpha_p u_p
-        w = matvec(V[p - 1]) - alphas[-1] * U[p - 1]
-        w = _orthogonalise(w, U[:p])
-        beta = float(torch.linalg.norm(w))
-        scale = max(scale, alphas[-1], beta)
-        # Dividing by a tiny alpha or beta would blow rounding errors up into spurious directions
-        # (null-space leakage); treating couplings below sqrt(eps) * sigma_max as breakdowns
-        # costs at most that much accuracy in the Ritz values.
-        breakdown = math.sqrt(EPS) * max(scale, 1e-300)
-        if beta > breakdown:
-            U[p] = w / beta
-        else:
-            beta = 0.0  # J v_p lies in span(U): restart the left side with a fresh direction
-            fresh = _orthogonalise(random(m), U[:p])
-            norm = float(torch.linalg.norm(fresh))
-            if norm <= 1e-10:
-                exhausted = True
-            else:
-                U[p] = fresh / norm
-        betas.append(beta)
-        # alpha_{p+1} v_{p+1} = J^T u_{p+1} - beta_{p+1} v_p
-        next_alpha, next_v = 0.0, None
-        if not exhausted:
-            w = _orthogonalise(rmatvec(U[p]) - beta * V[p - 1], V[:p])
-            next_alpha = float(torch.linalg.norm(w))
-            if next_alpha > breakdown:
-                next_v = w / next_alpha
-            else:
-                next_alpha = 0.0
-                if p < limit:
-                    next_v = fresh_right(p, breakdown)
-                    exhausted = next_v is None
-                else:
-                    exhausted = p >= min(m, n)
-        stopping = exhausted or p >= limit
+        beta, exhausted = state.left_step(p)
+        next_alpha, next_v, exhausted = state.right_step(p, beta, exhausted)
+        stopping = exhausted or p >= state.limit
         # The small SVD of B costs O(p^3); testing convergence every ~p/8 steps keeps it minor.
         if stopping or (p >= 2 * k and p - last_check >= max(1, p // 8)):
             last_check = p
-            B = np.zeros((p + 1, p))
-            B[np.arange(p), np.arange(p)] = alphas
-            B[np.arange(1, p + 1), np.arange(p)] = betas
-            P, ritz, _ = np.linalg.svd(B, full_matrices=False)
-            residual = next_alpha * np.abs(P[-1])
+            ritz, residual = _ritz_values(state.alphas, state.betas, next_alpha)
             top = float(ritz[0]) if ritz.size else 0.0
             ends = np.r_[residual[:k], residual[-k:]]
             # Right after a breakdown the residuals vanish (the values found are exact) but a
             # fresh direction may still hide larger or smaller values: keep going then.
             if stopping or (next_alpha > 0 and bool(np.all(ends <= tol * top))):
                 break
-        V[p] = next_v
-        alphas.append(next_alpha)
+        assert next_v is not None  # not stopping: a next direction exists
+        state.V[p] = next_v
+        state.alphas.append(next_alpha)
         p += 1
     return Bidiagonalisation(ritz, residual, p, exhausted or p >= min(m, n))
 
 
-def _jacobian_operator(prefix, slope_by_index, in_shape, columns_t, rows):
+def _ritz_values(
+    alphas: list[float], betas: list[float], next_alpha: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Singular values of the lower bidiagonal ``B_p`` and their residuals ``alpha_{p+1} |P[-1]|``."""
+    p = len(alphas)
+    B = np.zeros((p + 1, p))
+    B[np.arange(p), np.arange(p)] = alphas
+    B[np.arange(1, p + 1), np.arange(p)] = betas
+    P, ritz, _ = np.linalg.svd(B, full_matrices=False)
+    return ritz, next_alpha * np.abs(P[-1])
+
+
+class _Bidiagonaliser:
+    """State of :func:`golub_kahan`: the Krylov bases ``U``, ``V``, the couplings, the random stream."""
+
+    def __init__(
+        self, matvec: Any, rmatvec: Any, shape: tuple[int, int], limit: int, seed: int, device: torch.device
+    ):
+        self.matvec, self.rmatvec = matvec, rmatvec
+        self.m, self.n = shape
+        self.limit = limit
+        self.device = device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.U = torch.zeros(limit + 1, self.m, dtype=torch.float64, device=device)
+        self.V = torch.zeros(limit + 1, self.n, dtype=torch.float64, device=device)
+        self.alphas: list[float] = []
+        self.betas: list[float] = []  # betas[i] couples u_{i+1} to v_i (0-based: B[i+1, i])
+        self.scale = 0.0  # running estimate of sigma_max for the breakdown tests
+        self.breakdown = 0.0
+
+    def random(self, size: int) -> torch.Tensor:
+        return torch.randn(size, generator=self.generator, dtype=torch.float64).to(self.device)
+
+    def fresh_right(self, p: int, threshold: float) -> torch.Tensor | None:
+        """A new row-space direction orthogonal to ``V[:p]``, or None if the row space is
+        exhausted: ``J^T u`` is in the row space for every ``u``, so only its part outside
+        ``span(V)`` can be new."""
+        for _ in range(3):
+            u_random = self.random(self.m)
+            w = self.rmatvec(u_random / torch.linalg.norm(u_random))
+            before = float(torch.linalg.norm(w))
+            w = _orthogonalise(w, self.V[:p])
+            after = float(torch.linalg.norm(w))
+            if after > max(1e-10 * before, threshold):
+                return w / after
+        return None
+
+    def start(self) -> bool:
+        """``u_1`` random, ``alpha_1 v_1 = J^T u_1``; False when ``J = 0``."""
+        u = self.random(self.m)
+        self.U[0] = u / torch.linalg.norm(u)
+        w = self.rmatvec(self.U[0])
+        alpha = float(torch.linalg.norm(w))
+        if alpha == 0.0:
+            v = self.fresh_right(0, 0.0)
+            if v is None:
+                return False
+        else:
+            v = w / alpha
+        self.V[0] = v
+        self.alphas.append(alpha)
+        return True
+
+    def left_step(self, p: int) -> tuple[float, bool]:
+        """``beta_{p+1} u_{p+1} = J v_p - alpha_p u_p``; returns ``(beta, exhausted)``."""
+        U = self.U
+        w = _orthogonalise(self.matvec(self.V[p - 1]) - self.alphas[-1] * U[p - 1], U[:p])
+        beta = float(torch.linalg.norm(w))
+        self.scale = max(self.scale, self.alphas[-1], beta)
+        # Dividing by a tiny alpha or beta would blow rounding errors up into spurious directions
+        # (null-space leakage); treating couplings below sqrt(eps) * sigma_max as breakdowns
+        # costs at most that much accuracy in the Ritz values.
+        self.breakdown = math.sqrt(EPS) * max(self.scale, 1e-300)
+        exhausted = False
+        if beta > self.breakdown:
+            U[p] = w / beta
+        else:
+            beta = 0.0  # J v_p lies in span(U): restart the left side with a fresh direction
+            fresh = _orthogonalise(self.random(self.m), U[:p])
+            norm = float(torch.linalg.norm(fresh))
+            if norm <= 1e-10:
+                exhausted = True
+            else:
+                U[p] = fresh / norm
+        self.betas.append(beta)
+        return beta, exhausted
+
+    def right_step(self, p: int, beta: float, exhausted: bool) -> tuple[float, torch.Tensor | None, bool]:
+        """``alpha_{p+1} v_{p+1} = J^T u_{p+1} - beta_{p+1} v_p``; returns
+        ``(alpha_{p+1}, v_{p+1}, exhausted)`` (a fresh direction after a breakdown)."""
+        if exhausted:
+            return 0.0, None, True
+        w = _orthogonalise(self.rmatvec(self.U[p]) - beta * self.V[p - 1], self.V[:p])
+        next_alpha = float(torch.linalg.norm(w))
+        if next_alpha > self.breakdown:
+            return next_alpha, w / next_alpha, False
+        if p < self.limit:
+            next_v = self.fresh_right(p, self.breakdown)
+            return 0.0, next_v, next_v is None
+        return 0.0, None, p >= min(self.m, self.n)
+
+
+_Operator = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _jacobian_operator(
+    prefix: Sequence[Step],
+    slope_by_index: dict[int, torch.Tensor],
+    in_shape: tuple[int, ...],
+    columns_t: torch.Tensor,
+    rows: torch.Tensor,
+) -> tuple[_Operator, _Operator]:
     """``v -> J v`` and ``u -> J^T u`` for ``J`` restricted to the varying input columns and the
     reachable rows, matrix-free (one pass through the masked network each)."""
     in_dim = math.prod(in_shape)
@@ -212,19 +250,30 @@ def _jacobian_operator(prefix, slope_by_index, in_shape, columns_t, rows):
         return image.reshape(-1)[rows]
 
     # The map is linear, so its vjp at 0 is the exact transpose; build it once and reuse it.
-    _, pullback = torch.func.vjp(forward, torch.zeros(n, dtype=torch.float64, device=device))
+    _, pullback, *_ = torch.func.vjp(forward, torch.zeros(n, dtype=torch.float64, device=device))
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return forward(v)
 
     def rmatvec(u: torch.Tensor) -> torch.Tensor:
-        return pullback(u)[0].detach()
+        result: torch.Tensor = pullback(u)[0].detach()
+        return result
 
     return matvec, rmatvec
 
 
-def lanczos_spectra(chain, slope_by_index, in_shape, columns, device, k, rank_rtol, tol, max_steps) -> list[LayerSpectrum]:
+def lanczos_spectra(
+    chain: Sequence[Step],
+    slope_by_index: dict[int, torch.Tensor],
+    in_shape: tuple[int, ...],
+    columns: NDArray[np.intp],
+    device: torch.device,
+    k: int,
+    rank_rtol: float | None,
+    tol: float,
+    max_steps: int,
+) -> list[LayerSpectrum]:
     """One Lanczos :class:`LayerSpectrum` per step of ``chain`` (``spectra(..., method="lanczos")``):
     :func:`golub_kahan` on the prefix Jacobian restricted to the input ``columns`` and to the rows
     that can be non-zero."""
@@ -240,12 +289,16 @@ def lanczos_spectra(chain, slope_by_index, in_shape, columns, device, k, rank_rt
         reach = step.apply_abs_linear(reach) if isinstance(step, AffineStep) else reach * (slope != 0)
         if depth > 0 and jacobian_unchanged(step, slope):
             previous = out[-1].__dict__
-            out.append(LayerSpectrum(**{**previous, "index": step.index, "name": step.name, "out_dim": step.out_dim}))
+            out.append(
+                LayerSpectrum(**{**previous, "index": step.index, "name": step.name, "out_dim": step.out_dim})
+            )
             continue
         # Rows that are zero by structure (switched off or out of reach) are left out of the operator.
         rows = torch.nonzero(reach.reshape(-1) > 0).reshape(-1)
         matvec, rmatvec = _jacobian_operator(chain[: depth + 1], slope_by_index, in_shape, columns_t, rows)
-        result = golub_kahan(matvec, rmatvec, (int(rows.numel()), n), k=k, max_steps=max_steps, tol=tol, device=device)
+        result = golub_kahan(
+            matvec, rmatvec, (int(rows.numel()), n), k=k, max_steps=max_steps, tol=tol, device=device
+        )
         out.append(_lanczos_spectrum(step, n, result, k, rank_rtol, tol))
     return out
 

@@ -89,8 +89,9 @@ class LayerSpectrum:
     converged: bool | None = None
 
 
-
-def spectrum_from_values(step: Step, in_dim: int, values: NDArray[np.float64], rank_rtol: float | None) -> LayerSpectrum:
+def spectrum_from_values(
+    step: Step, in_dim: int, values: NDArray[np.float64], rank_rtol: float | None
+) -> LayerSpectrum:
     """The dense :class:`LayerSpectrum` of ``step`` from all its singular values (descending)."""
     top = float(values[0]) if values.size else 0.0
     tol = rank_tolerance(top, (step.out_dim, in_dim), rank_rtol)

@@ -93,7 +93,6 @@ class Lemma9Curve:
     sigma_max_after: float | None = None
 
 
-
 # --------------------------------------------------------------------------------------------
 # Lemma 8
 # --------------------------------------------------------------------------------------------
@@ -251,7 +250,13 @@ def lemma9_counts(
 
 
 def lemma9_curve(
-    model: nn.Module, x: Any, layer: int, cs: Any, *, check_row_space: bool = True, with_singular_values: bool = True
+    model: nn.Module,
+    x: Any,
+    layer: int,
+    cs: Any,
+    *,
+    check_row_space: bool = True,
+    with_singular_values: bool = True,
 ) -> Lemma9Curve:
     """Figure 9 for the ReLU at module index ``layer`` of ``model`` at input ``x``.
 
@@ -270,5 +275,7 @@ def lemma9_curve(
     if layer not in pattern:
         raise ValueError(f"layer must be the module index of a ReLU, one of {sorted(pattern)}; got {layer!r}")
     A, _ = linearize(model, x, upto=layer)
-    curve = lemma9_counts(A, pattern[layer], cs, check_row_space=check_row_space, with_singular_values=with_singular_values)
+    curve = lemma9_counts(
+        A, pattern[layer], cs, check_row_space=check_row_space, with_singular_values=with_singular_values
+    )
     return Lemma9Curve(**{**curve.__dict__, "layer": int(layer)})

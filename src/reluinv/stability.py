@@ -110,7 +110,6 @@ class ReluEffect:
     remaining: int
 
 
-
 # --------------------------------------------------------------------------------------------
 # Prefix Jacobians in one pass
 # --------------------------------------------------------------------------------------------
@@ -138,12 +137,20 @@ def _input_columns(in_shape: tuple[int, ...], window: Sequence[int] | None) -> N
     return np.ascontiguousarray(index.transpose(1, 2, 0)).reshape(-1)
 
 
-
 def _basis(columns: NDArray[np.intp], in_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     in_dim = math.prod(in_shape)
     basis = torch.zeros(columns.size, in_dim, dtype=torch.float64, device=device)
     basis[torch.arange(columns.size, device=device), torch.as_tensor(columns, device=device)] = 1.0
     return basis.reshape(columns.size, *in_shape)
+
+
+def _apply(step: Step, tangents: torch.Tensor, slope: torch.Tensor | None) -> torch.Tensor:
+    """The step's Jacobian applied to a batch of tangents (slopes frozen at ``x``)."""
+    if isinstance(step, AffineStep):
+        return step.apply_linear(tangents)
+    if slope is None:
+        raise ValueError(f"no activation slope recorded for step {step.name}")
+    return tangents * slope
 
 
 def _prefix_jacobians(
@@ -167,7 +174,7 @@ def _prefix_jacobians(
                 yield step, None
                 tangents = tangents.reshape(n_cols, *step.out_shape)
                 continue
-            tangents = step.apply_linear(tangents) if isinstance(step, AffineStep) else tangents * slope
+            tangents = _apply(step, tangents, slope)
             yield step, tangents.reshape(n_cols, -1)
         return
     # Too big for one batch (a window on a large image): store each J_l^T only on the units the
@@ -182,7 +189,9 @@ def _prefix_jacobians(
             reach = step.apply_abs_linear(reach)
         else:
             reach = reach * (slope != 0)
-        supports.append(None if jacobian_unchanged(step, slope) else torch.nonzero(reach.reshape(-1) > 0).reshape(-1))
+        supports.append(
+            None if jacobian_unchanged(step, slope) else torch.nonzero(reach.reshape(-1) > 0).reshape(-1)
+        )
     stored = sum(int(s.numel()) for s in supports if s is not None)
     if 8 * n_cols * stored > _MAX_STORED_BYTES:
         raise ValueError(
@@ -194,14 +203,14 @@ def _prefix_jacobians(
     for start in range(0, n_cols, chunk):
         stop = min(n_cols, start + chunk)
         tangents = _basis(columns[start:stop], in_shape, device)
-        for step, support, block in zip(chain, supports, blocks):
+        for step, support, block in zip(chain, supports, blocks, strict=True):
             if support is None:
                 tangents = tangents.reshape(stop - start, *step.out_shape)
                 continue
-            slope = slope_by_index.get(step.index)
-            tangents = step.apply_linear(tangents) if isinstance(step, AffineStep) else tangents * slope
+            tangents = _apply(step, tangents, slope_by_index.get(step.index))
+            assert block is not None
             block[start:stop] = tangents.reshape(stop - start, -1)[:, support].cpu()
-    for step, block in zip(chain, blocks):
+    for step, block in zip(chain, blocks, strict=True):
         yield step, None if block is None else block.to(device)
 
 
@@ -278,8 +287,16 @@ def spectra(
     if rank_rtol is not None and not (math.isfinite(rank_rtol) and rank_rtol >= 0):
         raise ValueError(f"rank_rtol must be a non-negative number, got {rank_rtol!r}")
     if not is_chain(model):  # residual, pooling, concatenation: layers are nonlinear graph nodes
-        return graph_spectra(model, x, method=method, k=k, window=window, rank_rtol=rank_rtol,
-                             lanczos_tol=lanczos_tol, max_steps=max_steps)
+        return graph_spectra(
+            model,
+            x,
+            method=method,
+            k=k,
+            window=window,
+            rank_rtol=rank_rtol,
+            lanczos_tol=lanczos_tol,
+            max_steps=max_steps,
+        )
     sample, chain = prepare_input(model, x)
     in_shape = tuple(sample.shape)
     columns = _input_columns(in_shape, window)
@@ -288,7 +305,9 @@ def spectra(
     if method == "lanczos":
         if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-        return lanczos_spectra(chain, slope_by_index, in_shape, columns, device, int(k), rank_rtol, lanczos_tol, int(max_steps))
+        return lanczos_spectra(
+            chain, slope_by_index, in_shape, columns, device, int(k), rank_rtol, lanczos_tol, int(max_steps)
+        )
     prefixes = _prefix_jacobians(chain, slope_by_index, in_shape, columns, device, batch_bytes)
     return [
         spectrum_from_values(step, columns.size, values, rank_rtol)
@@ -296,7 +315,9 @@ def spectra(
     ]
 
 
-def _relu_mask(chain: Sequence[Step], depth: int, slope_by_index: dict[int, torch.Tensor], units: int) -> torch.Tensor | None:
+def _relu_mask(
+    chain: Sequence[Step], depth: int, slope_by_index: dict[int, torch.Tensor], units: int
+) -> torch.Tensor | None:
     """Units left on by the ReLU right after step ``depth``, when that ReLU changes ``J`` and the
     Jacobian of step ``depth`` holds every unit (so the ReLU prefix is a subset of its rows)."""
     if depth + 1 >= len(chain):
@@ -371,5 +392,3 @@ def relu_effect(model: nn.Module, x: Any, **spectra_options: Any) -> list[ReluEf
         removed = int(pattern[layer.index].size)
         effects.append(ReluEffect(layer.index, before, layer, removed, layer.out_dim - removed))
     return effects
-
-

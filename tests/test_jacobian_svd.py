@@ -1,0 +1,182 @@
+"""Tests for reluinv.jacobian_svd: every stage against LAPACK's dense SVD of the explicit matrix,
+and all-prefix spectra against torch.func.jacrev + scipy.linalg.svdvals (independent oracles)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reluinv import jacobian_svd, zoo
+from reluinv.jacobian_svd import (
+    band_reduce,
+    relu_pair_singular_values,
+    singular_values,
+    tall_factor,
+    triangular_svdvals,
+    upper_bandwidth,
+)
+from reluinv.layer_spectrum import rank_tolerance
+from reluinv.stability import spectra
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def tiny_blocks(monkeypatch):
+    """Band reduction and dgbbrd even on tiny factors (they normally go straight to gesdd)."""
+    monkeypatch.setattr(jacobian_svd, "_SMALL", 4)
+    monkeypatch.setattr(jacobian_svd, "BAND", 5)
+
+
+def _upper(rng: np.random.Generator, n: int, spread: float) -> np.ndarray:
+    U, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return np.linalg.qr((U * np.logspace(0, -spread, n)) @ V.T, mode="r")
+
+
+@pytest.mark.parametrize("route", ["two-stage", "direct"])
+@pytest.mark.parametrize(("n", "band"), [(40, 3), (64, 64), (300, 17)])
+def test_triangular_svdvals_match_lapack(monkeypatch, route, n, band):
+    monkeypatch.setattr(jacobian_svd, "_SMALL", 4)
+    monkeypatch.setattr(jacobian_svd, "BAND", 4)
+    monkeypatch.setattr(jacobian_svd, "_ROTATION_COST", 1e9 if route == "two-stage" else 0.0)
+    rng = np.random.default_rng(n + band)
+    R = _upper(rng, n, spread=6)
+    R = np.triu(R) - np.triu(R, band + 1)  # an upper band with `band` super-diagonals
+    R[n // 3] = 0.0  # a missing pivot, as the staircase leaves them
+    expected = scipy.linalg.svdvals(R)
+    got = triangular_svdvals(R)
+    assert upper_bandwidth(R) == min(band, n - 1)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=30 * n * np.finfo(float).eps * expected[0])
+    assert np.all(np.diff(got) <= 0)
+
+
+def test_band_reduce_leaves_a_band_with_the_same_singular_values():
+    rng = np.random.default_rng(1)
+    R = np.triu(rng.standard_normal((50, 50)))
+    B = band_reduce(torch.tensor(R), 6).numpy()
+    assert upper_bandwidth(B) <= 6
+    assert np.all(np.tril(B, -1) == 0)
+    np.testing.assert_allclose(scipy.linalg.svdvals(B), scipy.linalg.svdvals(R), atol=1e-13 * np.abs(R).max())
+
+
+def test_band_reduce_survives_trivial_reflectors():
+    # Columns already zero below the diagonal give tau = 0 reflectors.
+    R = np.diag(np.arange(1.0, 21.0))
+    R[0, 19] = 5.0
+    B = band_reduce(torch.tensor(R), 4).numpy()
+    assert np.all(np.isfinite(B)) and upper_bandwidth(B) <= 4
+    np.testing.assert_allclose(scipy.linalg.svdvals(B), scipy.linalg.svdvals(R), atol=1e-13 * 20)
+
+
+def test_tall_factor_staircase_and_dense_have_the_singular_values():
+    rng = np.random.default_rng(2)
+    n = 60
+    staircase = np.zeros((400, n))
+    for i in range(400):
+        start = (i * (n - 6)) // 400
+        staircase[i, start : start + 6] = rng.standard_normal(6)
+    dense = rng.standard_normal((90, n))
+    for J in (staircase, dense):
+        R = tall_factor(J)
+        assert R.shape == (n, n) and np.all(np.tril(R, -1) == 0)
+        np.testing.assert_allclose(
+            scipy.linalg.svdvals(R), scipy.linalg.svdvals(J), atol=1e-12 * np.abs(J).max()
+        )
+    with pytest.raises(ValueError, match="at least as many rows as columns"):
+        tall_factor(dense[:10])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=1, max_value=12),
+    st.floats(min_value=0.0, max_value=1.0),
+    st.integers(min_value=0, max_value=2**31 - 1),
+)
+def test_relu_pair_matches_each_matrix_separately(m, n, keep_fraction, seed):
+    rng = np.random.default_rng(seed)
+    J = rng.standard_normal((m, n))
+    J[rng.random(m) < 0.2] = 0.0  # dead rows
+    keep = rng.random(m) < keep_fraction
+    with_all, with_kept = relu_pair_singular_values(torch.tensor(J.T.copy()), torch.tensor(keep))
+    scale = max(1.0, np.abs(J).max())
+    np.testing.assert_allclose(with_all, scipy.linalg.svdvals(J), atol=1e-12 * scale)
+    np.testing.assert_allclose(with_kept, scipy.linalg.svdvals(J * keep[:, None]), atol=1e-12 * scale)
+
+
+def test_singular_values_refuses_bad_matrices():
+    with pytest.raises(ValueError, match="2-dimensional"):
+        singular_values(np.zeros(3))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        singular_values(np.array([[1.0, np.nan]]))
+
+
+def test_rank_tolerance_rule():
+    eps = np.finfo(float).eps
+    assert rank_tolerance(2.0, (100, 10)) == pytest.approx(100 * eps * 2.0)
+    assert rank_tolerance(2.0, (3, 7), 1e-3) == pytest.approx(2e-3)
+    assert rank_tolerance(0.0, (3, 7)) == 0.0
+
+
+# ------------------------------------------------------------------ all prefixes vs jacrev
+
+
+def _jacrev_spectrum(
+    model: torch.nn.Sequential, x: torch.Tensor, depth: int, forward: bool = False
+) -> np.ndarray:
+    """svdvals of the explicit prefix Jacobian from torch.func (jacfwd for tall CIFAR-size ones:
+    reverse mode would batch 32768 cotangents through the convolutions)."""
+    prefix = copy.deepcopy(model[: depth + 1]).double()
+    transform = torch.func.jacfwd if forward else torch.func.jacrev
+    J = transform(lambda v: prefix(v[None]).reshape(-1))(x.double())
+    return scipy.linalg.svdvals(J.reshape(J.shape[0], -1).detach().numpy())
+
+
+def _assert_close_above_tolerance(layer, reference: np.ndarray, rtol: float) -> None:
+    """Every singular value above the rank tolerance to ``rtol`` relative to itself (plus the
+    rounding floor ``eps * sigma_max * sqrt(n)`` that no backward-stable method can beat)."""
+    assert layer.singular_values.shape == reference.shape
+    above = reference > layer.rank_tolerance
+    floor = 8 * np.finfo(float).eps * reference[0] * np.sqrt(reference.size)
+    error = np.abs(layer.singular_values - reference)
+    assert np.all(error[above] <= rtol * reference[above] + floor), (
+        layer.name,
+        np.max(error[above] / reference[above]),
+    )
+    assert layer.rank == int(np.count_nonzero(above))
+
+
+@pytest.mark.usefixtures("tiny_blocks")
+@pytest.mark.parametrize("builder", [zoo.wide_cifar, zoo.thin_cifar])
+@pytest.mark.parametrize("route", ["two-stage", "direct"])
+def test_every_prefix_at_3x8x8_matches_jacrev(monkeypatch, builder, route):
+    monkeypatch.setattr(jacobian_svd, "_ROTATION_COST", 1e9 if route == "two-stage" else 0.0)
+    torch.manual_seed(21)
+    model = builder(image_size=8).eval()
+    x = torch.rand(3, 8, 8)
+    layers = spectra(model, x)
+    assert len(layers) == len(model)
+    for depth, layer in enumerate(layers):
+        _assert_close_above_tolerance(layer, _jacrev_spectrum(model, x, depth), rtol=1e-8)
+
+
+@pytest.mark.slow
+def test_wide_cifar_prefixes_at_3x32x32_match_jacrev():
+    # The first convolution (32768 x 3072, staircase factor) and the ReLU after the second
+    # (kept rows of a stride-2 convolution, via the pair update): dense svdvals of the explicit
+    # Jacobian as the oracle, every value above the rank tolerance to 1e-8 relative.
+    torch.manual_seed(22)
+    model = zoo.wide_cifar().eval()
+    x = torch.rand(3, 32, 32)
+    layers = spectra(model, x)
+    for depth in (0, 3, 10):
+        _assert_close_above_tolerance(
+            layers[depth], _jacrev_spectrum(model, x, depth, forward=True), rtol=1e-8
+        )
