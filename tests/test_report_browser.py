@@ -62,7 +62,8 @@ class DevTools:
         self._next_id = 0
         self.session = None
         page = next(t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+        attached = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)
+        self.session = attached["sessionId"]
 
     def _message(self) -> dict:
         while b"\0" not in self._buffer:

@@ -329,7 +329,8 @@ def plot_fig5(result: dict[str, Any], path: Path) -> None:
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
     _save(fig, path, "Figure 5: WideCIFAR vs ThinCIFAR, output units, rank and condition of the "
-                     "Jacobian up to each layer", _samples_note(result["wide"] | {"setting": result.get("setting", {})}))
+                     "Jacobian up to each layer",
+          _samples_note(result["wide"] | {"setting": result.get("setting", {})}))
 
 
 def _decay_axes(ax, layers: list[dict[str, Any]]) -> None:
@@ -410,9 +411,23 @@ def summary_fig5(result: dict[str, Any]) -> tuple[str, str]:
         "and lowers its condition number, while WideCIFAR keeps them; on CIFAR-10's 3,072 inputs "
         "ThinCIFAR's last convolution has only 2,048 units.",
         f"Here the number of non-zero singular values {loss('thin')} in ThinCIFAR and {loss('wide')} "
-        f"in WideCIFAR (the paper: layer {paper} in ThinCIFAR). Condition numbers range over "
-        f"{_condition_range(wide)} (Wide) and {_condition_range(thin)} (Thin).",
+        f"in WideCIFAR (the paper: layer {paper} in ThinCIFAR).{_around(thin, paper)} Condition "
+        f"numbers range over {_condition_range(wide)} (Wide) and {_condition_range(thin)} (Thin).",
     )
+
+
+def _around(layers: list[dict[str, Any]], block: int) -> str:
+    """ " ThinCIFAR has 758 after ReLU 4 and 597 after ReLU 5 (condition ...)." or ""."""
+    roles = {layer.get("role"): layer for layer in layers}
+    before, conv, after = (roles.get(f"ReLU {block - 1}"), roles.get(f"conv {block}"),
+                           roles.get(f"ReLU {block}"))
+    if before is None or conv is None or after is None:
+        return ""
+    cond = ("" if conv["condition"] is None or after["condition"] is None else
+            f"; its condition number goes from {conv['condition']:.3g} at conv {block} to "
+            f"{after['condition']:.3g} after ReLU {block}")
+    return (f" ThinCIFAR keeps a median of {before['rank']:g} non-zero singular values after ReLU "
+            f"{block - 1} and {after['rank']:g} after ReLU {block}{cond}.")
 
 
 def _decay_sentence(decay: list[dict[str, Any]]) -> str:

@@ -35,6 +35,7 @@ FULL_IMAGE_SIZE = 32
 QUICK_IMAGE_SIZE = 16
 #: Seed of the stand-in's colours (train and test draw from different streams of it).
 STAND_IN_SEED = 2018
+_CHUNK = 5000
 
 
 @dataclass(frozen=True)
@@ -78,19 +79,24 @@ def colour_stand_in(grey: Dataset, *, seed: int = STAND_IN_SEED) -> Dataset:
     """
     shape = grey.input_shape
     if len(shape) != 3 or shape[0] != 1 or shape[1] > 32 or shape[2] > 32:
-        raise ValueError(f"the CIFAR stand-in needs one-channel images of side <= 32, got input shape {shape}")
+        raise ValueError(f"the CIFAR stand-in needs one-channel images of side <= 32, got input "
+                         f"shape {shape}")
     n, (_, h, w) = len(grey), shape
     top, left = (32 - h) // 2, (32 - w) // 2
-    g = np.zeros((n, 1, 32, 32), dtype=np.float64)
-    g[:, :, top : top + h, left : left + w] = grey.images
     rng = np.random.default_rng((seed, 0 if grey.split == "train" else 1))
-    foreground = rng.uniform(0.55, 1.0, size=(n, 3, 1, 1))
-    background = rng.uniform(0.0, 0.45, size=(n, 3, 1, 1))
-    angle = rng.uniform(0.0, 2 * np.pi, size=(n, 1, 1, 1))
+    foreground = rng.uniform(0.55, 1.0, size=(n, 3, 1, 1)).astype(np.float32)
+    background = rng.uniform(0.0, 0.45, size=(n, 3, 1, 1)).astype(np.float32)
+    angle = rng.uniform(0.0, 2 * np.pi, size=(n, 1, 1, 1)).astype(np.float32)
     v, u = np.meshgrid(np.linspace(-1, 1, 32), np.linspace(-1, 1, 32), indexing="ij")
-    ramp = 1.0 + 0.3 * (np.cos(angle) * u + np.sin(angle) * v) / np.sqrt(2)
-    images = (1.0 - g) * (background * ramp) + g * foreground
-    return Dataset(images=np.clip(images, 0.0, 1.0).astype(np.float32), labels=np.asarray(grey.labels),
+    u, v = u.astype(np.float32), v.astype(np.float32)
+    images = np.empty((n, 3, 32, 32), dtype=np.float32)
+    for start in range(0, n, _CHUNK):  # chunks keep 60,000 Fashion-MNIST images within memory
+        part = slice(start, min(n, start + _CHUNK))
+        g = np.zeros((part.stop - start, 1, 32, 32), dtype=np.float32)
+        g[:, :, top : top + h, left : left + w] = grey.images[part]
+        ramp = 1.0 + 0.3 * (np.cos(angle[part]) * u + np.sin(angle[part]) * v) / np.float32(np.sqrt(2))
+        images[part] = (1.0 - g) * (background[part] * ramp) + g * foreground[part]
+    return Dataset(images=np.clip(images, 0.0, 1.0, out=images), labels=np.asarray(grey.labels),
                    name=f"{grey.name}-cifar-stand-in", source=f"{grey.source}, padded to 32x32 and coloured",
                    split=grey.split, class_names=grey.class_names)
 
