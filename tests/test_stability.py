@@ -418,3 +418,27 @@ def test_cuda_lanczos_matches_cpu():
     for a, b in zip(cpu, gpu):
         np.testing.assert_allclose(b.largest, a.largest, rtol=1e-8)
         np.testing.assert_allclose(b.smallest, a.smallest, atol=1e-8 * a.largest[0])
+
+
+def test_split_modules_keep_every_name_importable_from_stability():
+    import reluinv
+    from reluinv import jacobian_svd, lanczos, layer_spectrum, lemmas, stability
+
+    homes = {
+        "LayerSpectrum": layer_spectrum,
+        "rank_tolerance": layer_spectrum,
+        "golub_kahan": lanczos,
+        "Bidiagonalisation": lanczos,
+        "check_lemma8": lemmas,
+        "lemma9_counts": lemmas,
+        "lemma9_curve": lemmas,
+        "Lemma8Check": lemmas,
+        "Lemma9Curve": lemmas,
+        "singular_values": jacobian_svd,
+        "staircase_r": jacobian_svd,
+    }
+    for name, home in homes.items():
+        assert getattr(stability, name) is getattr(home, name), name
+        assert name in stability.__all__
+    for name in ("LayerSpectrum", "check_lemma8", "lemma9_curve", "relu_effect", "spectra"):
+        assert getattr(reluinv, name) is getattr(stability, name)
