@@ -180,3 +180,16 @@ def test_wide_cifar_prefixes_at_3x32x32_match_jacrev():
         _assert_close_above_tolerance(
             layers[depth], _jacrev_spectrum(model, x, depth, forward=True), rtol=1e-8
         )
+
+
+def test_device_pair_update_matches_lapack_on_cpu_tensors():
+    # The GPU route of relu_pair_singular_values is torch-only: check it on CPU tensors.
+    rng = np.random.default_rng(7)
+    J = rng.standard_normal((50, 12))
+    keep = rng.random(50) < 0.6
+    keep[:15] = True  # more than n kept rows, as the update needs
+    with_all, with_kept = jacobian_svd._device_pair_svdvals(
+        torch.tensor(J.T.copy()), torch.tensor(keep), torch.tensor(~keep)
+    )
+    np.testing.assert_allclose(with_all, scipy.linalg.svdvals(J), atol=1e-12)
+    np.testing.assert_allclose(with_kept, scipy.linalg.svdvals(J[keep]), atol=1e-12)

@@ -89,7 +89,9 @@ def test_circular_convolution_matches_per_frequency_matrices(c_in, c_out, size, 
         [np.linalg.svd(transfer[:, :, u, v], compute_uv=False) for u in range(size) for v in range(size)]
     )
     layers = spectra(nn.Sequential(conv), torch.randn(c_in, size, size))
-    np.testing.assert_allclose(layers[0].singular_values, np.sort(expected)[::-1], rtol=0, atol=1e-12 * expected.max())
+    np.testing.assert_allclose(
+        layers[0].singular_values, np.sort(expected)[::-1], rtol=0, atol=1e-12 * expected.max()
+    )
 
 
 def test_rank_is_bounded_by_the_fewest_active_units_along_the_chain():
@@ -116,7 +118,9 @@ def test_dense_spectra_match_lapack_on_the_linearisation():
         assert np.all(np.diff(layer.singular_values) <= 0)
         np.testing.assert_allclose(layer.singular_values, reference, rtol=0, atol=1e-8 * reference[0])
         assert layer.rank == np.count_nonzero(reference > layer.rank_tolerance)
-        assert layer.rank_tolerance == pytest.approx(max(layer.out_dim, layer.in_dim) * np.finfo(float).eps * reference[0])
+        assert layer.rank_tolerance == pytest.approx(
+            max(layer.out_dim, layer.in_dim) * np.finfo(float).eps * reference[0]
+        )
 
 
 def test_mlp_spectra_and_identity_steps():
@@ -142,7 +146,9 @@ def test_staircase_factor_has_the_singular_values_of_a_convolution_jacobian():
         R = staircase_r(J, block_rows=block_rows)
         assert R.shape[0] <= J.shape[1]
         np.testing.assert_allclose(
-            np.linalg.svd(R, compute_uv=False), np.linalg.svd(J, compute_uv=False), atol=1e-12 * np.abs(J).max()
+            np.linalg.svd(R, compute_uv=False),
+            np.linalg.svd(J, compute_uv=False),
+            atol=1e-12 * np.abs(J).max(),
         )
 
 
@@ -175,17 +181,21 @@ def test_window_spectrum_is_that_of_the_window_columns():
     columns = np.arange(128).reshape(2, 8, 8)[:, 2:5, 3:7].reshape(-1)
     layers = spectra(net, x, window=window)
     chunked = spectra(net, x, window=window, batch_bytes=64 * 1024)  # forces the chunked path
-    for layer, other in zip(layers, chunked):
+    for layer, other in zip(layers, chunked, strict=True):
         J, _ = linearize(net, x, upto=layer.index + 1)
         reference = np.linalg.svd(J[:, columns], compute_uv=False)
         assert layer.in_dim == 24
         np.testing.assert_allclose(layer.singular_values, reference, atol=1e-12 * max(reference[0], 1e-300))
-        np.testing.assert_allclose(other.singular_values, layer.singular_values, atol=1e-12 * max(reference[0], 1e-300))
+        np.testing.assert_allclose(
+            other.singular_values, layer.singular_values, atol=1e-12 * max(reference[0], 1e-300)
+        )
 
 
 def test_bad_windows_are_refused():
     net = _small_cnn(0)
-    with pytest.raises(ValueError, match=r"window \(top=6, left=0, height=3, width=2\) must lie inside the 8 x 8 input"):
+    with pytest.raises(
+        ValueError, match=r"window \(top=6, left=0, height=3, width=2\) must lie inside the 8 x 8 input"
+    ):
         spectra(net, torch.rand(2, 8, 8), window=(6, 0, 3, 2))
     with pytest.raises(ValueError, match=r"window must be \(top, left, height, width\)"):
         spectra(net, torch.rand(2, 8, 8), window=(1, 2))
@@ -201,7 +211,7 @@ def test_lanczos_matches_dense_on_small_networks():
     x = torch.rand(2, 8, 8)
     dense = spectra(net, x)
     lanczos = spectra(net, x, method="lanczos", k=3)
-    for d, lz in zip(dense, lanczos):
+    for d, lz in zip(dense, lanczos, strict=True):
         nonzero = d.singular_values[d.singular_values > d.rank_tolerance]
         scale = nonzero[0]
         assert lz.method == "lanczos" and lz.largest.size == 3 and lz.smallest.size == 3 and lz.converged
@@ -217,7 +227,7 @@ def test_lanczos_with_few_steps_bounds_the_smallest_from_above():
     x = torch.rand(2, 8, 8)
     dense = spectra(net, x)
     lanczos = spectra(net, x, method="lanczos", k=2, max_steps=25)
-    for d, lz in zip(dense, lanczos):
+    for d, lz in zip(dense, lanczos, strict=True):
         nonzero = d.singular_values[d.singular_values > d.rank_tolerance]
         assert lz.steps <= 25
         # Ritz values of J restricted to a subspace of its row space interlace: never below the
@@ -244,7 +254,7 @@ def test_lanczos_window_matches_dense_window():
     x = torch.rand(2, 8, 8)
     dense = spectra(net, x, window=(0, 0, 4, 4))
     lanczos = spectra(net, x, window=(0, 0, 4, 4), method="lanczos", k=2)
-    for d, lz in zip(dense, lanczos):
+    for d, lz in zip(dense, lanczos, strict=True):
         nonzero = d.singular_values[d.singular_values > d.rank_tolerance]
         np.testing.assert_allclose(lz.largest, nonzero[:2], atol=1e-8 * nonzero[0])
         np.testing.assert_allclose(lz.smallest, nonzero[-2:], atol=1e-8 * nonzero[0])
@@ -285,7 +295,9 @@ def test_lemma8_reports_both_sides():
     assert result.largest == pytest.approx(2.0) and result.largest_bound == pytest.approx(3.0)
     assert result.holds
     everything = check_lemma8(A, np.ones(3, dtype=bool))
-    assert math.isnan(everything.smallest_nonzero) and everything.smallest_bound == math.inf and everything.holds
+    assert (
+        math.isnan(everything.smallest_nonzero) and everything.smallest_bound == math.inf and everything.holds
+    )
 
 
 def test_lemma8_rejects_bad_index_sets():
@@ -371,7 +383,9 @@ def test_spectra_rejects_bad_options_and_inputs():
     x[0, 3, 4] = math.nan
     with pytest.raises(ValueError, match=r"x contains 1 NaN or infinite entry"):
         spectra(net, x)
-    with pytest.raises(ValueError, match=r"module 0 \(Conv2d\) cannot take a per-sample input of shape \(1, 2, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"module 0 \(Conv2d\) cannot take a per-sample input of shape \(1, 2, 8\)"
+    ):
         spectra(net, torch.rand(1, 2, 8))
     with pytest.raises(ValueError, match=r"x must have shape \(C, H, W\) or \(1, C, H, W\)"):
         spectra(net, torch.rand(16, 8))
@@ -402,7 +416,7 @@ def test_cuda_spectra_match_cpu():
     gpu = spectra(net.cuda(), x.cuda())
     window_cpu = spectra(net.cpu(), x, window=(1, 1, 4, 5))
     window_gpu = spectra(net.cuda(), x.cuda(), window=(1, 1, 4, 5), batch_bytes=64 * 1024)
-    for a, b in list(zip(cpu, gpu)) + list(zip(window_cpu, window_gpu)):
+    for a, b in list(zip(cpu, gpu, strict=True)) + list(zip(window_cpu, window_gpu, strict=True)):
         scale = max(a.singular_values[0], 1e-300)
         np.testing.assert_allclose(b.singular_values, a.singular_values, atol=1e-8 * scale)
         assert a.rank == b.rank
@@ -415,7 +429,7 @@ def test_cuda_lanczos_matches_cpu():
     x = torch.rand(2, 8, 8)
     cpu = spectra(net, x, method="lanczos", k=2)
     gpu = spectra(net.cuda(), x.cuda(), method="lanczos", k=2)
-    for a, b in zip(cpu, gpu):
+    for a, b in zip(cpu, gpu, strict=True):
         np.testing.assert_allclose(b.largest, a.largest, rtol=1e-8)
         np.testing.assert_allclose(b.smallest, a.smallest, atol=1e-8 * a.largest[0])
 

@@ -382,8 +382,9 @@ def relu_pair_singular_values(
     Jt: torch.Tensor, keep: torch.Tensor
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Singular values of ``J`` and of ``D J`` (``D`` keeps the rows where ``keep`` is True), both
-    padded to ``min(m, n)``, sharing work: when more than ``n`` non-zero rows are kept (CPU only),
-    ``R`` of ``J`` is the QR update of ``R`` of the kept rows by the removed rows (module docstring).
+    padded to ``min(m, n)``, sharing work: when more than ``n`` non-zero rows are kept, ``R`` of
+    ``J`` is the QR update of ``R`` of the kept rows by the removed rows (module docstring).  On a
+    GPU the same update runs in torch float64 on the device (:func:`_device_pair_svdvals`).
 
     Args:
         Jt: ``J^T`` (n x m), as the forward pass produces it.
@@ -393,11 +394,26 @@ def relu_pair_singular_values(
     n, m = Jt.shape
     live = (Jt != 0).any(dim=0)
     kept, removed = live & keep, live & ~keep
-    if Jt.is_cuda or int(kept.sum()) <= n or min(n, m) == 0:
+    if int(kept.sum()) <= n or min(n, m) == 0:
         return singular_values(Jt, transposed=True), singular_values(Jt * keep, transposed=True)
+    if Jt.is_cuda:
+        values_all, values_kept = _device_pair_svdvals(Jt, kept, removed)
+        return _padded(values_all, min(n, m)), _padded(values_kept, min(n, m))
     J = Jt.T.contiguous().numpy()
     R_kept = tall_factor(J[kept.numpy()])
     rows = np.concatenate([R_kept[(R_kept != 0).any(axis=1)], J[removed.numpy()]])
     del J
     values_all = _rows_svdvals(rows)
     return _padded(values_all, min(n, m)), _padded(triangular_svdvals(R_kept), min(n, m))
+
+
+def _device_pair_svdvals(
+    Jt: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The pair update with torch only, on ``Jt``'s device (dense QR, then ``torch.linalg.svdvals``
+    of the square factors): ``R_kept`` of the kept rows, then ``R`` of ``[R_kept; J_removed]``.
+    Needs more than ``n`` kept rows."""
+    J = Jt.T
+    R_kept = torch.linalg.qr(J[kept], mode="r")[1]
+    R_all = torch.linalg.qr(torch.cat([R_kept, J[removed]]), mode="r")[1]
+    return _numpy(torch.linalg.svdvals(R_all)), _numpy(torch.linalg.svdvals(R_kept))
