@@ -141,12 +141,12 @@ def nets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def start_long_analysis(nets: Path, out: Path, *options: str) -> subprocess.Popen[str]:
+def start_long_analysis(nets: Path, out: Path, *options: str, **env: str) -> subprocess.Popen[str]:
     """``reluinv analyze`` of LONG_RUN_SAMPLES samples in a session of its own, once it has
     stored a few results (so that a run is truly in progress)."""
     command = [sys.executable, "-m", "reluinv.cli", "analyze", "cli_nets:wide", "--inputs",
                "wide.npy", "--out", str(out), "--no-progress", *options]
-    process = subprocess.Popen(command, cwd=nets, env=subprocess_env(nets), text=True,
+    process = subprocess.Popen(command, cwd=nets, env=subprocess_env(nets, **env), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
     while stored_lines(out) < 3:
@@ -291,6 +291,37 @@ def _reproduce(out: Path, *figures: str, limit: int = 3) -> list[str]:
             "--backend", "serial", "--no-progress"]
 
 
+MERGE_RACE = """
+import sys
+from pathlib import Path
+from reluinv.experiments.common import (Setting, merged_results, results_lock, save_figure,
+                                        save_results)
+
+out, key = Path(sys.argv[1]), sys.argv[2]
+setting = Setting(mode="quick", limit=None, data_dir=None)
+for round in range(40):
+    save_figure(out, key, setting, {"round": round})
+    with results_lock(out):
+        save_results(out / "results.json", merged_results(out, setting))
+"""
+
+
+def test_runs_sharing_an_out_merge_their_figures_under_a_lock(tmp_path):
+    """Two processes store a figure each and rewrite results.json 40 times, at the same time:
+    the last results.json holds both figures, each at its last round."""
+    out = tmp_path / "shared"
+    (out / "results").mkdir(parents=True)
+    script = tmp_path / "race.py"
+    script.write_text(MERGE_RACE)
+    runs = [subprocess.Popen([sys.executable, str(script), str(out), key], env=subprocess_env(),
+                             stderr=subprocess.PIPE, text=True) for key in ("fig1", "fig4")]
+    for run in runs:
+        assert run.wait(timeout=120) == 0, run.stderr.read()
+    results = json.loads((out / "results.json").read_text())
+    assert results["fig1"]["round"] == 39 and results["fig4"]["round"] == 39
+
+
+@pytest.mark.slow
 def test_two_runs_into_one_out_keep_both_results(cache, tmp_path):
     out = tmp_path / "shared-out"
     env = subprocess_env(RELUINV_CACHE=str(cache))
@@ -415,7 +446,9 @@ def dask_cluster(tmp_path):
 def test_a_lost_scheduler_is_one_line_naming_it_and_what_is_kept(nets, dask_cluster):
     address, scheduler = dask_cluster
     out = nets / "lost"
-    run = start_long_analysis(nets, out, "--scheduler", address)
+    # Dask's client tries to reconnect for 10 s by default; 3 s is enough to tell.
+    run = start_long_analysis(nets, out, "--scheduler", address,
+                              DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s")
     scheduler.kill()
     _, stderr = run.communicate(timeout=180)
     assert run.returncode == 2, stderr
