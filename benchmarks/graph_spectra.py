@@ -19,6 +19,7 @@ input sizes and prints each peak resident memory and time, and the projection to
     python benchmarks/graph_spectra.py                       # 3x16x16, both (long: the obvious way)
     python benchmarks/graph_spectra.py --size 8              # 3x8x8, a few minutes
     python benchmarks/graph_spectra.py --memory 8 12 16      # reluinv alone: memory and time per size
+    python benchmarks/graph_spectra.py --threads 1           # pin torch and BLAS to one thread each
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import graph_models  # noqa: E402
@@ -122,11 +124,15 @@ def one_size(size: int) -> dict:
     }
 
 
-def memory_table(sizes: list[int]) -> None:
+def memory_table(sizes: list[int], threads: int | None) -> None:
+    threads_flag = ["--threads", str(threads)] if threads else []
     rows = []
     for size in sizes:
         out = subprocess.run(
-            [sys.executable, __file__, "--one-size", str(size)], capture_output=True, text=True, check=True
+            [sys.executable, __file__, "--one-size", str(size), *threads_flag],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(
@@ -155,13 +161,18 @@ def main() -> None:
     parser.add_argument(
         "--memory", type=int, nargs="*", help="reluinv alone at these sizes, one process each"
     )
+    parser.add_argument("--threads", type=int, help="torch and BLAS threads (default: torch's choice)")
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        # On a loaded machine more threads than free cores make LAPACK spin: pin both implementations.
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     if args.one_size:
         print(json.dumps(one_size(args.one_size)))
         return
     if args.memory:
-        memory_table(args.memory)
+        memory_table(args.memory, args.threads)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     row = compare(args.size, args.repeats, args.chunk_size)

@@ -21,11 +21,9 @@ def _f64(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.detach().to(device=device, dtype=torch.float64)
 
 
-def _conv(
-    module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
+def _conv(module: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Conv1d/Conv2d with float64 parameters, padding modes included (as ``_ConvNd.forward``)."""
-    conv = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
+    conv: Any = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
     if module.padding_mode == "zeros":
         return conv(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
     if isinstance(module.padding, str):
@@ -44,18 +42,26 @@ class _Affine:
 
     def __init__(self, module: nn.Module, device: torch.device) -> None:
         self.module = module
-        self.weight = self.bias = None
+        self.weight = self.bias = torch.zeros(0, dtype=torch.float64, device=device)
+        self.has_bias = False
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            self.weight, self.bias = _f64(module.weight, device), _f64(module.bias, device)
+            self.weight = module.weight.detach().to(device=device, dtype=torch.float64)
+            if module.bias is not None:
+                self.bias, self.has_bias = module.bias.detach().to(device=device, dtype=torch.float64), True
         elif isinstance(module, _BN):
-            mean, var = _f64(module.running_mean, device), _f64(module.running_var, device)
-            gamma = _f64(module.weight, device) if module.affine else torch.ones_like(mean)
-            beta = _f64(module.bias, device) if module.affine else torch.zeros_like(mean)
-            self.weight = gamma / torch.sqrt(var + module.eps)
-            self.bias = beta - mean * self.weight
+            assert (
+                module.running_mean is not None and module.running_var is not None
+            )  # checked when classified
+            mean = module.running_mean.detach().to(device=device, dtype=torch.float64)
+            var = module.running_var.detach().to(device=device, dtype=torch.float64)
+            gamma = _f64(module.weight, device) if module.affine else None
+            beta = _f64(module.bias, device) if module.affine else None
+            self.weight = (torch.ones_like(mean) if gamma is None else gamma) / torch.sqrt(var + module.eps)
+            self.bias = (torch.zeros_like(mean) if beta is None else beta) - mean * self.weight
+            self.has_bias = True
 
     def run(self, x: torch.Tensor, offset: bool) -> torch.Tensor:
-        module, bias = self.module, self.bias if offset else None
+        module, bias = self.module, self.bias if offset and self.has_bias else None
         if isinstance(module, nn.Linear):
             return F.linear(x, self.weight, bias)
         if isinstance(module, (nn.Conv1d, nn.Conv2d)):
@@ -115,7 +121,7 @@ def _activation_from_module(module: nn.Module, device: torch.device) -> _Activat
     if isinstance(module, nn.LeakyReLU):
         return _Activation("leaky_relu", slope_neg=float(module.negative_slope))
     if isinstance(module, nn.PReLU):
-        return _Activation("prelu", slope_neg=_f64(module.weight, device))
+        return _Activation("prelu", slope_neg=module.weight.detach().to(device=device, dtype=torch.float64))
     if isinstance(module, nn.ELU):
         return _Activation("elu", slope_neg=float(module.alpha))
     return _Activation("tanh")

@@ -129,7 +129,7 @@ _STRUCTURAL_METHODS = {
     "clone",
 }
 _META_METHODS = {"size", "dim"}
-_ARITHMETIC = {
+_ARITHMETIC: dict[Any, str] = {
     operator.add: "add",
     operator.iadd: "add",
     torch.add: "add",
@@ -150,7 +150,7 @@ _ARITHMETIC = {
     torch.div: "div",
     "div": "div",
 }
-_ACTIVATION_FUNCTIONS = {
+_ACTIVATION_FUNCTIONS: dict[Any, str] = {
     F.relu: "relu",
     torch.relu: "relu",
     "relu": "relu",
@@ -164,7 +164,7 @@ _ACTIVATION_FUNCTIONS = {
     F.prelu: "prelu",
     torch.prelu: "prelu",
 }
-_MAXPOOL_FUNCTIONS = {
+_MAXPOOL_FUNCTIONS: dict[Any, str] = {
     F.max_pool1d: "max_pool1d",
     F.max_pool2d: "max_pool2d",
     F.adaptive_max_pool1d: "adaptive_max_pool1d",
@@ -281,14 +281,28 @@ class _Node:
 
 def _refs(node: fx.Node) -> list[fx.Node]:
     found: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+
+    def collect(n: fx.Node) -> fx.Node:
+        found.append(n)
+        return n
+
+    fx.node.map_arg((node.args, node.kwargs), collect)
     return found
+
+
+def input_name(node: fx.Node) -> str:
+    """Name of the node that feeds ``node`` its (first) tensor argument: a layer's input."""
+    arg = node.args[0]
+    if not isinstance(arg, fx.Node):  # pragma: no cover - layers always take a traced tensor
+        raise ValueError(f"node {node.name} does not take a traced tensor first")
+    return arg.name
 
 
 def _op_name(node: fx.Node) -> str:
     target = node.target
     if node.op == "call_module":
-        return type(node.graph.owning_module.get_submodule(str(target))).__name__
+        owner = node.graph.owning_module
+        return type(owner.get_submodule(str(target))).__name__ if owner is not None else str(target)
     if node.op == "call_method":
         return f".{target}()"
     return getattr(target, "__name__", str(target))
@@ -353,7 +367,7 @@ class GraphNet:
             return "const"
         target = node.target
         if node.op == "call_module":
-            return self._module_role(node, self.gm.get_submodule(target))
+            return self._module_role(node, self.gm.get_submodule(str(target)))
         if (node.op == "call_method" and target in _META_METHODS) or (
             target is getattr and len(node.args) > 1 and node.args[1] in ("shape", "ndim")
         ):
@@ -443,7 +457,7 @@ class GraphNet:
         for node in self.nodes.values():
             if node.role in ("activation", "maxpool"):
                 n = node.fx_node
-                z = self.values[n.args[0].name]
+                z = self.values[input_name(n)]
                 kind = node.handler.kind if node.role == "activation" else "maxpool"
                 node.layer = Layer(
                     index=0,
@@ -460,9 +474,9 @@ class GraphNet:
 
     def _make_handler(self, n: fx.Node, role: str) -> Any:
         if role == "module":
-            return _Affine(self.gm.get_submodule(n.target), self.device)
+            return _Affine(self.gm.get_submodule(str(n.target)), self.device)
         if n.op == "call_module":
-            module = self.gm.get_submodule(n.target)
+            module = self.gm.get_submodule(str(n.target))
             return (
                 _activation_from_module(module, self.device)
                 if role == "activation"
@@ -669,7 +683,7 @@ def _identity_rows(start: int, stop: int, dim: int, device: torch.device) -> tor
     return rows
 
 
-_INPLACE = {
+_INPLACE: dict[Any, Any] = {
     operator.iadd: operator.add,
     operator.isub: operator.sub,
     operator.imul: operator.mul,
@@ -743,7 +757,7 @@ def graph_linearize(model: nn.Module, x: Any, upto: str | int | None = None) -> 
     sample, net = prepare_graph(model, x)
     target = net.output
     if upto is not None:
-        target = net.nodes[layer_by_name(net, upto).node].fx_node.args[0].name
+        target = input_name(net.nodes[layer_by_name(net, upto).node].fx_node)
     J = net.jacobian(target)
     value = net.values[target].reshape(-1).cpu().numpy()
     return J, value - J @ sample.reshape(-1).cpu().numpy()
@@ -761,7 +775,7 @@ def graph_activation_pattern(model: nn.Module, x: Any) -> dict[str, np.ndarray]:
     for layer in net.layers:
         node = net.nodes[layer.node].fx_node
         if layer.kind == "relu":
-            z = net.values[node.args[0].name].reshape(-1).cpu().numpy()
+            z = net.values[input_name(node)].reshape(-1).cpu().numpy()
             pattern[layer.name] = np.flatnonzero(z <= 0).astype(np.intp)
         elif layer.kind == "maxpool":
             pattern[layer.name] = maxpool_selection(net, layer)

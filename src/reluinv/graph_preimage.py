@@ -35,8 +35,9 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ._graph_ops import _MaxPool
 from .geometry import DEFAULT_RTOL
-from .graph import GraphNet, Layer, _MaxPool, layer_by_name, maxpool_selection, prepare_graph
+from .graph import GraphNet, Layer, input_name, layer_by_name, maxpool_selection, prepare_graph
 from .preimage import Preimage, preimage
 
 __all__ = ["LayerSystem", "graph_layer_preimage", "layer_system", "preimage_rows"]
@@ -145,7 +146,7 @@ def layer_system(model: nn.Module, x: Any, layer: str | int) -> LayerSystem:
     """
     _, net = prepare_graph(model, x)
     chosen = layer_by_name(net, layer)
-    target = net.nodes[chosen.node].fx_node.args[0].name
+    target = input_name(net.nodes[chosen.node].fx_node)
     sources = _sources(net, target)
     A, b = _affine_map(net, target, sources)
     u = np.concatenate([net.values[s].reshape(-1).cpu().numpy() for s in sources])
@@ -204,9 +205,9 @@ def preimage_rows(
         return tuple(np.concatenate(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
     if kind != "maxpool":
         return _equalities(A, b, z)  # a strictly increasing activation: z itself is determined
-    selected = system.selection
+    selected, windows = system.selection, system.windows
+    assert selected is not None and windows is not None  # set by layer_system for max-pools
     plane = math.prod(system.layer.in_shape[1:])
-    windows = system.windows
     n_positions = len(windows)
     eq = _equalities(A[selected], b[selected], y)
     rows, offsets = [], []

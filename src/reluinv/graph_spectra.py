@@ -109,9 +109,9 @@ def _operator(net: GraphNet, layer: Layer, columns: torch.Tensor, rows: torch.Te
         full[columns] = v
         return net.push(full.reshape(1, *net.in_shape), layer.node).reshape(-1)[rows]
 
-    _, pullback = torch.func.vjp(
-        forward, torch.zeros(columns.numel(), dtype=torch.float64, device=net.device)
-    )
+    pullback = torch.func.vjp(forward, torch.zeros(columns.numel(), dtype=torch.float64, device=net.device))[
+        1
+    ]
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
