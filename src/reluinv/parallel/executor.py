@@ -123,9 +123,9 @@ class Executor:
             store = ResultStore(store)
 
         # Lock the store before reading it, so that a concurrent run cannot append in between.
-        close_store = store is not None and not store.is_open
-        if close_store:
-            store.open()
+        owned = store if store is not None and not store.is_open else None  # opened (and closed) here
+        if owned is not None:
+            owned.open()
         try:
             finished: dict[SampleKey, SampleResult] = {}
             if store is not None:
@@ -133,10 +133,10 @@ class Executor:
                 finished = {key: stored[key] for key, _ in samples if key in stored and stored[key].ok}
             pending = [(key, payload) for key, payload in samples if key not in finished]
             bar = _progress_bar(total=len(samples), initial=len(finished), enabled=progress,
-                                desc=desc or getattr(fn, "__name__", "samples"))
+                                desc=desc or str(getattr(fn, "__name__", "samples")))
         except BaseException:
-            if close_store:
-                store.close()
+            if owned is not None:
+                owned.close()
             raise
         failures = 0
 
@@ -160,8 +160,8 @@ class Executor:
                                 exc.scheduler) from exc
         finally:
             bar.close()
-            if close_store:
-                store.close()
+            if owned is not None:
+                owned.close()
         return [finished[key] for key, _ in samples]
 
     def _dispatch(self, fn: SampleFunction, pending: list[tuple[SampleKey, Any]], shared: Any,
