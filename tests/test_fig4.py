@@ -188,6 +188,14 @@ def test_conclusion_names_the_algorithm_when_the_verdicts_disagree_on_boundednes
 def test_conclusion_names_the_training_when_no_sample_reaches_the_strip():
     verdict = fig4.conclude([_entry("digits", [_sample(900, "singleton")])])
     assert verdict["factors"] == ["training"]
+    # The Keras-default recipe stayed above the strip; the analysed (changed) model did not.
+    entry = _entry("digits", [_sample(600, "compact")])
+    entry["training"]["paper_recipe_active"] = [1500, 1900]
+    verdict = fig4.conclude([entry])
+    assert verdict["factors"] == ["training"] and "1500-1900" in verdict["text"]
+    assert "not reproduced" in verdict["text"]
+    entry["training"]["paper_recipe_active"] = [700, 1900]
+    assert fig4.conclude([entry])["factors"] == []
 
 
 def test_conclusion_names_the_data_when_only_one_data_set_is_unbounded():
