@@ -168,18 +168,18 @@ def test_every_prefix_at_3x8x8_matches_jacrev(monkeypatch, builder, route):
 
 
 @pytest.mark.slow
-def test_wide_cifar_prefixes_at_3x32x32_match_jacrev():
-    # The first convolution (32768 x 3072, staircase factor) and the ReLU after the second
-    # (kept rows of a stride-2 convolution, via the pair update): dense svdvals of the explicit
-    # Jacobian as the oracle, every value above the rank tolerance to 1e-8 relative.
+def test_wide_cifar_prefixes_at_3x32x32_match_jacfwd():
+    # The first convolution (32768 x 3072: staircase factor, computed as the update of its ReLU
+    # prefix's factor) and the ReLU after the stride-2 second convolution (kept rows of a
+    # 16384 x 3072 Jacobian): dense svdvals of the explicit Jacobian as the oracle, every value
+    # above the rank tolerance to 1e-8 relative.  Four modules suffice for these prefixes.
     torch.manual_seed(22)
-    model = zoo.wide_cifar().eval()
+    model = zoo.wide_cifar().eval()[:4]
     x = torch.rand(3, 32, 32)
     layers = spectra(model, x)
-    for depth in (0, 3, 10):
-        _assert_close_above_tolerance(
-            layers[depth], _jacrev_spectrum(model, x, depth, forward=True), rtol=1e-8
-        )
+    for depth in (0, 3):
+        reference = _jacrev_spectrum(model, x, depth, forward=True)
+        _assert_close_above_tolerance(layers[depth], reference, rtol=1e-8)
 
 
 def test_device_pair_update_matches_lapack_on_cpu_tensors():

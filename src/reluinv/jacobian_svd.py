@@ -54,9 +54,11 @@ __all__ = [
 BAND = 64
 #: Orders up to this go straight to ``torch.linalg.svdvals`` (LAPACK ``gesdd``): cheap there.
 _SMALL = 256
-#: Measured cost of one ``dgbbrd`` rotation-element (per ``n^2 * ku``) over one flop of the
-#: blocked reduction: a band with ``ku`` super-diagonals goes straight to ``dgbbrd`` when
-#: ``_ROTATION_COST * n^2 * (ku - BAND) < 8/3 n^3``.
+#: Measured cost of one ``dgbbrd`` rotation-element (per ``n^2 * ku``; one thread) over one flop
+#: of the blocked reduction (GEMMs on all threads): a band with ``ku`` super-diagonals goes
+#: straight to ``dgbbrd`` when ``_ROTATION_COST * n^2 * (ku - BAND) < 8/3 n^3``.  On the 2-core
+#: development machine at n = 3072: ``dgbbrd`` 3.5 s at ku = 64, 23-35 s at ku = 200 (loaded),
+#: :func:`band_reduce` 19 s, so the direct route pays below ku of about 200.
 _ROTATION_COST = 60.0
 #: Staircase blocks narrower than this are factored on one thread (see :func:`_one_thread`).
 _NARROW = 512
