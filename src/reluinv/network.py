@@ -65,6 +65,7 @@ __all__ = [
     "activation_pattern",
     "as_chain",
     "checked_device",
+    "feeding_map",
     "flatten_modules",
     "forward_trace",
     "jacobian_matrix",
@@ -532,6 +533,33 @@ def _strip_batch(modules: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
         if isinstance(module, (nn.Flatten, nn.BatchNorm1d)):
             break
     return x[0] if x.dim() >= 2 and x.shape[0] == 1 else x
+
+
+def feeding_map(chain: Sequence[Step], stop: int) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+    """The affine steps right before position ``stop`` composed into one dense map (Theorem 4's ``W, c``).
+
+    The run is the maximal sequence of :class:`AffineStep` ending at ``stop - 1`` (``chain[stop]``
+    is typically a ReLU; ``stop == len(chain)`` gives the tail after the last activation).  Returns
+    float64 ``(W, c)`` with ``z = W h + c``, ``h`` the flattened output of the last non-affine
+    step before the run (or the network input), composed in order (``W <- W_step W``,
+    ``c <- W_step c + c_step``); ``None`` when no step of the run changes the flattened vector
+    (an empty run, or only ``Flatten``/``Identity``/dropout): the map is the identity.
+    """
+    start = stop
+    while start > 0 and isinstance(chain[start - 1], AffineStep):
+        start -= 1
+    W: NDArray[np.float64] | None = None
+    c: NDArray[np.float64] | None = None
+    for step in chain[start:stop]:
+        assert isinstance(step, AffineStep)
+        if step.is_identity:
+            continue
+        W_step, c_step = step.dense()
+        if W is None or c is None:
+            W, c = W_step, c_step
+        else:
+            W, c = W_step @ W, W_step @ c + c_step
+    return None if W is None or c is None else (W, c)
 
 
 # --------------------------------------------------------------------------------------------

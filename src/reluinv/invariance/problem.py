@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._validate import as_bounds, as_finite_array
-from ..network import ActivationStep, as_chain, flatten_modules
+from ..network import ActivationStep, as_chain, feeding_map, flatten_modules
 
 #: Unit states in an encoding.
 ACTIVE, INACTIVE, FREE = 1, 0, -1
@@ -182,18 +182,15 @@ def check_layer(layer: Any, n_modules: int) -> int:
 def build_network(model: Any, input_shape: tuple[int, ...], layer: int) -> DenseNetwork:
     """Modules ``0 .. layer`` as dense float64 ReLU blocks, read through :mod:`reluinv.network`.
 
-    :func:`reluinv.network.as_chain` validates the whole model and gives every affine step's
-    dense ``(W, c)``; consecutive affine steps (reshapes, convolutions, batch norms, ...) are
-    composed into one matrix, so every block is one affine map followed by one ReLU.  Other
+    :func:`reluinv.network.as_chain` validates the whole model; :func:`reluinv.network.feeding_map`
+    composes the affine steps (reshapes, convolutions, batch norms, ...) in front of each ReLU
+    into one matrix, so every block is one affine map followed by one ReLU.  Other
     activations are refused: with them the pieces of a preimage are not polyhedra.
     """
     leaves = flatten_modules(model)
     layer = check_layer(layer, len(leaves))
     chain = as_chain(model, tuple(int(s) for s in input_shape))
     n_inputs = int(np.prod(input_shape)) if len(input_shape) else 1
-    width = n_inputs
-    weight: NDArray[np.float64] | None = None  # pending affine map since the last ReLU (None = id)
-    bias: NDArray[np.float64] | None = None
     blocks: list[ReluBlock] = []
     for step in chain[: layer + 1]:
         if isinstance(step, ActivationStep):
@@ -202,19 +199,10 @@ def build_network(model: Any, input_shape: tuple[int, ...], layer: int) -> Dense
                     f"module {step.index} ({type(step.module).__name__}) is not supported by the "
                     f"invariance searches: they need ReLU activations (a {step.kind} network has "
                     f"no polyhedral preimage pieces)")
-            if weight is None:
-                weight, bias = np.eye(width), np.zeros(width)
-            assert bias is not None
+            fed = feeding_map(chain, step.index)
+            weight, bias = fed if fed is not None else (np.eye(step.in_dim), np.zeros(step.in_dim))
             blocks.append(ReluBlock(weight, bias, step.index))
-            weight = bias = None
-        elif not step.is_identity:
-            A, b = step.dense()
-            if weight is None or bias is None:
-                weight, bias = A, b
-            else:
-                weight, bias = A @ weight, A @ bias + b
-            width = A.shape[0]
-    tail = None if weight is None or bias is None else (weight, bias)
+    tail = feeding_map(chain, layer + 1)
     if not blocks and tail is None:  # features are the (reshaped) input itself
         tail = (np.eye(n_inputs), np.zeros(n_inputs))
     return DenseNetwork(tuple(leaves), tuple(int(s) for s in input_shape), n_inputs, tuple(blocks),
