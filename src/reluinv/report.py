@@ -677,6 +677,9 @@ QUICK_NOTE = ("Quick mode: fewer samples (3 instead of 50 for the spectra) and t
               "the paper, and the CNNs on 3x16x16 inputs; every figure says so. Run with --full for "
               "the paper's counts.")
 
+#: Rows of the setting tables in this order (results.json stores keys sorted); others follow.
+_SETTING_ORDER = ("mode", "data", "input shape", "training", "test accuracy", "samples")
+
 _VERDICT_CLASS = {"reproduced": "ok", "not reproduced": "bad", "not testable": "na"}
 
 _CSS = ("body{font-family:sans-serif;max-width:1150px;margin:auto;padding:0 1em;line-height:1.4}"
@@ -719,6 +722,7 @@ def _setting_table(result: Mapping[str, Any]) -> str:
         return ""
     paper, run = setting.get("paper") or {}, setting.get("run") or {}
     keys = list(paper) + [k for k in run if k not in paper]
+    keys.sort(key=lambda k: _SETTING_ORDER.index(k) if k in _SETTING_ORDER else len(_SETTING_ORDER))
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(paper.get(k, '-')))}</td>"
                    f"<td>{html.escape(str(run.get(k, '-')))}</td></tr>" for k in keys)
     return f"<table class='setting'><tr><th></th><th>paper</th><th>this run</th></tr>{rows}</table>"
