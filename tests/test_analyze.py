@@ -366,10 +366,11 @@ def test_unsupported_modules_are_named(tmp_path, builder_module):
     with pytest.raises(ValueError, match="is a Residual, not an nn.Sequential"):
         load_model(tmp_path / "residual.ts")
 
-    # module:function: the builder's MaxPool2d is refused when the chain is built.
+    # module:function: a model that is not a chain (here a max-pool) is analysed as a traced graph.
     model = load_model(f"{builder_module}:with_maxpool")
-    with pytest.raises(ValueError, match="MaxPool2d"):
-        analyze(model, np.zeros((1, 1, 6, 6)), out=tmp_path / "o", backend="serial")
+    result = analyze(model, np.random.default_rng(0).normal(size=(1, 1, 6, 6)), out=tmp_path / "o",
+                     backend="serial", progress=False, plots=False)
+    assert [layer["name"] for layer in result["layers"]] == ["1", "2"]
 
 
 def test_missing_files_and_bad_specs(tmp_path, builder_module):
@@ -444,3 +445,164 @@ def test_traced_in_training_mode_warns_and_is_analysed_in_eval_mode(tmp_path):
     x = torch.rand(2, 3)
     assert torch.equal(rebuilt(x), model.eval()(x))
     assert sequential_from_torchscript(torch.jit.script(model.eval()))[1].p == 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# models that are not chains: traced graphs (residual add, max-pooling), by module path
+
+GRAPH_MODELS = textwrap.dedent("""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.out = nn.Linear(4, 8), nn.Linear(8, 4), nn.Linear(4, 3)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            h = self.act(self.fc1(x))
+            return self.out(F.relu(self.fc2(h) + x))
+
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.pool = nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.relu(self.pool(self.conv(x))), 1))
+
+
+    def residual():
+        torch.manual_seed(3)
+        return Residual()
+
+
+    def pooled():
+        torch.manual_seed(4)
+        return Pooled()
+""")
+
+
+@pytest.fixture
+def graph_module(tmp_path, monkeypatch):
+    name = f"graph_models_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(GRAPH_MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    yield name
+    sys.modules.pop(name, None)
+
+
+def residual_oracle(model, x):
+    """Per layer: (A, b, y) built from the weights by hand, y from the model's own forward."""
+    with torch.no_grad():
+        t = torch.as_tensor(x, dtype=torch.float64)[None]
+        m = copy.deepcopy(model).double()
+        h = torch.relu(m.fc1(t))
+        y2 = torch.relu(m.fc2(h) + t)
+    W1, b1 = m.fc1.weight.detach().numpy(), m.fc1.bias.detach().numpy()
+    W2, b2 = m.fc2.weight.detach().numpy(), m.fc2.bias.detach().numpy()
+    return {"act": (W1, b1, h[0].numpy()), "relu()": (np.hstack([W2, np.eye(4)]), b2, y2[0].numpy())}
+
+
+def pooled_oracle(model, x):
+    """The max-pool layer's preimage rows, built independently: ``(A, b)`` of ``z = conv(u)`` by
+    jacrev, the argmax from torch's own max_pool2d; equalities ``A_sel u + b_sel = y`` written as
+    ``(A_sel, b_sel - y + 1)`` with target 1, selection inequalities ``z_k - z_sel <= 0``."""
+    m = copy.deepcopy(model).double()
+
+    def z(u):
+        return m.conv(u.reshape(1, 1, 4, 4)).reshape(-1)
+
+    with torch.no_grad():
+        A = torch.func.jacrev(z)(torch.zeros(16, dtype=torch.float64)).numpy()
+        b = z(torch.zeros(16, dtype=torch.float64)).numpy()
+        pre = m.conv(torch.as_tensor(x, dtype=torch.float64)[None])
+        y, idx = torch.nn.functional.max_pool2d(pre, 2, return_indices=True)
+    y, idx = y.reshape(-1).numpy(), idx.reshape(4, 4).numpy()
+    rows, offsets, targets = [], [], []
+    for channel in range(4):
+        for j in range(4):
+            sel = channel * 16 + idx[channel, j]
+            rows.append(A[sel]), offsets.append(b[sel] - y[channel * 4 + j] + 1.0), targets.append(1.0)
+            top, left = 2 * (j // 2), 2 * (j % 2)
+            for k in (channel * 16 + (top + di) * 4 + left + dj for di in (0, 1) for dj in (0, 1)):
+                if k != sel:
+                    rows.append(A[k] - A[sel]), offsets.append(b[k] - b[sel]), targets.append(0.0)
+    return A, b, (np.array(rows), np.array(offsets), np.array(targets))
+
+
+@pytest.mark.parametrize("form", ["factory", "pt2"])
+def test_analyze_residual_and_maxpool_graphs(tmp_path, graph_module, form):
+    import importlib
+
+    from reluinv.graph_preimage import graph_layer_preimage
+
+    models = importlib.import_module(graph_module)
+    rng = np.random.default_rng(5)
+    kinds: dict[str, set[str]] = {"residual": set(), "pooled": set()}
+    for name, shape in (("residual", (4,)), ("pooled", (1, 4, 4))):
+        reference = getattr(models, name)().eval()
+        spec = f"{graph_module}:{name}"
+        if form == "pt2":
+            example = torch.zeros(1, *shape)
+            torch.export.save(torch.export.export(reference, (example,)), str(tmp_path / f"{name}.pt2"))
+            spec = str(tmp_path / f"{name}.pt2")
+        x = rng.normal(scale=2.0, size=(6, *shape))
+        np.save(tmp_path / f"{name}.npy", x)
+        out = tmp_path / f"out-{name}"
+        assert run_cli([spec, "--inputs", f"{name}.npy", "--out", str(out), "--backend", "serial",
+                        "--no-progress"]) == 0
+        rows = read_csv(out / "analysis.csv")
+        if name == "residual":
+            assert sorted({r["name"] for r in rows}) == ["act", "relu()"]
+            for row in rows:
+                A, b, y = residual_oracle(reference, x[int(row["sample"])])[row["name"]]
+                assert row["kind"] == preimage(A, b, y).kind
+                assert row["kind"] == brute_force_kind(A, b, y)
+                assert int(row["active"]) == int(np.count_nonzero(y > 0))
+                assert int(row["input_dim"]) == A.shape[1]
+        else:
+            assert sorted({r["name"] for r in rows}) == ["pool", "relu"]
+            for row in (r for r in rows if r["name"] == "pool"):
+                sample = x[int(row["sample"])]
+                A, b, oracle_rows = pooled_oracle(reference, sample)
+                _, system = graph_layer_preimage(reference, sample, "pool")
+                np.testing.assert_allclose(system.A, A, rtol=0, atol=1e-12)
+                np.testing.assert_allclose(system.b, b, rtol=0, atol=1e-12)
+                assert row["kind"] == preimage(*oracle_rows).kind
+                assert int(row["input_dim"]) == 16 and int(row["active"]) == 16
+        kinds[name] |= {r["kind"] for r in rows}
+    assert len(kinds["residual"]) >= 2 and len(kinds["pooled"]) >= 2  # the oracles are exercised
+
+
+def test_analyze_refuses_scripted_graph_in_one_line(tmp_path, graph_module, capsys):
+    import importlib
+
+    from reluinv.cli import main
+
+    model = importlib.import_module(graph_module).residual().eval()
+    torch.jit.script(model).save(str(tmp_path / "res.ts"))
+    np.save(tmp_path / "x.npy", np.zeros((2, 4)))
+    assert main(["analyze", "res.ts", "--inputs", "x.npy", "--backend", "serial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reluinv: error:")
+    assert "not an nn.Sequential" in err[0] and ".pt2" in err[0] and "module:function" in err[0]
+
+
+def test_graph_layers_chosen_by_module_path(tmp_path, graph_module):
+    model = load_model(f"{graph_module}:pooled")
+    x = np.random.default_rng(1).normal(size=(2, 1, 4, 4))
+    result = analyze(model, x, out=tmp_path / "o", layers=["relu"], spectra=False, backend="serial",
+                     progress=False, plots=False)
+    assert [(layer["layer"], layer["name"]) for layer in result["layers"]] == [(1, "relu")]
+    assert {row["name"] for row in result["rows"]} == {"relu"}
+    with pytest.raises(ValueError, match=r"layer 'conv' is not a layer of the model; its layers are 0:pool, 1:relu"):
+        analyze(model, x, out=tmp_path / "o", layers=["conv"], backend="serial", progress=False)
+    with pytest.raises(ValueError, match=r"per-sample shape \(1, 5\) do not fit the model"):
+        analyze(model, np.zeros((2, 1, 5)), out=tmp_path / "o", backend="serial", progress=False)

@@ -87,7 +87,9 @@ def load_model(spec: str | os.PathLike[str], *, weights: str | os.PathLike[str] 
     """
     text = os.fspath(spec)
     path = Path(text)
-    if path.is_file():
+    if path.is_file() and path.suffix == ".pt2":
+        model = _load_exported(path)
+    elif path.is_file():
         model = sequential_from_torchscript(_load_torchscript(path))
     elif path.exists():
         raise ValueError(f"MODEL {text!r} is a folder, not a TorchScript file")
@@ -159,6 +161,18 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         raise ValueError(f"weights in {str(path)!r} do not fit the model: {exc}") from exc
 
 
+def _load_exported(path: Path) -> nn.Module:
+    """A ``torch.export`` archive as a traceable module (:func:`reluinv.model_export.module_from_exported`)."""
+    from .model_export import module_from_exported
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"MODEL {str(path)!r} is not a torch.export archive (torch.export.load failed: {first})") from exc
+    return module_from_exported(program)
+
+
 def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
     try:
         with warnings.catch_warnings():
@@ -195,8 +209,9 @@ def sequential_from_torchscript(script: torch.jit.ScriptModule) -> nn.Sequential
     name = _class_name(script)
     if name != "Sequential" or not _is_torch_class(script):
         raise ValueError(
-            f"the TorchScript model is a {name}, not an nn.Sequential; reluinv needs a plain chain of "
-            f"modules (its forward may do anything else), so export nn.Sequential(...) instead"
+            f"the TorchScript model is a {name}, not an nn.Sequential; TorchScript is read only as a "
+            f"plain chain of modules (a scripted forward cannot be traced by torch.fx), so save "
+            f"nn.Sequential(...), or give a torch.export archive (.pt2) or module:function with --weights"
         )
     return _rebuild_sequential(script, prefix="").eval()
 

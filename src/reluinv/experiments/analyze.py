@@ -58,10 +58,14 @@ from ..network import (
     Step,
     as_chain,
     checked_device,
+    feeding_map,
     flatten_modules,
 )
+from ..graph import is_chain
 from ..parallel import Executor, SampleResult, add_executor_options
 from ..preimage import preimage
+from .analyze_graph import analyze_graph_sample, chosen_graph_layers, clear_cache, describe_graph_layer
+# chosen_graph_layers, describe_graph_layer
 
 __all__ = ["KINDS", "add_analyze_parser", "analyze", "format_summary"]
 
@@ -145,32 +149,24 @@ def analyze(
     batch = as_input_batch(inputs, source="inputs")
     torch_device = checked_device(device)
     executor = Executor.from_options(backend=backend, scheduler=scheduler, workers=workers)
-    modules = flatten_modules(model)
-    plain = nn.Sequential(*modules)
-    if any(t.device.type != "cpu" for t in [*plain.parameters(), *plain.buffers()]):
-        plain = copy.deepcopy(plain).cpu()  # shipped to workers from the CPU; `device` says where it runs
-    chain = _chain_for_inputs(plain, modules, tuple(batch.shape[1:]))
-    analysed = _analysed_layers(chain, layers)
-    dense = {layer.index: _feeding_map(chain, layer.index) for layer in analysed}
     spectra = bool(spectra)
+    if is_chain(model):
+        plain, analysed, shared, sample_fn = _chain_setup(model, batch, layers)
+    else:
+        plain, analysed, shared, sample_fn = _graph_setup(model, batch, layers)
+    shared.update({"model": plain, "spectra": spectra, "device": str(torch_device)})
 
     out_dir = Path(os.fspath(out))
     work = out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(plain, batch, [layer.index for layer in analysed], spectra)
     store = work / f"analysis-{fingerprint}.jsonl"
-    shared = {
-        "model": plain,
-        "dense": dense,
-        "layers": [layer.index for layer in analysed],
-        "spectra": spectra,
-        "device": str(torch_device),
-    }
     try:
-        results = executor.run(_analyze_sample, list(batch), shared=shared, store=store,
+        results = executor.run(sample_fn, list(batch), shared=shared, store=store,
                                progress=progress, desc="analyze")
     finally:
         _PREPARED.clear()
+        clear_cache()
     result = _collect(results, analysed, spectra)
     result.update({
         "format": _FORMAT,
@@ -191,6 +187,42 @@ def analyze(
                                               input_dim=math.prod(batch.shape[1:]))
     _write_json(out_dir / "analysis.json", result)
     return result
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    if any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers()]):
+        return copy.deepcopy(model).cpu()  # shipped to workers from the CPU; `device` says where it runs
+    return model
+
+
+def _chain_setup(
+    model: nn.Module, batch: NDArray[np.float64], layers: Sequence[int] | None
+) -> tuple[nn.Module, list[_Layer], dict[str, Any], Callable[..., dict[str, Any]]]:
+    """A chain: its modules as one ``Sequential``, the analysed ReLUs and their dense ``(W, c)``."""
+    modules = flatten_modules(model)
+    plain = _cpu_copy(nn.Sequential(*modules))
+    chain = _chain_for_inputs(plain, modules, tuple(batch.shape[1:]))
+    analysed = _analysed_layers(chain, layers)
+    dense = {layer.index: _feeding_map(chain, layer.index) for layer in analysed}
+    return plain, analysed, {"dense": dense, "layers": [layer.index for layer in analysed]}, _analyze_sample
+
+
+def _graph_setup(
+    model: nn.Module, batch: NDArray[np.float64], layers: Sequence[Any] | None
+) -> tuple[nn.Module, list[_Layer], dict[str, Any], Callable[..., dict[str, Any]]]:
+    """A traced graph (:mod:`reluinv.experiments.analyze_graph`): its layers, by module path."""
+    plain = _cpu_copy(model)
+    if len(batch) == 0:
+        raise ValueError("inputs hold no samples")
+    chosen = chosen_graph_layers(plain, batch[0], layers)
+    analysed = []
+    for layer in chosen:
+        described = describe_graph_layer(plain, batch[0], layer)
+        analysed.append(_Layer(index=layer.index, name=layer.name, units=layer.out_dim,
+                               input_dim=described["input_dim"], feeds_from=described["feeds_from"],
+                               affine_modules=()))
+    shared = {"layers": [(layer.index, layer.name) for layer in chosen]}
+    return plain, analysed, shared, analyze_graph_sample
 
 
 def _chain_for_inputs(plain: nn.Sequential, modules: list[nn.Module], input_shape: tuple[int, ...]) -> list[Step]:
@@ -297,21 +329,13 @@ def _feeding_block(chain: Sequence[Step], index: int) -> list[AffineStep]:
 
 
 def _feeding_map(chain: Sequence[Step], index: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Dense float64 ``(W, c)`` of the affine block feeding the ReLU at ``index`` (composed)."""
-    W: NDArray[np.float64] | None = None
-    c: NDArray[np.float64] | None = None
-    for step in _feeding_block(chain, index):
-        if step.is_identity:  # Flatten, Identity, Dropout: the flattened vector is unchanged
-            continue
-        W_step, c_step = step.dense()
-        if W is None:
-            W, c = W_step, c_step
-        else:
-            W, c = W_step @ W, W_step @ c + c_step
-    if W is None:
+    """Dense float64 ``(W, c)`` of the affine block feeding the ReLU at ``index`` (composed by
+    :func:`reluinv.network.feeding_map`; the identity when no affine module changes the vector)."""
+    fed = feeding_map(chain, index)
+    if fed is None:
         n = chain[index].in_dim
         return np.eye(n), np.zeros(n)
-    return np.ascontiguousarray(W), np.asarray(c)
+    return np.ascontiguousarray(fed[0]), np.asarray(fed[1])
 
 
 def _fingerprint(model: nn.Module, batch: NDArray[np.float64], layers: list[int], spectra: bool) -> str:
@@ -509,11 +533,12 @@ def format_summary(result: Mapping[str, Any]) -> str:
         print(format_summary(analyze(model, x, out="out", backend="serial")))
     """
     spectra = bool(result.get("spectra"))
-    header = f"{'layer':<14}{'units':>7}{'in':>7}" + "".join(f"{k:>11}" for k in KINDS) + f"{'active':>9}"
+    width = max([14] + [len(str(layer["name"])) + 2 for layer in result["layers"]])
+    header = f"{'layer':<{width}}{'units':>7}{'in':>7}" + "".join(f"{k:>11}" for k in KINDS) + f"{'active':>9}"
     header += f"{'rank':>8}{'condition':>12}" if spectra else ""
     lines = [header]
     for layer in result["layers"]:
-        line = f"{layer['name']:<14}{layer['units']:>7}{layer['input_dim']:>7}"
+        line = f"{layer['name']:<{width}}{layer['units']:>7}{layer['input_dim']:>7}"
         line += "".join(f"{layer['kinds'].get(k, 0):>11}" for k in KINDS)
         line += f"{_fmt(layer['median_active']):>9}"
         if spectra:
@@ -534,11 +559,13 @@ def _fmt(value: Any, spec: str = "g") -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _layer_indices(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"layer indices must be integers, got {text!r}") from None
+def _layer_indices(text: str) -> list[int | str]:
+    """Comma-separated module indices (chains) or layer names / indices (traced graphs)."""
+    out: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part:
+            out.append(int(part) if part.lstrip("-").isdigit() else part)
+    return out
 
 
 def add_analyze_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -567,8 +594,9 @@ def add_analyze_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("model", metavar="MODEL",
-                        help="a TorchScript file (scripted or traced nn.Sequential), or module:function "
-                             "that builds the nn.Module (the current folder is importable)")
+                        help="a TorchScript file (scripted or traced nn.Sequential), a torch.export "
+                             "archive (.pt2), or module:function that builds the nn.Module (the current "
+                             "folder is importable; any torch.fx-traceable model: residual, pooling, ...)")
     parser.add_argument("--inputs", required=True, metavar="FILE",
                         help="samples of shape (N, *input_shape): .npy, .npz (array 'inputs' or the "
                              "first one) or .pt (a tensor)")
@@ -576,7 +604,8 @@ def add_analyze_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="state dict (torch.save(model.state_dict(), FILE)) to load into MODEL")
     parser.add_argument("--layers", nargs="+", type=_layer_indices, default=None, metavar="INDEX",
                         help="module indices of the ReLUs to analyse, in the flattened Sequential "
-                             "(e.g. 1 3 or 1,3; default: every ReLU)")
+                             "(e.g. 1 3 or 1,3; default: every ReLU); for other models, layer names "
+                             "(module paths such as layer1.0.relu) or positions among the layers")
     parser.add_argument("--out", default="reluinv-analysis", metavar="DIR", help="output folder")
     parser.add_argument("--no-spectra", action="store_true",
                         help="skip the Jacobian spectra (preimages only; faster on large inputs)")
