@@ -88,12 +88,14 @@ def expected_rows(model: nn.Sequential, inputs: np.ndarray, blocks: dict[int, tu
             h = nn.Sequential(*list(model)[:start])(x[None])[0]
             z = block(h[None])[0].reshape(-1)
             y = torch.relu(z).numpy()
-            W = torch.func.jacrev(lambda v: block(v[None])[0].reshape(-1))(h).reshape(z.numel(), -1).numpy()
+            W = torch.func.jacrev(lambda v, block=block: block(v[None])[0].reshape(-1))(h)
+            W = W.reshape(z.numel(), -1).numpy()
             c = block(torch.zeros_like(h)[None])[0].reshape(-1).numpy()
             assert np.allclose(W @ h.reshape(-1).numpy() + c, z.numpy())
             r = preimage(W, c, y)
             prefix = nn.Sequential(*list(model)[: relu + 1])
-            J = torch.func.jacrev(lambda v: prefix(v[None])[0].reshape(-1))(x).reshape(z.numel(), -1).numpy()
+            J = torch.func.jacrev(lambda v, prefix=prefix: prefix(v[None])[0].reshape(-1))(x)
+            J = J.reshape(z.numel(), -1).numpy()
             sigma = np.linalg.svd(J, compute_uv=False)
             nonzero = sigma[sigma > max(J.shape) * np.finfo(float).eps * sigma[0]]
             rows.append({
@@ -120,7 +122,7 @@ def read_csv(path) -> list[dict]:
 
 def check_rows(rows: list[dict], expected: list[dict], *, spectra: bool) -> None:
     assert len(rows) == len(expected)
-    for row, want in zip(rows, expected):
+    for row, want in zip(rows, expected, strict=True):
         assert int(row["sample"]) == want["sample"] and int(row["layer"]) == want["layer"]
         assert row["kind"] == want["kind"]
         assert int(row["active"]) == want["active"]
@@ -307,7 +309,8 @@ def _rebuild_cases():
         nn.Sequential(nn.Identity(), nn.Tanh(), nn.Flatten()),
     ]
     probe = nn.Sequential(*image).eval()(torch.rand(1, 2, 8, 8))
-    return nn.Sequential(*image, nn.Linear(probe.shape[1], 5, bias=False), norm1d, nn.Dropout(0.1), nn.ReLU()).eval()
+    head = [nn.Linear(probe.shape[1], 5, bias=False), norm1d, nn.Dropout(0.1), nn.ReLU()]
+    return nn.Sequential(*image, *head).eval()
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
@@ -378,7 +381,8 @@ def test_missing_files_and_bad_specs(tmp_path, builder_module):
     with pytest.raises(FileNotFoundError, match="neither an existing TorchScript file nor module:function"):
         run_cli(["nowhere.ts", "--inputs", "x.npy", "--backend", "serial"])
     with pytest.raises(FileNotFoundError, match="weights file"):
-        run_cli([f"{builder_module}:mlp", "--weights", "nowhere.pt", "--inputs", "x.npy", "--backend", "serial"])
+        run_cli([f"{builder_module}:mlp", "--weights", "nowhere.pt", "--inputs", "x.npy",
+                 "--backend", "serial"])
     torch.jit.script(small_mlp()).save(str(tmp_path / "mlp.ts"))
     with pytest.raises(FileNotFoundError, match="inputs file"):
         run_cli(["mlp.ts", "--inputs", "nowhere.npy", "--backend", "serial"])
@@ -602,7 +606,8 @@ def test_graph_layers_chosen_by_module_path(tmp_path, graph_module):
                      progress=False, plots=False)
     assert [(layer["layer"], layer["name"]) for layer in result["layers"]] == [(1, "relu")]
     assert {row["name"] for row in result["rows"]} == {"relu"}
-    with pytest.raises(ValueError, match=r"layer 'conv' is not a layer of the model; its layers are 0:pool, 1:relu"):
+    with pytest.raises(ValueError, match=
+                       r"layer 'conv' is not a layer of the model; its layers are 0:pool, 1:relu"):
         analyze(model, x, out=tmp_path / "o", layers=["conv"], backend="serial", progress=False)
     with pytest.raises(ValueError, match=r"per-sample shape \(1, 5\) do not fit the model"):
         analyze(model, np.zeros((2, 1, 5)), out=tmp_path / "o", backend="serial", progress=False)

@@ -60,9 +60,11 @@ def _path(node: fx.Node, fallback: str) -> str:
 
 
 def _conv(node: fx.Node, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    args = list(node.args[3:]) + [None] * 4
-    stride, padding, dilation, groups = (args[i] if args[i] is not None else d for i, d in enumerate((1, 0, 1, 1)))
-    cls = nn.Conv2d if _op(node).startswith("conv2d") else nn.Conv1d
+    args: list[Any] = list(node.args[3:]) + [None] * 4
+    stride, padding, dilation, groups = (
+        args[i] if args[i] is not None else d for i, d in enumerate((1, 0, 1, 1))
+    )
+    cls: Any = nn.Conv2d if _op(node).startswith("conv2d") else nn.Conv1d
     module = cls(weight.shape[1] * int(groups), weight.shape[0], tuple(weight.shape[2:]), stride=stride,
                  padding=padding, dilation=dilation, groups=int(groups), bias=bias is not None)
     return _with_tensors(module, weight=weight, bias=bias)
@@ -78,7 +80,7 @@ def _with_tensors(module: nn.Module, **tensors: torch.Tensor | None) -> nn.Modul
 
 def _module_for(node: fx.Node, tensor: Callable[[Any], Any]) -> nn.Module | None:
     """The ``torch.nn`` module computing the ATen call ``node`` (tensor args read with ``tensor``)."""
-    op, a = _op(node), node.args
+    op, a = _op(node), tuple[Any, ...](node.args)
     if op == "linear.default":
         weight, bias = tensor(a[1]), tensor(a[2]) if len(a) > 2 else None
         linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
@@ -89,8 +91,8 @@ def _module_for(node: fx.Node, tensor: Callable[[Any], Any]) -> nn.Module | None
         weight, bias, mean, var = (tensor(v) for v in a[1:5])
         eps = float(a[-1] if op.startswith("_native") else a[7])
         stack = [entry[1] for entry in (node.meta.get("nn_module_stack") or {}).values()]
-        cls = nn.BatchNorm1d if stack and stack[-1].endswith("BatchNorm1d") else nn.BatchNorm2d
-        bn = cls(mean.shape[0], eps=eps, affine=weight is not None)
+        norm: Any = nn.BatchNorm1d if stack and stack[-1].endswith("BatchNorm1d") else nn.BatchNorm2d
+        bn = norm(mean.shape[0], eps=eps, affine=weight is not None)
         return _with_tensors(bn, weight=weight, bias=bias, running_mean=mean, running_var=var)
     if op in ("hardtanh.default", "hardtanh_.default"):
         low, high = (float(v) for v in (list(a[1:3]) + [-1.0, 1.0][len(a) - 1 :]))
@@ -100,8 +102,8 @@ def _module_for(node: fx.Node, tensor: Callable[[Any], Any]) -> nn.Module | None
     if op in ("max_pool2d.default", "max_pool1d.default"):
         kernel, stride = a[1], (a[2] if len(a) > 2 and a[2] else a[1])
         rest = list(a[3:]) + [0, 1, False][len(a) - 3 if len(a) > 3 else 0 :]
-        cls = nn.MaxPool2d if op.startswith("max_pool2d") else nn.MaxPool1d
-        return cls(kernel, stride, padding=rest[0], dilation=rest[1], ceil_mode=bool(rest[2]))
+        pool: Any = nn.MaxPool2d if op.startswith("max_pool2d") else nn.MaxPool1d
+        return pool(kernel, stride, padding=rest[0], dilation=rest[1], ceil_mode=bool(rest[2]))
     if op == "avg_pool2d.default":
         kernel, stride = a[1], (a[2] if len(a) > 2 and a[2] else a[1])
         return nn.AvgPool2d(kernel, stride, *a[3:])
@@ -110,7 +112,7 @@ def _module_for(node: fx.Node, tensor: Callable[[Any], Any]) -> nn.Module | None
     return None
 
 
-def module_from_exported(program: Any, where: str = "the torch.export archive") -> fx.GraphModule:
+def module_from_exported(program: Any) -> fx.GraphModule:
     """An ``fx.GraphModule`` of ``torch.nn`` modules equivalent to an ``ExportedProgram``.
 
     Raises ``ValueError`` naming the first operator (and its module path) that is not translated.
@@ -152,12 +154,16 @@ def module_from_exported(program: Any, where: str = "the torch.export archive") 
             continue
         elif node.op == "output":
             result = node.args[0]
-            graph.output(value(result[0] if isinstance(result, (tuple, list)) and len(result) == 1 else result))
+            single = isinstance(result, (tuple, list)) and len(result) == 1
+            graph.output(value(result[0] if single else result))
         elif any(mark in op for mark in _SKIPPED):
             continue
         elif node.op == "call_function" and node.target is operator.getitem:
-            env[node] = env[node.args[0]] if node.args[1] == 0 and node.args[0] in _FUSED else value(node)
-        elif op in ("clone.default", "contiguous.default", "alias.default", "detach.default", "dropout.default"):
+            if node.args[1] == 0 and node.args[0] in _FUSED:
+                env[node] = env[node.args[0]]
+            else:
+                env[node] = graph.call_function(operator.getitem, value(node.args))
+        elif op in ("clone.default", "contiguous.default", "alias.default", "detach.default"):
             env[node] = value(node.args[0])
         elif op in ("view.default", "reshape.default", "_unsafe_view.default"):
             env[node] = graph.call_method("reshape", (value(node.args[0]), *node.args[1]))
@@ -185,9 +191,10 @@ def _module_node(node: fx.Node, op: str, graph: fx.Graph, root: dict[str, Any],
         module = _module_for(node, tensor)
     if module is None:
         raise ValueError(
-            f"the torch.export archive uses {node.target} (at {_path(node, 'top level')!r}), which reluinv "
-            "cannot analyse; supported: linear, conv1d/conv2d, batch norm (eval), relu, relu6/hardtanh, "
-            "leaky_relu, max/avg pooling, add/sub/mul/div by constants, flatten, view, permute, cat, mean"
+            f"the torch.export archive uses {node.target} (at {_path(node, 'top level')!r}), which "
+            "reluinv cannot analyse; supported: linear, conv1d/conv2d, batch norm (eval), relu, "
+            "relu6/hardtanh, leaky_relu, max/avg pooling, add/sub/mul/div by constants, flatten, view, "
+            "permute, cat, mean"
         )
     path = _path(node, node.name)
     if path in root and type(root[path]) is not type(module):

@@ -29,7 +29,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -162,14 +162,16 @@ def _load_weights(model: nn.Module, path: Path) -> None:
 
 
 def _load_exported(path: Path) -> nn.Module:
-    """A ``torch.export`` archive as a traceable module (:func:`reluinv.model_export.module_from_exported`)."""
+    """A ``torch.export`` archive as a traceable module (see :mod:`reluinv.model_export`)."""
     from .model_export import module_from_exported
 
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"MODEL {str(path)!r} is not a torch.export archive (torch.export.load failed: {first})") from exc
+        raise ValueError(
+            f"MODEL {str(path)!r} is not a torch.export archive (torch.export.load failed: {first})"
+        ) from exc
     return module_from_exported(program)
 
 
@@ -217,7 +219,7 @@ def sequential_from_torchscript(script: torch.jit.ScriptModule) -> nn.Sequential
 
 
 def _rebuild_sequential(script: Any, *, prefix: str) -> nn.Sequential:
-    modules = []
+    modules: list[nn.Module] = []
     for child_name, child in script.named_children():
         where = f"{prefix}{child_name}"
         if _class_name(child) == "Sequential" and _is_torch_class(child):
@@ -369,7 +371,7 @@ def _rebuild_conv2d(script: Any) -> nn.Module:
             dilation=tuple(settings["dilation"]),
             groups=groups,
             bias="bias" in tensors,
-            padding_mode=str(settings["padding_mode"]),
+            padding_mode=cast(Any, str(settings["padding_mode"])),
         )
     except ValueError as exc:
         raise _NotReadable(f"its settings {settings} do not make a Conv2d: {exc}") from None
@@ -456,7 +458,7 @@ def _rebuild_avgpool2d(script: Any) -> nn.Module:
     settings = _settings(script, names)
     if settings is None:
         _, args = _graph_call(script, ("aten::avg_pool2d",))
-        settings = dict(zip(names, args[1:7]))
+        settings = dict(zip(names, args[1:7], strict=False))
         if not settings["stride"]:  # an empty stride list means "the kernel size"
             settings["stride"] = settings["kernel_size"]
     as_pair = lambda v: tuple(v) if isinstance(v, (list, tuple)) else int(v)  # noqa: E731

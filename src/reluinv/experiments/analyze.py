@@ -50,6 +50,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from .. import stability
+from ..graph import is_chain
 from ..model_io import as_input_batch, load_inputs, load_model
 from ..network import (
     SUPPORTED_MODULES,
@@ -61,11 +62,9 @@ from ..network import (
     feeding_map,
     flatten_modules,
 )
-from ..graph import is_chain
 from ..parallel import Executor, SampleResult, add_executor_options
 from ..preimage import preimage
 from .analyze_graph import analyze_graph_sample, chosen_graph_layers, clear_cache, describe_graph_layer
-# chosen_graph_layers, describe_graph_layer
 
 __all__ = ["KINDS", "add_analyze_parser", "analyze", "format_summary"]
 
@@ -225,11 +224,14 @@ def _graph_setup(
     return plain, analysed, shared, analyze_graph_sample
 
 
-def _chain_for_inputs(plain: nn.Sequential, modules: list[nn.Module], input_shape: tuple[int, ...]) -> list[Step]:
+def _chain_for_inputs(
+    plain: nn.Module, modules: list[nn.Module], input_shape: tuple[int, ...]
+) -> list[Step]:
     requirement = _input_requirement(modules)
     if requirement is not None and not requirement[1](input_shape):
         raise ValueError(
-            f"inputs have per-sample shape {input_shape} (file shape (N, {', '.join(map(str, input_shape))})), "
+            f"inputs have per-sample shape {input_shape} "
+            f"(file shape (N, {', '.join(map(str, input_shape))})), "
             f"but the model expects per-sample shape {requirement[0]}"
         )
     try:
@@ -252,25 +254,26 @@ def _input_requirement(modules: Sequence[nn.Module]) -> tuple[str, Callable[[tup
     for module in modules:
         if isinstance(module, shape_preserving):
             continue
-        if isinstance(module, nn.Flatten) and not flattened and module.start_dim == 1 and module.end_dim == -1:
+        whole = isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1
+        if whole and not flattened:
             flattened = True
             continue
         if isinstance(module, nn.Linear):
             n = module.in_features
             if flattened:
-                return f"with {n} entries in all (it is flattened)", lambda s: math.prod(s) == n
-            return f"({n},)", lambda s: len(s) >= 1 and s[-1] == n
+                return f"with {n} entries in all (it is flattened)", lambda s, n=n: math.prod(s) == n
+            return f"({n},)", lambda s, n=n: len(s) >= 1 and s[-1] == n
         if flattened:
             return None
         if isinstance(module, nn.Conv2d):
             c = module.in_channels
-            return f"({c}, H, W)", lambda s: len(s) == 3 and s[0] == c
+            return f"({c}, H, W)", lambda s, c=c: len(s) == 3 and s[0] == c
         if isinstance(module, nn.BatchNorm2d):
             c = module.num_features
-            return f"({c}, H, W)", lambda s: len(s) == 3 and s[0] == c
+            return f"({c}, H, W)", lambda s, c=c: len(s) == 3 and s[0] == c
         if isinstance(module, nn.BatchNorm1d):
             c = module.num_features
-            return f"({c},) or ({c}, L)", lambda s: len(s) in (1, 2) and s[0] == c
+            return f"({c},) or ({c}, L)", lambda s, c=c: len(s) in (1, 2) and s[0] == c
         if isinstance(module, nn.AvgPool2d):
             return "(C, H, W)", lambda s: len(s) == 3
         return None
@@ -375,7 +378,8 @@ def _prepared(shared: Mapping[str, Any], input_shape: tuple[int, ...]) -> _Prepa
     prefix = nn.Sequential(*modules)
     if device.type != "cpu":
         prefix = copy.deepcopy(prefix).to(device)  # never move the caller's model
-    prepared = _Prepared(chain=as_chain(prefix, input_shape, device=device), prefix_model=prefix, device=device)
+    chain = as_chain(prefix, input_shape, device=device)
+    prepared = _Prepared(chain=chain, prefix_model=prefix, device=device)
     _PREPARED.clear()
     _PREPARED[id(shared)] = (shared, prepared)
     return prepared
@@ -438,16 +442,18 @@ def _collect(results: Sequence[SampleResult], analysed: Sequence[_Layer], spectr
         if not sample.ok:
             failed.append({"sample": sample.key, "error": sample.error})
             continue
+        assert sample.result is not None  # an ok sample carries its result
         for entry in sample.result["layers"]:
             layer = by_index[int(entry["layer"])]
-            row = {"sample": sample.key, "layer": layer.index, "name": layer.name, "units": layer.units,
-                   "input_dim": layer.input_dim}
+            row: dict[str, Any] = {"sample": sample.key, "layer": layer.index, "name": layer.name,
+                                   "units": layer.units, "input_dim": layer.input_dim}
             row.update({key: entry[key] for key in _PREIMAGE_COLUMNS if key in entry and key not in row})
             if spectra:
                 row.update({key: _as_float(entry[key]) if key != "jacobian_rank" else entry[key]
                             for key in _SPECTRUM_COLUMNS})
             rows.append(row)
-    summaries = [_summarise(layer, [r for r in rows if r["layer"] == layer.index], spectra) for layer in analysed]
+    summaries = [_summarise(layer, [r for r in rows if r["layer"] == layer.index], spectra)
+                 for layer in analysed]
     return {"layers": summaries, "rows": rows, "failed": failed}
 
 
@@ -534,7 +540,8 @@ def format_summary(result: Mapping[str, Any]) -> str:
     """
     spectra = bool(result.get("spectra"))
     width = max([14] + [len(str(layer["name"])) + 2 for layer in result["layers"]])
-    header = f"{'layer':<{width}}{'units':>7}{'in':>7}" + "".join(f"{k:>11}" for k in KINDS) + f"{'active':>9}"
+    header = f"{'layer':<{width}}{'units':>7}{'in':>7}" + "".join(f"{k:>11}" for k in KINDS)
+    header += f"{'active':>9}"
     header += f"{'rank':>8}{'condition':>12}" if spectra else ""
     lines = [header]
     for layer in result["layers"]:

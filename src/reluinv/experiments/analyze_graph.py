@@ -36,24 +36,27 @@ from ..preimage import preimage
 __all__ = ["analyze_graph_sample", "chosen_graph_layers", "clear_cache", "describe_graph_layer"]
 
 
-def chosen_graph_layers(model: nn.Module, sample: NDArray[np.float64], layers: Sequence[Any] | None) -> list[Layer]:
+def chosen_graph_layers(
+    model: nn.Module, sample: NDArray[np.float64], layers: Sequence[Any] | None
+) -> list[Layer]:
     """The layers of the traced ``model`` to analyse: all (``None``), or those named or indexed.
 
     ``layers`` holds layer names (module paths such as ``"layer1.0.relu#2"``) or indices (the
     position among the graph's layers).  Raises ``ValueError`` when the model cannot be traced,
     when ``sample`` does not fit it, or for a layer it does not have (listing its layers).
     """
+    misfit = f"inputs of per-sample shape {tuple(sample.shape)} do not fit the model"
     try:
         _, net = prepare_graph(model, torch.as_tensor(sample, dtype=torch.float64))
     except ValueError as exc:
         if "not supported" in str(exc) or "torch.fx" in str(exc) or "training mode" in str(exc):
             raise
-        raise ValueError(f"inputs of per-sample shape {tuple(sample.shape)} do not fit the model: {exc}") from exc
+        raise ValueError(f"{misfit}: {exc}") from exc
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"inputs of per-sample shape {tuple(sample.shape)} do not fit the model: {first}") from exc
+        raise ValueError(f"{misfit}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     if not net.layers:
-        raise ValueError("the model has no activation or max-pool layers; there is no layer preimage to analyse")
+        raise ValueError("the model has no activation or max-pool layers; there is no layer preimage to "
+                         "analyse")
     if layers is None:
         return list(net.layers)
     listing = ", ".join(f"{layer.index}:{layer.name}" for layer in net.layers)
@@ -63,7 +66,7 @@ def chosen_graph_layers(model: nn.Module, sample: NDArray[np.float64], layers: S
             layer
             for layer in net.layers
             if layer.name == wanted
-            or (isinstance(wanted, (int, np.integer)) and not isinstance(wanted, bool) and layer.index == wanted)
+            or (_is_index(wanted) and layer.index == wanted)
         ]
         if not found:
             raise ValueError(f"layer {wanted!r} is not a layer of the model; its layers are {listing}")
@@ -71,6 +74,10 @@ def chosen_graph_layers(model: nn.Module, sample: NDArray[np.float64], layers: S
     if not chosen:
         raise ValueError(f"layers is empty; the model's layers are {listing}")
     return [chosen[i] for i in sorted(chosen)]
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def describe_graph_layer(model: nn.Module, sample: NDArray[np.float64], layer: Layer) -> dict[str, Any]:
