@@ -50,32 +50,45 @@ def table1_case(trained: bool, seed: int):
     from reluinv.train import quick_recipe, train
 
     test = load_embedded_digits("test")
-    model, info = train(quick_recipe("mlp_table1", seed=seed), load_embedded_digits("train"),
-                        test_set=test, progress=False, use_cache=False, num_threads=1)
+    model, info = train(
+        quick_recipe("mlp_table1", seed=seed),
+        load_embedded_digits("train"),
+        test_set=test,
+        progress=False,
+        use_cache=False,
+        num_threads=1,
+    )
     images = test.images.astype(np.float64)
     active = first_layer_activity(model, images, 2, float64=True).sum(1)
-    (example,) = fewest_active_examples(active, test.labels, n_sources=1, n_targets=1,
-                                        fresh_across_sources=False)
+    (example,) = fewest_active_examples(
+        active, test.labels, n_sources=1, n_targets=1, fresh_across_sources=False
+    )
     idx, other = example.source, example.targets[0]
-    return (model, images[idx], images[other],
-            f"quick-trained (test accuracy {info.test_accuracy:.3f}), test digit #{idx}")
+    return (
+        model,
+        images[idx],
+        images[other],
+        f"quick-trained (test accuracy {info.test_accuracy:.3f}), test digit #{idx}",
+    )
 
 
 def part1(args) -> None:
     model, x, target, what = table1_case(args.trained, args.seed)
     relus = relu_modules(model)
-    print(f"\n== Part 1: invariance_search on the Table 1 MLP ({what}), time limit "
-          f"{args.time_limit:g} s ==")
-    print(f"{'depth':>5} {'module':>6} {'mode':>6} {'seconds':>8} {'objective':>11} {'bound':>11} "
-          f"{'proven':>6} {'binaries':>8} {'feat.diff':>9} {'|x-x0|':>7}")
+    print(f"\n== Part 1: invariance_search on the Table 1 MLP ({what}), time limit {args.time_limit:g} s ==")
+    print(
+        f"{'depth':>5} {'module':>6} {'mode':>6} {'seconds':>8} {'objective':>11} {'bound':>11} "
+        f"{'proven':>6} {'binaries':>8} {'feat.diff':>9} {'|x-x0|':>7}"
+    )
     for depth in (1, 2, 3, 10):
         layer = relus[depth - 1]
         for mode in (("layer",) if depth == 1 else ()) + ("region", "exact"):
-            r = invariance_search(model, x, target, layer=layer, mode=mode,
-                                  time_limit=args.time_limit)
-            print(f"{depth:>5} {layer:>6} {mode:>6} {r.solve_time:>8.2f} {r.objective:>11.4f} "
-                  f"{r.bound:>11.4f} {str(r.proven):>6} {r.n_binaries:>8} "
-                  f"{r.feature_max_abs_diff:>9.1e} {r.input_l2_distance:>7.2f}")
+            r = invariance_search(model, x, target, layer=layer, mode=mode, time_limit=args.time_limit)
+            print(
+                f"{depth:>5} {layer:>6} {mode:>6} {r.solve_time:>8.2f} {r.objective:>11.4f} "
+                f"{r.bound:>11.4f} {str(r.proven):>6} {r.n_binaries:>8} "
+                f"{r.feature_max_abs_diff:>9.1e} {r.input_l2_distance:>7.2f}"
+            )
 
 
 def small_mlp(width: int, seed: int, n_inputs: int = 4, hidden: int = 2, outputs: int = 10):
@@ -90,10 +103,14 @@ def small_mlp(width: int, seed: int, n_inputs: int = 4, hidden: int = 2, outputs
 
 
 def part2(args) -> None:
-    print(f"\n== Part 2: network_preimage, 4 inputs, two ReLU layers of width w, features = 10 "
-          f"logits, time limit {args.time_limit:g} s ==")
-    print(f"{'box':>10} {'width':>5} {'seconds':>8} {'kind':>9} {'decided by':>11} {'pieces':>6} "
-          f"{'LPs':>6} {'pruned':>6}")
+    print(
+        f"\n== Part 2: network_preimage, 4 inputs, two ReLU layers of width w, features = 10 "
+        f"logits, time limit {args.time_limit:g} s =="
+    )
+    print(
+        f"{'box':>10} {'width':>5} {'seconds':>8} {'kind':>9} {'decided by':>11} {'pieces':>6} "
+        f"{'LPs':>6} {'pruned':>6}"
+    )
     rng = np.random.default_rng(args.seed)
     x = rng.uniform(-0.5, 0.5, size=4)
     for box in ((-1.0, 1.0), (None, None)):
@@ -101,20 +118,27 @@ def part2(args) -> None:
         for width in (2, 4, 8, 16, 24, 32, 64):
             model = small_mlp(width, args.seed)
             t0 = time.perf_counter()
-            r = network_preimage(model, x, len(model) - 1, lower=box[0], upper=box[1],
-                                 time_limit=args.time_limit)
+            r = network_preimage(
+                model, x, len(model) - 1, lower=box[0], upper=box[1], time_limit=args.time_limit
+            )
             cert = r.certificate
-            print(f"{label:>10} {width:>5} {time.perf_counter() - t0:>8.2f} {r.kind:>9} "
-                  f"{cert.method:>11} {len(cert.pieces):>6} {cert.n_lp:>6} {cert.n_pruned:>6}")
+            print(
+                f"{label:>10} {width:>5} {time.perf_counter() - t0:>8.2f} {r.kind:>9} "
+                f"{cert.method:>11} {len(cert.pieces):>6} {cert.n_lp:>6} {cert.n_pruned:>6}"
+            )
             if r.kind == "unknown":
                 break
 
 
 def part3(args) -> None:
-    print(f"\n== Part 3: exact invariance_search, 784 inputs, ReLU layers of width w, depth 3, "
-          f"time limit {args.time_limit:g} s ==")
-    print(f"{'width':>5} {'seconds':>8} {'region':>10} {'exact':>10} {'bound':>10} {'proven':>6} "
-          f"{'binaries':>8}")
+    print(
+        f"\n== Part 3: exact invariance_search, 784 inputs, ReLU layers of width w, depth 3, "
+        f"time limit {args.time_limit:g} s =="
+    )
+    print(
+        f"{'width':>5} {'seconds':>8} {'region':>10} {'exact':>10} {'bound':>10} {'proven':>6} "
+        f"{'binaries':>8}"
+    )
     rng = np.random.default_rng(args.seed)
     x, target = rng.random(784), rng.random(784)
     for width in (10, 25, 50, 100):
@@ -123,8 +147,10 @@ def part3(args) -> None:
         layer = relu_modules(model)[2]
         region = invariance_search(model, x, target, layer=layer, mode="region")
         r = invariance_search(model, x, target, layer=layer, mode="exact", time_limit=args.time_limit)
-        print(f"{width:>5} {r.solve_time:>8.2f} {region.objective:>10.4f} {r.objective:>10.4f} "
-              f"{r.bound:>10.4f} {str(r.proven):>6} {r.n_binaries:>8}")
+        print(
+            f"{width:>5} {r.solve_time:>8.2f} {region.objective:>10.4f} {r.objective:>10.4f} "
+            f"{r.bound:>10.4f} {str(r.proven):>6} {r.n_binaries:>8}"
+        )
 
 
 def main() -> None:

@@ -39,11 +39,15 @@ def imagenet_stem(seed: int) -> nn.Sequential:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--k", type=int, default=3, help="largest and smallest singular values per layer")
     parser.add_argument("--max-steps", type=int, default=120, help="Lanczos steps per layer at most")
     parser.add_argument("--size", type=int, default=224, help="input height and width")
-    parser.add_argument("--threads", type=int, default=None, help="torch and BLAS threads (default: leave as is)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch and BLAS threads (default: leave as is)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads is not None:
@@ -52,16 +56,21 @@ def main() -> None:
     model = imagenet_stem(args.seed)
     x = torch.rand(3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed + 1))
     in_dim = x.numel()
-    print(f"input 3x{args.size}x{args.size} ({in_dim} coordinates), k={args.k}, max_steps={args.max_steps}, "
-          f"{torch.get_num_threads()} torch threads")
+    print(
+        f"input 3x{args.size}x{args.size} ({in_dim} coordinates), k={args.k}, max_steps={args.max_steps}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
     start = time.perf_counter()
     layers = spectra(model, x, method="lanczos", k=args.k, max_steps=args.max_steps)
     elapsed = time.perf_counter() - start
     for layer in layers:
         dense_gib = 8 * layer.out_dim * in_dim / 2**30
-        print(f"{layer.name:10s} rows {layer.out_dim:7d} (dense J {dense_gib:6.1f} GiB)  steps {layer.steps:4d}  "
-              f"complete {str(layer.complete):5s}  converged {str(layer.converged):5s}  largest {layer.largest.round(5).tolist()}  "
-              f"smallest found {layer.smallest.round(5).tolist()}")
+        print(
+            f"{layer.name:10s} rows {layer.out_dim:7d} (dense J {dense_gib:6.1f} GiB)  "
+            f"steps {layer.steps:4d}  complete {str(layer.complete):5s}  "
+            f"converged {str(layer.converged):5s}  largest {layer.largest.round(5).tolist()}  "
+            f"smallest found {layer.smallest.round(5).tolist()}"
+        )
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
     print(f"time {elapsed:.1f} s   peak RSS {peak_gib:.2f} GiB")
 

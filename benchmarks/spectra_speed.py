@@ -43,7 +43,9 @@ def obvious_spectra(model: torch.nn.Sequential, x: torch.Tensor) -> list[np.ndar
     out = []
     for depth in range(1, len(model64) + 1):
         prefix = model64[:depth]
-        J = torch.autograd.functional.jacobian(lambda inp: prefix(inp[None]).reshape(-1), x64, vectorize=True)
+        J = torch.autograd.functional.jacobian(
+            lambda inp, prefix=prefix: prefix(inp[None]).reshape(-1), x64, vectorize=True
+        )
         J = J.reshape(-1, x64.numel()).numpy()
         out.append(np.linalg.svd(J, compute_uv=False))
         del J
@@ -69,11 +71,17 @@ def disagreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each method (median reported)")
     parser.add_argument("--quick", action="store_true", help="16x16 inputs instead of 32x32")
-    parser.add_argument("--models", nargs="+", default=["thin_cifar", "wide_cifar"], choices=["thin_cifar", "wide_cifar"])
-    parser.add_argument("--threads", type=int, default=None, help="torch and BLAS threads (default: leave as is)")
+    parser.add_argument(
+        "--models", nargs="+", default=["thin_cifar", "wide_cifar"], choices=["thin_cifar", "wide_cifar"]
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch and BLAS threads (default: leave as is)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-obvious", action="store_true", help="skip the obvious implementation")
     parser.add_argument("--cuda", action="store_true", help="also run reluinv on the GPU and compare")
@@ -82,8 +90,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
     size = 16 if args.quick else 32
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, input 3x{size}x{size}, "
-          f"repeats {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, input 3x{size}x{size}, "
+        f"repeats {args.repeats}"
+    )
     for name in args.models:
         torch.manual_seed(args.seed)
         model = zoo.ARCHITECTURES[name](in_channels=3, image_size=size).eval()

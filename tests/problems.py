@@ -24,8 +24,9 @@ def brute_force_kind(A, b, y, lower=None, upper=None, *, spread_tol=1e-7) -> str
     pos = y > 0
     lo = np.full(n, -np.inf) if lower is None else np.broadcast_to(np.asarray(lower, float), (n,))
     up = np.full(n, np.inf) if upper is None else np.broadcast_to(np.asarray(upper, float), (n,))
-    bounds = [(None if np.isneginf(l) else l, None if np.isposinf(u) else u)
-              for l, u in zip(lo, up, strict=True)]
+    bounds = [
+        (None if np.isneginf(l) else l, None if np.isposinf(u) else u) for l, u in zip(lo, up, strict=True)
+    ]
     kw = dict(
         A_eq=A[pos] if pos.any() else None,
         b_eq=(y - b)[pos] if pos.any() else None,
@@ -46,7 +47,7 @@ def brute_force_kind(A, b, y, lower=None, upper=None, *, spread_tol=1e-7) -> str
             c[j] = sign
             res = linprog(c, **kw)
             if res.status in (2, 3):  # the set is not empty, so HiGHS' "infeasible or unbounded"
-                return "unbounded"    # is unboundedness
+                return "unbounded"  # is unboundedness
 
             assert res.status == 0, res.message
             values.append(sign * res.fun)
@@ -127,8 +128,11 @@ def make_net(layers, *, relu_last=True):
 
 def net_layers(model):
     """(W, b) of every Linear, float64, straight from the module."""
-    return [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
-            for m in model if isinstance(m, nn.Linear)]
+    return [
+        (m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+        for m in model
+        if isinstance(m, nn.Linear)
+    ]
 
 
 def forward(layers, x, relu_last):
@@ -156,7 +160,7 @@ def pattern_pieces(layers, x, *, relu_last, lower=None, upper=None):
     for bits in itertools.product([False, True], repeat=sum(widths)):
         pattern, start = [], 0
         for w in widths:
-            pattern.append(np.array(bits[start:start + w]))
+            pattern.append(np.array(bits[start : start + w]))
             start += w
         J, k = np.eye(n), np.zeros(n)
         A_ub, b_ub = [], []
@@ -173,9 +177,13 @@ def pattern_pieces(layers, x, *, relu_last, lower=None, upper=None):
         if np.any(np.abs(b_eq[zero]) > 1e-12):
             continue
         A_eq, b_eq = A_eq[~zero], b_eq[~zero]
-        yield dict(A_ub=np.vstack(A_ub), b_ub=np.concatenate(b_ub),
-                   A_eq=A_eq if len(b_eq) else None, b_eq=b_eq if len(b_eq) else None,
-                   bounds=bounds)
+        yield dict(
+            A_ub=np.vstack(A_ub),
+            b_ub=np.concatenate(b_ub),
+            A_eq=A_eq if len(b_eq) else None,
+            b_eq=b_eq if len(b_eq) else None,
+            bounds=bounds,
+        )
 
 
 def lp(c, kw):
@@ -185,8 +193,11 @@ def lp(c, kw):
     occasionally stops with "unknown" on degenerate ones; try the dual simplex, then the interior
     point method, both without presolve, then the default.
     """
-    for method, options in (("highs-ds", {"presolve": False}), ("highs-ipm", {"presolve": False}),
-                            ("highs", {})):
+    for method, options in (
+        ("highs-ds", {"presolve": False}),
+        ("highs-ipm", {"presolve": False}),
+        ("highs", {}),
+    ):
         res = linprog(c, **kw, method=method, options=options)
         if res.status in (0, 2, 3):
             return res

@@ -144,10 +144,28 @@ def nets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def start_long_analysis(nets: Path, out: Path, *options: str, **env: str) -> subprocess.Popen[str]:
     """``reluinv analyze`` of LONG_RUN_SAMPLES samples in a session of its own, once it has
     stored a few results (so that a run is truly in progress)."""
-    command = [sys.executable, "-m", "reluinv.cli", "analyze", "cli_nets:wide", "--inputs",
-               "wide.npy", "--out", str(out), "--no-progress", *options]
-    process = subprocess.Popen(command, cwd=nets, env=subprocess_env(nets, **env), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "reluinv.cli",
+        "analyze",
+        "cli_nets:wide",
+        "--inputs",
+        "wide.npy",
+        "--out",
+        str(out),
+        "--no-progress",
+        *options,
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=nets,
+        env=subprocess_env(nets, **env),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while stored_lines(out) < 3:
         if process.poll() is not None or time.monotonic() > deadline:
@@ -187,15 +205,19 @@ OPTION_FAULTS = [
     pytest.param(["frobnicate"], ["frobnicate"], id="unknown-command"),
     pytest.param([], ["command"], id="no-command"),
     pytest.param(["analyze", "cli_nets:small"], ["--inputs"], id="analyze-without-inputs"),
-    pytest.param(["analyze", "cli_nets:small", "--inputs", "x.npy", "--layers", "one"], ["one"],
-                 id="analyze-layers-not-integers"),
+    pytest.param(
+        ["analyze", "cli_nets:small", "--inputs", "x.npy", "--layers", "one"],
+        ["one"],
+        id="analyze-layers-not-integers",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("argv", "named"), OPTION_FAULTS)
 def test_option_faults_are_one_line_and_status_2(argv, named, nets, capsys):
-    code, err, _ = run_main([*argv, "--out", str(nets / "out")] if argv[:1] == ["reproduce"] else argv,
-                            capsys)
+    code, err, _ = run_main(
+        [*argv, "--out", str(nets / "out")] if argv[:1] == ["reproduce"] else argv, capsys
+    )
     assert_one_line_error(code, err, *named)
 
 
@@ -203,8 +225,10 @@ def test_out_on_a_file_or_below_a_file_is_refused_before_any_work(tmp_path, caps
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     for out in (a_file, a_file / "below"):
-        for argv in (["reproduce", "fig1", "--limit", "2"],
-                     ["analyze", "cli_nets:small", "--inputs", "x.npy"]):
+        for argv in (
+            ["reproduce", "fig1", "--limit", "2"],
+            ["analyze", "cli_nets:small", "--inputs", "x.npy"],
+        ):
             start = time.monotonic()
             code, err, _ = run_main([*argv, "--out", str(out), "--no-progress"], capsys)
             assert_one_line_error(code, err, "--out", str(out))
@@ -236,8 +260,20 @@ def test_data_faults_name_the_file(nets, tmp_path, capsys):
     analyze = ["analyze", "--no-progress", "--backend", "serial", "--out", str(nets / "a")]
     faults = [
         (["reproduce", "fig4", "--data-dir", str(tmp_path / "missing")], ["--data-dir", "missing"]),
-        (["reproduce", "fig4", "--limit", "2", "--backend", "serial", "--no-progress",
-          "--data-dir", str(bad_idx)], ["images-idx3-ubyte"]),
+        (
+            [
+                "reproduce",
+                "fig4",
+                "--limit",
+                "2",
+                "--backend",
+                "serial",
+                "--no-progress",
+                "--data-dir",
+                str(bad_idx),
+            ],
+            ["images-idx3-ubyte"],
+        ),
         ([*analyze, "missing.pt", "--inputs", "x.npy"], ["missing.pt"]),
         ([*analyze, "cli_nets:absent", "--inputs", "x.npy"], ["absent"]),
         ([*analyze, "no_such_module:small", "--inputs", "x.npy"], ["no_such_module"]),
@@ -261,8 +297,10 @@ def test_data_faults_name_the_file(nets, tmp_path, capsys):
 
 def test_a_scheduler_where_nothing_listens_is_found_before_any_work(nets, capsys):
     address = f"tcp://127.0.0.1:{free_port()}"
-    for argv in (["reproduce", "fig4", "--out", str(nets / "r")],
-                 ["analyze", "cli_nets:small", "--inputs", "x.npy", "--out", str(nets / "a")]):
+    for argv in (
+        ["reproduce", "fig4", "--out", str(nets / "r")],
+        ["analyze", "cli_nets:small", "--inputs", "x.npy", "--out", str(nets / "a")],
+    ):
         start = time.monotonic()
         code, err, _ = run_main([*argv, "--scheduler", address, "--no-progress"], capsys)
         assert_one_line_error(code, err, address)
@@ -287,8 +325,19 @@ def test_debug_shows_the_traceback(nets, capsys):
 
 
 def _reproduce(out: Path, *figures: str, limit: int = 3) -> list[str]:
-    return ["reproduce", *figures, "--out", str(out), "--limit", str(limit), "--epochs", "1",
-            "--backend", "serial", "--no-progress"]
+    return [
+        "reproduce",
+        *figures,
+        "--out",
+        str(out),
+        "--limit",
+        str(limit),
+        "--epochs",
+        "1",
+        "--backend",
+        "serial",
+        "--no-progress",
+    ]
 
 
 MERGE_RACE = """
@@ -313,8 +362,15 @@ def test_runs_sharing_an_out_merge_their_figures_under_a_lock(tmp_path):
     (out / "results").mkdir(parents=True)
     script = tmp_path / "race.py"
     script.write_text(MERGE_RACE)
-    runs = [subprocess.Popen([sys.executable, str(script), str(out), key], env=subprocess_env(),
-                             stderr=subprocess.PIPE, text=True) for key in ("fig1", "fig4")]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(out), key],
+            env=subprocess_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for key in ("fig1", "fig4")
+    ]
     for run in runs:
         assert run.wait(timeout=120) == 0, run.stderr.read()
     results = json.loads((out / "results.json").read_text())
@@ -325,9 +381,16 @@ def test_runs_sharing_an_out_merge_their_figures_under_a_lock(tmp_path):
 def test_two_runs_into_one_out_keep_both_results(cache, tmp_path):
     out = tmp_path / "shared-out"
     env = subprocess_env(RELUINV_CACHE=str(cache))
-    runs = [subprocess.Popen([sys.executable, "-m", "reluinv.cli", *_reproduce(out, figure)],
-                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for figure in ("fig1", "fig4")]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "reluinv.cli", *_reproduce(out, figure)],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for figure in ("fig1", "fig4")
+    ]
     for run in runs:
         stdout, stderr = run.communicate(timeout=600)
         assert run.returncode == 0, stderr
@@ -339,7 +402,8 @@ def test_two_runs_into_one_out_keep_both_results(cache, tmp_path):
 
 
 def test_a_smoke_result_is_recomputed_for_another_limit_and_kept_for_the_same(
-        cache, tmp_path, monkeypatch, capsys):
+    cache, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("RELUINV_CACHE", str(cache))
     out = tmp_path / "o"
     assert run_main(_reproduce(out, "fig1", limit=3), capsys)[0] == 0
@@ -426,11 +490,28 @@ def dask_cluster(tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     logs = open(tmp_path / "dask.log", "w")
-    scheduler = subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-                                  "--no-dashboard"], stdout=logs, stderr=logs)
-    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
-                               "--nthreads", "1", "--nworkers", "1", "--no-dashboard"],
-                              env=subprocess_env(tmp_path), cwd=tmp_path, stdout=logs, stderr=logs)
+    scheduler = subprocess.Popen(
+        [*dask, "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"],
+        stdout=logs,
+        stderr=logs,
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_worker",
+            address,
+            "--nthreads",
+            "1",
+            "--nworkers",
+            "1",
+            "--no-dashboard",
+        ],
+        env=subprocess_env(tmp_path),
+        cwd=tmp_path,
+        stdout=logs,
+        stderr=logs,
+    )
     yield address, scheduler
     for process in (worker, scheduler):
         if process.poll() is None:
@@ -447,8 +528,9 @@ def test_a_lost_scheduler_is_one_line_naming_it_and_what_is_kept(nets, dask_clus
     address, scheduler = dask_cluster
     out = nets / "lost"
     # Dask's client tries to reconnect for 10 s by default; 3 s is enough to tell.
-    run = start_long_analysis(nets, out, "--scheduler", address,
-                              DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s")
+    run = start_long_analysis(
+        nets, out, "--scheduler", address, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s"
+    )
     scheduler.kill()
     _, stderr = run.communicate(timeout=180)
     assert run.returncode == 2, stderr

@@ -67,12 +67,13 @@ def labelled(draw):
 @given(labelled(), st.integers(1, 6), st.integers(1, 4))
 def test_selection_keeps_each_figures_rule(data, n_sources, n_targets):
     active, labels = data
-    got7 = fewest_active_examples(active, labels, n_sources=n_sources, n_targets=n_targets,
-                                  fresh_across_sources=False)
-    assert [(e.source, list(e.targets)) for e in got7] == figure7_rule(active, labels, n_sources,
-                                                                       n_targets)
-    got7x = fewest_active_examples(active, labels, n_sources=n_sources, n_targets=1,
-                                   fresh_across_sources=True)
+    got7 = fewest_active_examples(
+        active, labels, n_sources=n_sources, n_targets=n_targets, fresh_across_sources=False
+    )
+    assert [(e.source, list(e.targets)) for e in got7] == figure7_rule(active, labels, n_sources, n_targets)
+    got7x = fewest_active_examples(
+        active, labels, n_sources=n_sources, n_targets=1, fresh_across_sources=True
+    )
     assert [(e.source, list(e.targets)) for e in got7x] == figure7x_rule(active, labels, n_sources)
     for e in got7 + got7x:
         assert e.active == active[e.source]
@@ -81,15 +82,14 @@ def test_selection_keeps_each_figures_rule(data, n_sources, n_targets):
 def test_the_two_rules_differ_where_documented():
     active = np.array([0, 1, 5, 5, 5])
     labels = np.array([0, 0, 1, 2, 1])
-    per_source = fewest_active_examples(active, labels, n_sources=2, n_targets=1,
-                                        fresh_across_sources=False)
-    across = fewest_active_examples(active, labels, n_sources=2, n_targets=1,
-                                    fresh_across_sources=True)
+    per_source = fewest_active_examples(active, labels, n_sources=2, n_targets=1, fresh_across_sources=False)
+    across = fewest_active_examples(active, labels, n_sources=2, n_targets=1, fresh_across_sources=True)
     assert [e.targets for e in per_source] == [(2,), (2,)]  # the same "1" for both sources
     assert [e.targets for e in across] == [(2,), (3,)]  # the second source gets a fresh "2"
     # no class left: Figure 7x falls back to the first image of another class
-    again = fewest_active_examples(np.array([0, 1, 2]), np.array([0, 0, 1]), n_sources=2,
-                                   n_targets=1, fresh_across_sources=True)
+    again = fewest_active_examples(
+        np.array([0, 1, 2]), np.array([0, 0, 1]), n_sources=2, n_targets=1, fresh_across_sources=True
+    )
     assert [e.targets for e in again] == [(2,), (2,)]
 
 
@@ -115,9 +115,18 @@ SOURCE, TARGET = [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]
 
 
 def fig7_result(found, diff=1e-12, same_class=True):
-    return {"examples": [{
-        "source": SOURCE, "target": TARGET, "found": found, "feature_max_abs_diff": diff,
-        "source_predicted_label": 3, "found_predicted_label": 3 if same_class else 5}]}
+    return {
+        "examples": [
+            {
+                "source": SOURCE,
+                "target": TARGET,
+                "found": found,
+                "feature_max_abs_diff": diff,
+                "source_predicted_label": 3,
+                "found_predicted_label": 3 if same_class else 5,
+            }
+        ]
+    }
 
 
 def verdicts(rows):
@@ -154,10 +163,21 @@ def fig7x_result(images_by_depth, diff=1e-10):
     def search(image):
         return {"image": image, "feature_max_abs_diff": diff, "mode": "exact", "proven": True}
 
-    return {"depths": list(images_by_depth), "examples": [{
-        "image": SOURCE, "target": TARGET, "label": 3, "target_label": 5,
-        "depths": [{"depth": d, "searches": {"region": search(SOURCE), "exact": search(img)}}
-                   for d, img in images_by_depth.items()]}]}
+    return {
+        "depths": list(images_by_depth),
+        "examples": [
+            {
+                "image": SOURCE,
+                "target": TARGET,
+                "label": 3,
+                "target_label": 5,
+                "depths": [
+                    {"depth": d, "searches": {"region": search(SOURCE), "exact": search(img)}}
+                    for d, img in images_by_depth.items()
+                ],
+            }
+        ],
+    }
 
 
 def test_fig7x_claims_flip_with_the_numbers():
@@ -182,8 +202,11 @@ def test_fig7x_claims_use_region_when_exact_found_nothing():
 
 
 def test_claims_are_found_by_the_framework():
-    results = {"meta": {}, "fig7": fig7_result([1.0, 1.0, 0.8, 0.9]),
-               "fig7x": fig7x_result({1: [1.0, 0.9, 1.0, 0.9]})}
+    results = {
+        "meta": {},
+        "fig7": fig7_result([1.0, 1.0, 0.8, 0.9]),
+        "fig7x": fig7x_result({1: [1.0, 0.9, 1.0, 0.9]}),
+    }
     rows = claims_mod.evaluate(results)
     assert {r["figure"] for r in rows} >= {"fig7", "fig7x"}
     assert all(r["verdict"] == "reproduced" for r in rows if r["figure"] in ("fig7", "fig7x"))
@@ -202,5 +225,4 @@ def test_fig7x_examples_refuses_bad_input():
     with pytest.raises(ValueError, match="n_examples must be a positive integer"):
         fig7x.fig7x_examples(model, images, [0, 1, 0, 1], n_examples=0)
     with pytest.raises(ValueError, match="target_indices needs one index per example"):
-        fig7x.fig7x_examples(model, images, [0, 1, 0, 1], depths=(1,), n_examples=2,
-                             target_indices=[1])
+        fig7x.fig7x_examples(model, images, [0, 1, 0, 1], depths=(1,), n_examples=2, target_indices=[1])

@@ -72,8 +72,14 @@ CONSTRUCTED = {
     "identity_half_plane": ([(np.eye(2), np.zeros(2))], True, [1.0, -1.0], None, None, "unbounded"),
     "identity_boxed": ([(np.eye(2), np.zeros(2))], True, [1.0, -1.0], -2.0, 2.0, "compact"),
     "box_pins_the_point": ([(np.eye(2), np.zeros(2))], True, [1.0, 0.0], 0.0, None, "singleton"),
-    "logits_tail": ([(np.array([[1.0, 1], [1, -1]]), np.zeros(2)), (np.array([[1.0, 0]]), [0.0])],
-                    False, [1.0, 0.5], None, None, "unbounded"),
+    "logits_tail": (
+        [(np.array([[1.0, 1], [1, -1]]), np.zeros(2)), (np.array([[1.0, 0]]), [0.0])],
+        False,
+        [1.0, 0.5],
+        None,
+        None,
+        "unbounded",
+    ),
 }
 
 
@@ -108,8 +114,7 @@ def test_unbounded_direction_keeps_features_along_the_ray():
     r = network_preimage(model, [0.0, 0.0], 3)
     f0 = forward(STRIP_LAYERS, [0.0, 0.0], True)
     for t in (0.0, 1.0, 1e4):
-        np.testing.assert_allclose(forward(STRIP_LAYERS, r.point + t * r.direction, True), f0,
-                                   atol=1e-9)
+        np.testing.assert_allclose(forward(STRIP_LAYERS, r.point + t * r.direction, True), f0, atol=1e-9)
     # x's own linear region is the bounded square: the region-mode extent stays inside it
     e = preimage_extent(model, [0.0, 0.0], 3, lower=-10, upper=10, method="region")
     assert e.linf == pytest.approx(1.0, abs=1e-7) and e.proven
@@ -140,8 +145,9 @@ def tiny_problems(draw):
     layers, previous = [], n
     for w in widths:
         if integer:  # small integers make ties and lower-dimensional pieces common
-            W = np.array(draw(st.lists(st.integers(-2, 2), min_size=w * previous,
-                                       max_size=w * previous)), float).reshape(w, previous)
+            W = np.array(
+                draw(st.lists(st.integers(-2, 2), min_size=w * previous, max_size=w * previous)), float
+            ).reshape(w, previous)
             b = np.array(draw(st.lists(st.integers(-1, 1), min_size=w, max_size=w)), float)
         else:
             seed = draw(st.integers(0, 2**31))
@@ -168,8 +174,7 @@ def model_and_feature_layer(layers, relu_last, cut):
     return model, layer, net_layers(model)[:cut], ends_in_relu
 
 
-@settings(max_examples=200, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(tiny_problems(), st.integers(1, 3))
 def test_network_preimage_agrees_with_brute_force(problem, cut):
     layers, relu_last, x, lower, upper = problem
@@ -184,8 +189,7 @@ def test_network_preimage_agrees_with_brute_force(problem, cut):
         verify_network_preimage(m, model, x, layer, lower=lower, upper=upper)
 
 
-@settings(max_examples=50, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(tiny_problems(), st.integers(1, 3))
 def test_extent_agrees_with_brute_force(problem, cut):
     layers, relu_last, x, _, _ = problem
@@ -200,28 +204,26 @@ def test_extent_agrees_with_brute_force(problem, cut):
     assert exact.feature_max_abs_diff < 1e-7 and region.feature_max_abs_diff < 1e-7
 
 
-@settings(max_examples=50, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(tiny_problems(), st.integers(1, 3), st.sampled_from(["max_inner", "l1"]),
-       st.integers(0, 2**31))
+@settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny_problems(), st.integers(1, 3), st.sampled_from(["max_inner", "l1"]), st.integers(0, 2**31))
 def test_exact_never_worse_than_region_and_features_hold(problem, cut, objective, seed):
     layers, relu_last, x, _, _ = problem
     model, layer, sub, ends_in_relu = model_and_feature_layer(layers, relu_last, cut)
     target = np.random.default_rng(seed).uniform(-3, 3, size=x.size)
-    region = invariance_search(model, x, target, layer=layer, lower=-3, upper=3,
-                               objective=objective, mode="region")
-    exact = invariance_search(model, x, target, layer=layer, lower=-3, upper=3,
-                              objective=objective, mode="exact", time_limit=30)
+    region = invariance_search(
+        model, x, target, layer=layer, lower=-3, upper=3, objective=objective, mode="region"
+    )
+    exact = invariance_search(
+        model, x, target, layer=layer, lower=-3, upper=3, objective=objective, mode="exact", time_limit=30
+    )
     assert region.proven and exact.proven
     for r in (region, exact):
         assert r.feature_max_abs_diff < 1e-7
         assert np.all(r.x >= -3) and np.all(r.x <= 3)
-        np.testing.assert_allclose(forward(sub, r.x, ends_in_relu), forward(sub, x, ends_in_relu),
-                                   atol=1e-7)
+        np.testing.assert_allclose(forward(sub, r.x, ends_in_relu), forward(sub, x, ends_in_relu), atol=1e-7)
     if objective == "max_inner":
         assert exact.objective >= region.objective - 1e-7
-        optimum = brute_force_max_inner(sub, x, target, relu_last=ends_in_relu, lower=-3.0,
-                                        upper=3.0)
+        optimum = brute_force_max_inner(sub, x, target, relu_last=ends_in_relu, lower=-3.0, upper=3.0)
         assert exact.objective == pytest.approx(optimum, abs=1e-6)
     else:
         assert exact.objective <= region.objective + 1e-7
@@ -252,8 +254,15 @@ def test_layer_mode_is_the_a7_linear_programme(mnist_mlp):
     A, b, _ = affine_matrix(model[1], (784,))
     y = np.maximum(A @ x.reshape(-1) + b, 0)
     pos = y > 0
-    res = linprog(-target.reshape(-1), A_eq=A[pos], b_eq=(y - b)[pos], A_ub=A[~pos], b_ub=-b[~pos],
-                  bounds=(0, 1), method="highs")
+    res = linprog(
+        -target.reshape(-1),
+        A_eq=A[pos],
+        b_eq=(y - b)[pos],
+        A_ub=A[~pos],
+        b_ub=-b[~pos],
+        bounds=(0, 1),
+        method="highs",
+    )
     assert res.status == 0
     r = invariance_search(model, x, target, layer=2, mode="layer")
     assert r.proven and r.mode == "layer"
@@ -293,8 +302,7 @@ def milp_finds_nothing(monkeypatch):
 
     def run(self, cost, *, maximize, time_limit, offset=0.0, start=None):
         if not self.is_mip:
-            return real_run(self, cost, maximize=maximize, time_limit=time_limit, offset=offset,
-                            start=start)
+            return real_run(self, cost, maximize=maximize, time_limit=time_limit, offset=offset, start=start)
         calls.append(start)
         return _lp.Outcome("time_limit", None, math.nan, math.inf if maximize else -math.inf, 0.0)
 
@@ -304,8 +312,7 @@ def milp_finds_nothing(monkeypatch):
 
 def test_exact_without_fallback_says_when_no_point_was_found(milp_finds_nothing):
     model = make_net(ABS_LAYERS)
-    r = invariance_search(model, [1.0], [-1.0], layer=3, lower=-2, upper=2, mode="exact",
-                          warm_start=False)
+    r = invariance_search(model, [1.0], [-1.0], layer=3, lower=-2, upper=2, mode="exact", warm_start=False)
     assert milp_finds_nothing == [None]  # one MILP, and no start solution without the walk
     assert r.x is None and not r.proven and r.status == "time_limit"
     assert "no feasible point found within the time limit" in r.message
@@ -325,8 +332,7 @@ def test_exact_with_fallback_returns_the_walks_point_when_the_milp_finds_none(mi
 
 def test_exact_without_fallback_returns_the_milps_point_when_it_finds_one():
     model = make_net(ABS_LAYERS)
-    r = invariance_search(model, [1.0], [-1.0], layer=3, lower=-2, upper=2, mode="exact",
-                          warm_start=False)
+    r = invariance_search(model, [1.0], [-1.0], layer=3, lower=-2, upper=2, mode="exact", warm_start=False)
     assert r.proven and "no feasible point" not in r.message
     np.testing.assert_allclose(r.x, [-1.0], atol=1e-9)  # the other point of |x| = 1
     assert r.feature_max_abs_diff < 1e-12
@@ -334,9 +340,11 @@ def test_exact_without_fallback_returns_the_milps_point_when_it_finds_one():
 
 def test_network_preimage_timeout_is_unknown():
     rng = np.random.default_rng(3)
-    layers = [(rng.normal(size=(12, 2)), rng.normal(size=12)),
-              (rng.normal(size=(12, 12)), rng.normal(size=12)),
-              (rng.normal(size=(5, 12)), rng.normal(size=5))]
+    layers = [
+        (rng.normal(size=(12, 2)), rng.normal(size=12)),
+        (rng.normal(size=(12, 12)), rng.normal(size=12)),
+        (rng.normal(size=(5, 12)), rng.normal(size=5)),
+    ]
     model = make_net(layers, relu_last=False)
     r = network_preimage(model, [0.3, -0.2], 4, time_limit=1e-3)
     assert r.kind == "unknown" and not r.certificate.complete
@@ -346,8 +354,12 @@ def test_network_preimage_timeout_is_unknown():
 
 def test_conv_and_nested_sequential_are_read_as_one_chain():
     torch.manual_seed(2)
-    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()), nn.Flatten(),
-                          nn.Sequential(nn.Linear(18, 4), nn.ReLU()), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()),
+        nn.Flatten(),
+        nn.Sequential(nn.Linear(18, 4), nn.ReLU()),
+        nn.Linear(4, 2),
+    )
     rng = np.random.default_rng(2)
     x, target = rng.random((1, 3, 3)), rng.random((1, 3, 3))
     for layer in (1, 4, 5):  # flattened indices: conv ReLU, second ReLU, logits
@@ -413,8 +425,15 @@ def test_fig7x_examples_is_json_and_consistent():
     rng = np.random.default_rng(1)
     images = rng.random((12, 1, 4, 4))
     labels = np.arange(12) % 3
-    out = fig7x_examples(model, images, labels, depths=(1, 2, "logits"),
-                         modes=("layer", "region", "exact"), n_examples=2, time_limit=10)
+    out = fig7x_examples(
+        model,
+        images,
+        labels,
+        depths=(1, 2, "logits"),
+        modes=("layer", "region", "exact"),
+        n_examples=2,
+        time_limit=10,
+    )
     json.dumps(out)  # JSON-serialisable as promised
     assert out["modules"] == [2, 4, 7]
     assert len(out["examples"]) == 2

@@ -130,9 +130,15 @@ def dask_scheduler() -> str:
 
     from distributed import LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=logging.ERROR,
-                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    )
     yield cluster.scheduler_address
     cluster.close()
 
@@ -182,11 +188,15 @@ def test_backends_give_the_same_results_in_input_order(shared, dask_scheduler, t
     assert [r.status for r in expected].count("failed") == 1
 
     runs = {}
-    for options in ({"backend": "serial"}, {"backend": "local", "workers": 2},
-                    {"backend": "dask", "scheduler": dask_scheduler}):
+    for options in (
+        {"backend": "serial"},
+        {"backend": "local", "workers": 2},
+        {"backend": "dask", "scheduler": dask_scheduler},
+    ):
         store = tmp_path / f"{options['backend']}.jsonl"
-        runs[options["backend"]] = run_samples(analyse, SEEDS, shared=shared, store=store,
-                                               progress=False, **options)
+        runs[options["backend"]] = run_samples(
+            analyse, SEEDS, shared=shared, store=store, progress=False, **options
+        )
         # The store holds one record per sample and reads back to the same results.
         assert len(store.read_text().splitlines()) == len(SEEDS)
         assert ResultStore(store).load() == {r.key: r for r in expected}
@@ -217,12 +227,12 @@ def test_a_result_that_is_not_a_dict_fails_that_sample(shared):
 
 def test_workers_limit_their_threads(shared, dask_scheduler):
     cores = len(os.sched_getaffinity(0))
-    local = run_samples(report_threads, range(4), shared=shared, backend="local", workers=2,
-                        progress=False)
+    local = run_samples(report_threads, range(4), shared=shared, backend="local", workers=2, progress=False)
     assert all(r.result == {"torch": max(1, cores // 2), "blas": max(1, cores // 2)} for r in local)
     # Dask's nanny starts single-threaded workers with OMP/MKL/OPENBLAS_NUM_THREADS=1.
-    dask = run_samples(report_threads, range(2), shared=shared, backend="dask",
-                       scheduler=dask_scheduler, progress=False)
+    dask = run_samples(
+        report_threads, range(2), shared=shared, backend="dask", scheduler=dask_scheduler, progress=False
+    )
     assert all(r.result == {"torch": 1, "blas": 1} for r in dask)
 
 
@@ -245,8 +255,14 @@ def test_a_killed_run_resumes_without_recomputing(backend_options, shared, tmp_p
     store = tmp_path / "store.jsonl"
 
     with pytest.raises(SimulatedKill):
-        run_samples(logged_analyse, SEEDS, shared={**shared, "kill_at_call": 4}, store=store,
-                    progress=False, **backend_options)
+        run_samples(
+            logged_analyse,
+            SEEDS,
+            shared={**shared, "kill_at_call": 4},
+            store=store,
+            progress=False,
+            **backend_options,
+        )
     stored = ResultStore(store).load()
     if backend_options["backend"] == "serial":
         assert list(stored) == ["s5", "s13", "s2"]  # calls 1 to 3 finished; call 4 was killed
@@ -255,8 +271,9 @@ def test_a_killed_run_resumes_without_recomputing(backend_options, shared, tmp_p
         handle.write('{"key": "s8", "status": "o')
 
     Path(shared["scratch"], "calls.log").unlink()
-    resumed = run_samples(logged_analyse, SEEDS, shared=shared, store=store, progress=False,
-                          **backend_options)
+    resumed = run_samples(
+        logged_analyse, SEEDS, shared=shared, store=store, progress=False, **backend_options
+    )
     assert resumed == uninterrupted
     # Run again: every sample not stored as ok (the failed s13 included), each exactly once.
     assert sorted(calls(shared)) == sorted(set(SEEDS.values()) - stored_ok)
@@ -283,12 +300,14 @@ def test_every_backend_skips_stored_samples(backend_options, shared, tmp_path, r
 
 def test_a_failed_sample_is_retried_by_the_next_run(shared, tmp_path):
     store = tmp_path / "store.jsonl"
-    first = run_samples(fails_once_then_analyses, [1, 2], shared=shared, backend="serial",
-                        store=store, progress=False)
+    first = run_samples(
+        fails_once_then_analyses, [1, 2], shared=shared, backend="serial", store=store, progress=False
+    )
     assert [r.status for r in first] == ["ok", "failed"]
     assert first[1].error == "RuntimeError: transient trouble"
-    second = run_samples(fails_once_then_analyses, [1, 2], shared=shared, backend="serial",
-                         store=store, progress=False)
+    second = run_samples(
+        fails_once_then_analyses, [1, 2], shared=shared, backend="serial", store=store, progress=False
+    )
     assert [r.status for r in second] == ["ok", "ok"]
     assert len(store.read_text().splitlines()) == 3  # append-only: the failure stays on record
     assert ResultStore(store).load()[1] == second[1]
@@ -299,8 +318,15 @@ def test_a_failed_sample_is_retried_by_the_next_run(shared, tmp_path):
 
 
 def test_local_backend_survives_a_dying_worker_and_isolates_a_poisonous_sample(shared):
-    results = run_samples(dies_once_then_analyses, SEEDS, shared={**shared, "poison": True},
-                          backend="local", workers=2, retries=1, progress=False)
+    results = run_samples(
+        dies_once_then_analyses,
+        SEEDS,
+        shared={**shared, "poison": True},
+        backend="local",
+        workers=2,
+        retries=1,
+        progress=False,
+    )
     by_key = {r.key: r for r in results}
     expected = {r.key: r for r in expected_results(shared)}
     assert Path(shared["scratch"], f"died-{DIES_ONCE_SEED}").exists()
@@ -312,8 +338,16 @@ def test_local_backend_survives_a_dying_worker_and_isolates_a_poisonous_sample(s
 
 
 def test_dask_local_cluster_retries_a_task_whose_worker_died(shared):
-    results = run_samples(dies_once_then_analyses, SEEDS, shared=shared, backend="dask",
-                          scheduler="local-cluster", workers=2, retries=2, progress=False)
+    results = run_samples(
+        dies_once_then_analyses,
+        SEEDS,
+        shared=shared,
+        backend="dask",
+        scheduler="local-cluster",
+        workers=2,
+        retries=2,
+        progress=False,
+    )
     assert Path(shared["scratch"], f"died-{DIES_ONCE_SEED}").exists()
     assert calls(shared).count(DIES_ONCE_SEED) == 2
     assert results == expected_results(shared)
@@ -382,8 +416,9 @@ def test_command_line_options_pass_straight_through():
     executor = Executor.from_options(backend=args.backend, scheduler=args.scheduler, workers=args.workers)
     assert executor == Executor(backend="dask", scheduler="tcp://10.0.0.5:8786")
     args = parser.parse_args(["--workers", "3"])
-    assert Executor.from_options(backend=args.backend, scheduler=args.scheduler,
-                                 workers=args.workers) == Executor(backend="local", workers=3)
+    assert Executor.from_options(
+        backend=args.backend, scheduler=args.scheduler, workers=args.workers
+    ) == Executor(backend="local", workers=3)
     assert Executor.from_options(backend="serial") == Executor(backend="serial")
     assert Executor.from_options(workers="2").workers == 2
     with pytest.raises(ValueError, match="needs backend 'dask'"):
@@ -427,7 +462,7 @@ def test_the_store_belongs_to_one_function_and_one_run(shared, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # a killed run leaves no process behind
 
-SLEEPY_RUN = '''
+SLEEPY_RUN = """
 import os, sys, time
 from pathlib import Path
 from reluinv.parallel import run_samples
@@ -440,7 +475,7 @@ def sleepy(folder, seconds):
 if __name__ == "__main__":
     run_samples(sleepy, [120] * 4, shared=sys.argv[1], backend="local", workers=2,
                 store=Path(sys.argv[1], "store.jsonl"), progress=False)
-'''
+"""
 
 
 def _descendants(pid: int) -> list[int]:
@@ -483,8 +518,13 @@ def test_the_workers_of_a_killed_run_exit_within_seconds(tmp_path):
     script.write_text(SLEEPY_RUN)
     src = str(Path(reluinv.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, cwd=tmp_path,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while len(list(tmp_path.glob("started-*"))) < 2:  # both workers are inside a sample

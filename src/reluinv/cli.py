@@ -76,13 +76,19 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"--data-dir {args.data_dir!r} is not a folder")
     device = str(checked_device(args.device))
-    executor = Executor.from_options(backend=args.backend, scheduler=args.scheduler,
-                                     workers=args.workers)
+    executor = Executor.from_options(backend=args.backend, scheduler=args.scheduler, workers=args.workers)
     out = check_output_folder(Path(args.out))
     executor.check_reachable()
-    config = RunConfig(quick=not args.full, data_dir=args.data_dir, out=out,
-                       executor=executor, progress=not args.no_progress, limit=args.limit,
-                       epochs=args.epochs, device=device)
+    config = RunConfig(
+        quick=not args.full,
+        data_dir=args.data_dir,
+        out=out,
+        executor=executor,
+        progress=not args.no_progress,
+        limit=args.limit,
+        epochs=args.epochs,
+        device=device,
+    )
     for key in figures:
         _figure(key, config, force=args.force)
     print(f"report: {_write_report(out, config)}")
@@ -103,11 +109,12 @@ def _figure(key: str, config: RunConfig, *, force: bool) -> None:
         try:
             report.write_figure(key, stored, config.out)
         except Exception as exc:  # noqa: BLE001 - a stored result that cannot be plotted is redone
-            print(f"{key}: the stored result cannot be plotted ({type(exc).__name__}: {exc}); "
-                  "recomputing", file=sys.stderr)
+            print(
+                f"{key}: the stored result cannot be plotted ({type(exc).__name__}: {exc}); recomputing",
+                file=sys.stderr,
+            )
         else:
-            print(f"{key}: already in {figure_path(config.out, key)}, kept "
-                  "(use --force to recompute)")
+            print(f"{key}: already in {figure_path(config.out, key)}, kept (use --force to recompute)")
             return
     start = time.perf_counter()
     result = runner(key)(config)
@@ -115,8 +122,9 @@ def _figure(key: str, config: RunConfig, *, force: bool) -> None:
     try:
         report.write_figure(key, result, config.out)
     except Exception as exc:
-        raise RuntimeError(f"{key}: computed, but its plot failed ({type(exc).__name__}: {exc}); "
-                           "the result was not stored") from exc
+        raise RuntimeError(
+            f"{key}: computed, but its plot failed ({type(exc).__name__}: {exc}); the result was not stored"
+        ) from exc
     save_figure(config.out, key, setting, result)
     print(f"{key}: computed in {result['seconds']:.1f} s")
 
@@ -140,32 +148,53 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reluinv",
         description="Invariance and inverse stability of ReLU networks, through their inverse.",
     )
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of an error (and library log messages)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (and library log messages)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="preimage analysis of a small trained network (a table)")
-    demo.add_argument("--samples", type=_positive_int, default=60,
-                      help="test digits to analyse (default 60)")
+    demo.add_argument("--samples", type=_positive_int, default=60, help="test digits to analyse (default 60)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(run=_demo)
 
     rep = sub.add_parser("reproduce", help="reproduce the paper's figures into an HTML report")
     rep.add_argument("figures", nargs="*", metavar="FIGURE", help="figure keys (default: all)")
     budget = rep.add_mutually_exclusive_group()
-    budget.add_argument("--quick", action="store_true", default=True,
-                        help="small sample counts and epochs, stated on every figure (default)")
+    budget.add_argument(
+        "--quick",
+        action="store_true",
+        default=True,
+        help="small sample counts and epochs, stated on every figure (default)",
+    )
     budget.add_argument("--full", action="store_true", help="the paper's sample counts and epochs")
-    rep.add_argument("--data-dir", default=None, metavar="DIR",
-                     help="folder with MNIST/Fashion-MNIST IDX files or CIFAR-10 python batches")
+    rep.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="folder with MNIST/Fashion-MNIST IDX files or CIFAR-10 python batches",
+    )
     rep.add_argument("--out", default="reluinv-out", metavar="DIR", help="output folder")
     rep.add_argument("--force", action="store_true", help="recompute figures already stored")
-    rep.add_argument("--limit", type=_positive_int, default=None, metavar="N",
-                     help="cap every sample count at N >= 1 (a smoke run; its results are "
-                          "recomputed by a run without it)")
-    rep.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
-                     help="cap every training at N >= 1 epochs (a smoke run, like --limit)")
-    rep.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                     help="where the per-sample spectra (Figures 5, 6, 8, 10, 11) run (default cpu)")
+    rep.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="cap every sample count at N >= 1 (a smoke run; its results are recomputed by a run without it)",
+    )
+    rep.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="cap every training at N >= 1 epochs (a smoke run, like --limit)",
+    )
+    rep.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where the per-sample spectra (Figures 5, 6, 8, 10, 11) run (default cpu)",
+    )
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_executor_options(rep)
     rep.set_defaults(run=_reproduce)
@@ -175,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_analyze_parser(sub)
     for command in sub.choices.values():
         # `reluinv reproduce ... --debug` works too; absent there, the top-level value stands.
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help=argparse.SUPPRESS)
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
@@ -193,8 +223,11 @@ def _run_environment(args: argparse.Namespace) -> Iterator[None]:
         previous = None
     if not args.debug and (getattr(args, "scheduler", None) or getattr(args, "backend", None) == "dask"):
         import distributed  # noqa: F401 - it sets its loggers' levels on import; ours must come after
-    names = [name for name in [*_NOISY_LOGGERS, *logging.root.manager.loggerDict]
-             if name.split(".")[0] in _NOISY_LOGGERS]  # children may carry levels of their own
+    names = [
+        name
+        for name in [*_NOISY_LOGGERS, *logging.root.manager.loggerDict]
+        if name.split(".")[0] in _NOISY_LOGGERS
+    ]  # children may carry levels of their own
     levels = {name: logging.getLogger(name).level for name in names}
     if not args.debug:
         for name in levels:
@@ -232,8 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback with --debug
         if args.debug:
             raise
-        print(f"reluinv: internal error: {type(exc).__name__}: {_one_line(exc)} "
-              "(rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"reluinv: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

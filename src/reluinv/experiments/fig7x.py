@@ -28,19 +28,32 @@ from .fig7 import (
 def run(config: RunConfig) -> dict[str, Any]:
     train_set, test_set = digit_data(config)
     model, info = trained("mlp_table1", train_set, test_set, config)
-    result = fig7x_examples(model, test_set.images, test_set.labels,
-                            depths=(1, 2, 5, "logits"), modes=("region", "exact"),
-                            n_examples=config.samples(1, 3),
-                            time_limit=5.0 if config.quick else 300.0)
+    result = fig7x_examples(
+        model,
+        test_set.images,
+        test_set.labels,
+        depths=(1, 2, 5, "logits"),
+        modes=("region", "exact"),
+        n_examples=config.samples(1, 3),
+        time_limit=5.0 if config.quick else 300.0,
+    )
     rows = []
     for example in result["examples"]:
         for depth in example["depths"]:
             for mode, search in depth["searches"].items():
-                rows.append({"example": example["index"], "source_label": example["label"],
-                             "target_label": example["target_label"], "depth": depth["depth"],
-                             "mode": mode, "feature_max_abs_diff": search["feature_max_abs_diff"],
-                             "input_l2_distance": search["input_l2_distance"],
-                             "proven": search["proven"], "status": search["status"]})
+                rows.append(
+                    {
+                        "example": example["index"],
+                        "source_label": example["label"],
+                        "target_label": example["target_label"],
+                        "depth": depth["depth"],
+                        "mode": mode,
+                        "feature_max_abs_diff": search["feature_max_abs_diff"],
+                        "input_l2_distance": search["input_l2_distance"],
+                        "proven": search["proven"],
+                        "status": search["status"],
+                    }
+                )
     return {"training": info, "data": test_set.source, "rows": rows, **result}
 
 
@@ -69,8 +82,10 @@ def _images_and_labels(test_images: Any, test_labels: Any) -> tuple[np.ndarray, 
     images = as_input_array(test_images, "test_images")
     labels = np.asarray(as_input_array(test_labels, "test_labels")).reshape(-1).astype(np.int64)
     if images.ndim < 2 or images.shape[0] != labels.size:
-        raise ValueError(f"test_images must be (N, ...) with N = len(test_labels) = {labels.size}, "
-                         f"got shape {images.shape}")
+        raise ValueError(
+            f"test_images must be (N, ...) with N = len(test_labels) = {labels.size}, "
+            f"got shape {images.shape}"
+        )
     return images, labels
 
 
@@ -125,8 +140,9 @@ def fig7x_examples(
         raise ValueError(f"n_examples must be a positive integer, got {n_examples!r}")
     relus, modules = _depth_modules(model, depths)
     active = first_layer_activity(model, images, relus[0], float64=True).sum(1)
-    chosen = fewest_active_examples(active, labels, n_sources=int(n_examples), n_targets=1,
-                                    fresh_across_sources=True)
+    chosen = fewest_active_examples(
+        active, labels, n_sources=int(n_examples), n_targets=1, fresh_across_sources=True
+    )
     if target_indices is not None and len(target_indices) < len(chosen):
         raise ValueError(f"target_indices needs one index per example ({len(chosen)})")
     settings = dict(lower=lower, upper=upper, time_limit=time_limit)
@@ -134,35 +150,80 @@ def fig7x_examples(
     for e, example in enumerate(chosen):
         tgt = int(target_indices[e]) if target_indices is not None else example.targets[0]
         x, target = images[example.source], images[tgt]
-        per_depth = [_depth_entry(model, x, target, d, module, modes, first_relu=relus[0],
-                                  extent_method=extent_method, **settings)
-                     for d, module in zip(depths, modules, strict=True)]
-        examples.append({
-            "index": example.source, "label": int(labels[example.source]),
-            "n_active_first_layer": example.active, "target_index": tgt,
-            "target_label": int(labels[tgt]), "image_shape": list(images.shape[1:]),
-            "image": x.tolist(), "target": target.tolist(), "depths": per_depth})
-    return {"depths": list(depths), "modules": modules, "modes": list(modes),
-            "time_limit": time_limit, "box": [lower, upper], "examples": examples}
+        per_depth = [
+            _depth_entry(
+                model,
+                x,
+                target,
+                d,
+                module,
+                modes,
+                first_relu=relus[0],
+                extent_method=extent_method,
+                **settings,
+            )
+            for d, module in zip(depths, modules, strict=True)
+        ]
+        examples.append(
+            {
+                "index": example.source,
+                "label": int(labels[example.source]),
+                "n_active_first_layer": example.active,
+                "target_index": tgt,
+                "target_label": int(labels[tgt]),
+                "image_shape": list(images.shape[1:]),
+                "image": x.tolist(),
+                "target": target.tolist(),
+                "depths": per_depth,
+            }
+        )
+    return {
+        "depths": list(depths),
+        "modules": modules,
+        "modes": list(modes),
+        "time_limit": time_limit,
+        "box": [lower, upper],
+        "examples": examples,
+    }
 
 
-def _depth_entry(model: Any, x: np.ndarray, target: np.ndarray, depth: int | str, module: int,
-                 modes: Sequence[str], *, first_relu: int,
-                 extent_method: Literal["region", "exact"] | None, lower: float,
-                 upper: float, time_limit: float) -> dict[str, Any]:
+def _depth_entry(
+    model: Any,
+    x: np.ndarray,
+    target: np.ndarray,
+    depth: int | str,
+    module: int,
+    modes: Sequence[str],
+    *,
+    first_relu: int,
+    extent_method: Literal["region", "exact"] | None,
+    lower: float,
+    upper: float,
+    time_limit: float,
+) -> dict[str, Any]:
     """The searches (and the extent) of one example at one depth."""
     searches = {}
     for mode in modes:
         if mode == "layer" and module != first_relu:
             continue
-        r = invariance_search(model, x, target, layer=module, lower=lower, upper=upper,
-                              objective="max_inner", mode=cast(Mode, mode), time_limit=time_limit)
+        r = invariance_search(
+            model,
+            x,
+            target,
+            layer=module,
+            lower=lower,
+            upper=upper,
+            objective="max_inner",
+            mode=cast(Mode, mode),
+            time_limit=time_limit,
+        )
         searches[mode] = r.to_dict(include_x=False)
         searches[mode]["image"] = None if r.x is None else r.x.tolist()
     entry: dict[str, Any] = {"depth": depth, "module": module, "searches": searches}
     if extent_method is not None:
-        ext = preimage_extent(model, x, module, lower=lower, upper=upper,
-                              method=extent_method, time_limit=time_limit)
+        ext = preimage_extent(
+            model, x, module, lower=lower, upper=upper, method=extent_method, time_limit=time_limit
+        )
         entry["extent"] = ext.to_dict()
     return entry
 
@@ -172,25 +233,39 @@ def _depth_entry(model: Any, x: np.ndarray, target: np.ndarray, depth: int | str
 
 def _found(result: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
     """(example, depth entry, search) of every search that returned an input."""
-    return [(ex, d, s) for ex in result["examples"] for d in ex["depths"]
-            for s in d["searches"].values() if s.get("image") is not None]
+    return [
+        (ex, d, s)
+        for ex in result["examples"]
+        for d in ex["depths"]
+        for s in d["searches"].values()
+        if s.get("image") is not None
+    ]
 
 
 def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     """Figure 7x's claims (beyond the paper: Appendix A7 at deeper layers)."""
     found = _found(result)
     depths = [str(d) for d in result["depths"]]
-    text_keep = (f"at every depth kept ({', '.join(depths)}), the inputs found keep the features "
-                 f"(max |dF| <= {FEATURE_CLAIM_TOL:g})")
-    text_look = ("keeping deeper features still leaves room to look like another class: at every "
-                 "depth the best input found for each example is nearer (L2) to its target than "
-                 "to its source")
+    text_keep = (
+        f"at every depth kept ({', '.join(depths)}), the inputs found keep the features "
+        f"(max |dF| <= {FEATURE_CLAIM_TOL:g})"
+    )
+    text_look = (
+        "keeping deeper features still leaves room to look like another class: at every "
+        "depth the best input found for each example is nearer (L2) to its target than "
+        "to its source"
+    )
     if not found:
-        return [not_testable("fig7x", t, "no search returned an input")
-                for t in (text_keep, text_look)]
+        return [not_testable("fig7x", t, "no search returned an input") for t in (text_keep, text_look)]
     worst = max(s["feature_max_abs_diff"] for _, _, s in found)
-    rows = [check("fig7x", text_keep, worst <= FEATURE_CLAIM_TOL,
-                  f"largest feature difference over {len(found)} searches: {worst:.1e}")]
+    rows = [
+        check(
+            "fig7x",
+            text_keep,
+            worst <= FEATURE_CLAIM_TOL,
+            f"largest feature difference over {len(found)} searches: {worst:.1e}",
+        )
+    ]
     per_depth: dict[str, list[bool]] = {d: [] for d in depths}
     for ex in result["examples"]:
         for d in ex["depths"]:
@@ -200,6 +275,13 @@ def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
             if image is not None:
                 per_depth[str(d["depth"])].append(closer_to_target(ex["image"], ex["target"], image)[0])
     holds = all(v and all(v) for v in per_depth.values())
-    rows.append(check("fig7x", text_look, holds, "nearer the target / examples with an input: " +
-                      ", ".join(f"depth {d}: {sum(v)}/{len(v)}" for d, v in per_depth.items())))
+    rows.append(
+        check(
+            "fig7x",
+            text_look,
+            holds,
+            "nearer the target / examples with an input: "
+            + ", ".join(f"depth {d}: {sum(v)}/{len(v)}" for d, v in per_depth.items()),
+        )
+    )
     return rows

@@ -24,8 +24,13 @@ AUTO_LP_WORK = 2e6
 TIGHTEN_CHOICES = ("auto", "lp", "ibp")
 
 
-def interval_bounds(net: DenseNetwork, lo: NDArray[np.float64], up: NDArray[np.float64],
-                    start: int = 0, given: Bounds | None = None) -> BoundList:
+def interval_bounds(
+    net: DenseNetwork,
+    lo: NDArray[np.float64],
+    up: NDArray[np.float64],
+    start: int = 0,
+    given: Bounds | None = None,
+) -> BoundList:
     """Interval bound propagation of ``z_l`` from the box (blocks ``start ..``), intersected with
     ``given`` bounds where supplied."""
     out = list(given) if given is not None else []
@@ -43,8 +48,8 @@ def interval_bounds(net: DenseNetwork, lo: NDArray[np.float64], up: NDArray[np.f
         else:
             Wp, Wn = np.maximum(W, 0.0), np.minimum(W, 0.0)
             with np.errstate(invalid="ignore"):
-                zl = (np.where(Wp > 0, Wp * hl, 0.0).sum(1) + np.where(Wn < 0, Wn * hu, 0.0).sum(1) + c)
-                zu = (np.where(Wp > 0, Wp * hu, 0.0).sum(1) + np.where(Wn < 0, Wn * hl, 0.0).sum(1) + c)
+                zl = np.where(Wp > 0, Wp * hl, 0.0).sum(1) + np.where(Wn < 0, Wn * hu, 0.0).sum(1) + c
+                zu = np.where(Wp > 0, Wp * hu, 0.0).sum(1) + np.where(Wn < 0, Wn * hl, 0.0).sum(1) + c
         if l < len(out):
             zl, zu = np.maximum(zl, out[l][0]), np.minimum(zu, out[l][1])
             out[l] = (zl, zu)

@@ -29,8 +29,15 @@ class Encoding:
     on ``x'`` (a sub-box of it, e.g. one orthant around x).
     """
 
-    def __init__(self, problem: Problem, states: Sequence[NDArray[np.int8]],
-                 bounds: Bounds | None, *, integral: bool, box: Box | None = None):
+    def __init__(
+        self,
+        problem: Problem,
+        states: Sequence[NDArray[np.int8]],
+        bounds: Bounds | None,
+        *,
+        integral: bool,
+        box: Box | None = None,
+    ):
         self.problem = problem
         self.integral = integral
         self._lb: list[NDArray[np.float64]] = []
@@ -60,11 +67,13 @@ class Encoding:
                 y = problem.features
                 pos = y > 0
                 self.add_rows(blk.weight[pos], prev, y[pos] - blk.bias[pos], y[pos] - blk.bias[pos])
-                self.add_rows(blk.weight[~pos], prev, np.full(int((~pos).sum()), -np.inf),
-                              -blk.bias[~pos])
+                self.add_rows(blk.weight[~pos], prev, np.full(int((~pos).sum()), -np.inf), -blk.bias[~pos])
                 break
-            zlo, zup = (bounds[l] if bounds is not None
-                        else (np.full(blk.bias.size, -np.inf), np.full(blk.bias.size, np.inf)))
+            zlo, zup = (
+                bounds[l]
+                if bounds is not None
+                else (np.full(blk.bias.size, -np.inf), np.full(blk.bias.size, np.inf))
+            )
             prev = self._add_block(blk, prev, self.states[l], zlo, zup)
         if net.tail is not None:
             T, t = net.tail
@@ -83,8 +92,14 @@ class Encoding:
         self.n_cols += lb.size
         return cols
 
-    def add_rows(self, dense: NDArray[np.float64], cols: NDArray[np.int64], lo: Any, hi: Any,
-                 extras: Sequence[tuple[NDArray[np.int64], NDArray[np.float64]]] = ()) -> None:
+    def add_rows(
+        self,
+        dense: NDArray[np.float64],
+        cols: NDArray[np.int64],
+        lo: Any,
+        hi: Any,
+        extras: Sequence[tuple[NDArray[np.int64], NDArray[np.float64]]] = (),
+    ) -> None:
         """Rows ``lo <= dense @ v[cols] + sum_e coef_e * v[col_e] <= hi`` (one extra per row each)."""
         dense = np.asarray(dense, dtype=np.float64)
         if dense.ndim != 2 or dense.shape[1] != cols.size:  # pragma: no cover - internal misuse
@@ -110,8 +125,14 @@ class Encoding:
         """Register how extra columns are set from an input point (for MILP start solutions)."""
         self._fillers.append(fill)
 
-    def _add_block(self, blk: ReluBlock, prev: NDArray[np.int64], st: NDArray[np.int8],
-                   zlo: NDArray[np.float64], zup: NDArray[np.float64]) -> NDArray[np.int64]:
+    def _add_block(
+        self,
+        blk: ReluBlock,
+        prev: NDArray[np.int64],
+        st: NDArray[np.int8],
+        zlo: NDArray[np.float64],
+        zup: NDArray[np.float64],
+    ) -> NDArray[np.int64]:
         m = blk.bias.size
         W, c = blk.weight, blk.bias
         h_ub = np.where(st == INACTIVE, 0.0, np.where(np.isfinite(zup), np.maximum(zup, 0.0), np.inf))
@@ -128,30 +149,46 @@ class Encoding:
         self.add_rows(-W[idx], prev, c[idx], np.full(idx.size, np.inf), [(h[idx], np.ones(idx.size))])
         both = free & np.isfinite(zlo) & np.isfinite(zup)
         if self.integral and np.any(free & ~both):
-            raise ValueError("mode='exact' needs finite bounds on every unit; give a finite box "
-                             "lower/upper on every input")
+            raise ValueError(
+                "mode='exact' needs finite bounds on every unit; give a finite box lower/upper on every input"
+            )
         binary = np.full(m, -1, dtype=np.int64)
         idx = np.flatnonzero(both)
         if idx.size:
             a = self.add_cols(np.zeros(idx.size), np.ones(idx.size), integer=self.integral)
             binary[idx] = a
             # h <= z - lo (1 - a)   <=>   h - W h_prev - lo a <= c - lo
-            self.add_rows(-W[idx], prev, np.full(idx.size, -np.inf), c[idx] - zlo[idx],
-                          [(h[idx], np.ones(idx.size)), (a, -zlo[idx])])
+            self.add_rows(
+                -W[idx],
+                prev,
+                np.full(idx.size, -np.inf),
+                c[idx] - zlo[idx],
+                [(h[idx], np.ones(idx.size)), (a, -zlo[idx])],
+            )
             # h <= up a
-            self.add_rows(np.zeros((idx.size, 0)), np.zeros(0, np.int64), np.full(idx.size, -np.inf),
-                          np.zeros(idx.size), [(h[idx], np.ones(idx.size)), (a, -zup[idx])])
+            self.add_rows(
+                np.zeros((idx.size, 0)),
+                np.zeros(0, np.int64),
+                np.full(idx.size, -np.inf),
+                np.zeros(idx.size),
+                [(h[idx], np.ones(idx.size)), (a, -zup[idx])],
+            )
         idx = np.flatnonzero(free & np.isfinite(zlo) & ~np.isfinite(zup))
-        self.add_rows(-W[idx], prev, np.full(idx.size, -np.inf), c[idx] - zlo[idx],
-                      [(h[idx], np.ones(idx.size))])
+        self.add_rows(
+            -W[idx], prev, np.full(idx.size, -np.inf), c[idx] - zlo[idx], [(h[idx], np.ones(idx.size))]
+        )
         self.h_cols.append(h)
         self.binary_cols.append(binary)
         return h
 
     # -- start solutions and reading solutions -------------------------------------------------
 
-    def _fill_network(self, x_prime: NDArray[np.float64], vec: NDArray[np.float64],
-                      pattern: Sequence[NDArray[np.bool_]] | None) -> None:
+    def _fill_network(
+        self,
+        x_prime: NDArray[np.float64],
+        vec: NDArray[np.float64],
+        pattern: Sequence[NDArray[np.bool_]] | None,
+    ) -> None:
         vec[self.x_cols] = x_prime
         zs = self.problem.net.preactivations(x_prime)
         for l, h in enumerate(self.h_cols):
@@ -162,8 +199,9 @@ class Encoding:
             on = (z > 0) if pattern is None else pattern[l]
             vec[b[has]] = on[has].astype(np.float64)
 
-    def start_vector(self, x_prime: NDArray[np.float64],
-                     pattern: Sequence[NDArray[np.bool_]] | None = None) -> NDArray[np.float64]:
+    def start_vector(
+        self, x_prime: NDArray[np.float64], pattern: Sequence[NDArray[np.bool_]] | None = None
+    ) -> NDArray[np.float64]:
         """All columns set from an input point by a forward pass (a MILP start solution).
 
         ``pattern`` (one bool array per variable block) sets the binaries; by default ``z > 0``.

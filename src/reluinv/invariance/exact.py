@@ -74,15 +74,18 @@ class _PreimageSearch:
         self.up_b = problem.up if boxed[1] else None
         jac = feature_jacobian(problem)
         self.rank = int(np.linalg.matrix_rank(jac)) if jac.size else 0
-        self.n_active = (int((problem.features > 0).sum()) if net.fixed_last
-                         else int(problem.features.size))
-        self.bounds, self.n_lp = preimage_bounds(problem, "auto",
-                                                 clock.since_start(TimeShares.PREIMAGE_TIGHTEN))
+        self.n_active = int((problem.features > 0).sum()) if net.fixed_last else int(problem.features.size)
+        self.bounds, self.n_lp = preimage_bounds(
+            problem, "auto", clock.since_start(TimeShares.PREIMAGE_TIGHTEN)
+        )
         self.states = states_from_bounds(problem, self.bounds)
         self.x_signs = [problem.zs[l] > 0 for l in range(net.n_var_blocks)]
         # the undetermined units, branched on last layer first
-        self.order = [(l, int(i)) for l in reversed(range(net.n_var_blocks))
-                      for i in np.flatnonzero(self.states[l] == FREE)]
+        self.order = [
+            (l, int(i))
+            for l in reversed(range(net.n_var_blocks))
+            for i in np.flatnonzero(self.states[l] == FREE)
+        ]
         self.pieces: list[PreimagePiece] = []
         self.second: NDArray[np.float64] | None = None
         self.n_pruned = 0
@@ -91,32 +94,62 @@ class _PreimageSearch:
 
     # -- answers ----------------------------------------------------------------------------------
 
-    def answer(self, kind: Kind, point: NDArray[np.float64], direction: NDArray[np.float64] | None,
-               reason: str, *, complete: bool, piece: Preimage | None = None) -> Preimage:
+    def answer(
+        self,
+        kind: Kind,
+        point: NDArray[np.float64],
+        direction: NDArray[np.float64] | None,
+        reason: str,
+        *,
+        complete: bool,
+        piece: Preimage | None = None,
+    ) -> Preimage:
         pieces = self.pieces
         if kind in ("compact", "unknown"):
             second = self.second
         else:
             second = piece.certificate.second_point if piece is not None and kind == "unbounded" else None
         cert = NetworkPreimageCertificate(
-            reason=reason, second_point=second, pieces=tuple(pieces), complete=complete,
-            method="time limit" if kind == "unknown" else self.method, n_lp=self.n_lp,
-            n_pruned=self.n_pruned, seconds=self.clock.elapsed())
+            reason=reason,
+            second_point=second,
+            pieces=tuple(pieces),
+            complete=complete,
+            method="time limit" if kind == "unknown" else self.method,
+            n_lp=self.n_lp,
+            n_pruned=self.n_pruned,
+            seconds=self.clock.elapsed(),
+        )
         if piece is not None:
             margin, tol = piece.margin, piece.tolerance
         else:
             margin = min((p.result.margin for p in pieces), default=0.0)
             tol = pieces[0].result.tolerance if pieces else self.rtol
-        return Preimage(kind=kind, point=point, direction=direction,
-                        nullity=self.problem.n - self.rank, n_active=self.n_active, rank=self.rank,
-                        margin=float(margin), tolerance=float(tol), certificate=cert)
+        return Preimage(
+            kind=kind,
+            point=point,
+            direction=direction,
+            nullity=self.problem.n - self.rank,
+            n_active=self.n_active,
+            rank=self.rank,
+            margin=float(margin),
+            tolerance=float(tol),
+            certificate=cert,
+        )
 
     def timeout(self) -> Preimage:
-        found = ("a second point was found, so the preimage is not a singleton, but unboundedness "
-                 "is not settled" if self.second is not None else "no second point found yet")
-        return self.answer("unknown", self.problem.x.copy(), None,
-                           f"time limit of {self.clock.time_limit:g} s reached after "
-                           f"{len(self.pieces)} pieces and {self.n_lp} LPs; {found}", complete=False)
+        found = (
+            "a second point was found, so the preimage is not a singleton, but unboundedness is not settled"
+            if self.second is not None
+            else "no second point found yet"
+        )
+        return self.answer(
+            "unknown",
+            self.problem.x.copy(),
+            None,
+            f"time limit of {self.clock.time_limit:g} s reached after "
+            f"{len(self.pieces)} pieces and {self.n_lp} LPs; {found}",
+            complete=False,
+        )
 
     # -- stage 1: one piece (x's own first) ---------------------------------------------------------
 
@@ -139,16 +172,27 @@ class _PreimageSearch:
         self.pieces.append(PreimagePiece(pattern, A, b, y, r))
         if r.kind == "unbounded":
             assert r.point is not None  # every non-empty kind carries a point
-            return self.answer("unbounded", r.point, r.direction,
-                               f"the piece of activation pattern #{len(self.pieces)} is unbounded "
-                               f"(Theorem 4 iii on the piece): along its direction every feature at "
-                               f"module {problem.net.layer} stays equal", complete=False, piece=r)
+            return self.answer(
+                "unbounded",
+                r.point,
+                r.direction,
+                f"the piece of activation pattern #{len(self.pieces)} is unbounded "
+                f"(Theorem 4 iii on the piece): along its direction every feature at "
+                f"module {problem.net.layer} stays equal",
+                complete=False,
+                piece=r,
+            )
         if self.second is None:
             self._note_second_point(r)
         if self.second is not None and problem.box_finite:
-            return self.answer("compact", problem.x.copy(), None,
-                               "two distinct points of the preimage inside a finite box (every "
-                               "piece is bounded by the box, Remark 3)", complete=False)
+            return self.answer(
+                "compact",
+                problem.x.copy(),
+                None,
+                "two distinct points of the preimage inside a finite box (every "
+                "piece is bounded by the box, Remark 3)",
+                complete=False,
+            )
         return None
 
     def _note_second_point(self, r: Preimage) -> None:
@@ -206,16 +250,23 @@ class _PreimageSearch:
             cost, const = enc.z_objective(l, i)
         else:
             cost, const = np.zeros(enc.n_cols), 0.0
-        out = enc.solver().run(cost, maximize=True, offset=const,
-                               time_limit=max(deadline - time.perf_counter(), MIN_SOLVE_SECONDS))
+        out = enc.solver().run(
+            cost,
+            maximize=True,
+            offset=const,
+            time_limit=max(deadline - time.perf_counter(), MIN_SOLVE_SECONDS),
+        )
         self.n_lp += 1
         if out.status == "time_limit":
             return None
         if out.status == "infeasible":
             self.n_pruned += 1
             return False
-        if child[l][i] == ACTIVE and out.status == "optimal" and \
-                out.objective <= ZERO_RTOL * self.problem.unit_scale(l, i):
+        if (
+            child[l][i] == ACTIVE
+            and out.status == "optimal"
+            and out.objective <= ZERO_RTOL * self.problem.unit_scale(l, i)
+        ):
             self.n_pruned += 1
             return False
         return True
@@ -223,15 +274,24 @@ class _PreimageSearch:
     def _enumeration_verdict(self) -> Preimage:
         x = self.problem.x
         if self.second is not None:
-            return self.answer("compact", x.copy(), None,
-                               f"all {len(self.pieces)} pieces of the preimage are bounded "
-                               f"(Theorem 4 iii on each) and it holds two distinct points",
-                               complete=True)
+            return self.answer(
+                "compact",
+                x.copy(),
+                None,
+                f"all {len(self.pieces)} pieces of the preimage are bounded "
+                f"(Theorem 4 iii on each) and it holds two distinct points",
+                complete=True,
+            )
         reasons = sorted({p.result.certificate.reason for p in self.pieces})
-        return self.answer("singleton", x.copy(), None,
-                           f"every one of the {len(self.pieces)} pieces (one per activation pattern "
-                           f"consistent with the features, {self.n_pruned} partial patterns pruned) "
-                           f"is the single point x: " + "; ".join(reasons), complete=True)
+        return self.answer(
+            "singleton",
+            x.copy(),
+            None,
+            f"every one of the {len(self.pieces)} pieces (one per activation pattern "
+            f"consistent with the features, {self.n_pruned} partial patterns pruned) "
+            f"is the single point x: " + "; ".join(reasons),
+            complete=True,
+        )
 
     # -- stage 3: MILPs over all patterns (finite box) ----------------------------------------------
 
@@ -254,31 +314,42 @@ class _PreimageSearch:
                     return decided
         self.method = "milp"
         own = self.pieces[0].result.certificate.reason if self.pieces else "n/a"
-        return self.answer("singleton", x0.copy(), None,
-                           f"for every input coordinate j and both signs a MILP over all activation "
-                           f"patterns (big-M from bounds valid on the preimage; HiGHS, feasibility "
-                           f"tolerance {MIP_FEAS_TOL:g}) proves max +-(x'_j - x_j) <= {tol:.1g}; "
-                           f"x's own piece: {own}", complete=True)
+        return self.answer(
+            "singleton",
+            x0.copy(),
+            None,
+            f"for every input coordinate j and both signs a MILP over all activation "
+            f"patterns (big-M from bounds valid on the preimage; HiGHS, feasibility "
+            f"tolerance {MIP_FEAS_TOL:g}) proves max +-(x'_j - x_j) <= {tol:.1g}; "
+            f"x's own piece: {own}",
+            complete=True,
+        )
 
-    def _milp_move(self, solver: HighsModel, enc: Encoding, start: NDArray[np.float64], j: int,
-                   sign: float, left: float) -> tuple[Preimage | None, bool]:
+    def _milp_move(
+        self, solver: HighsModel, enc: Encoding, start: NDArray[np.float64], j: int, sign: float, left: float
+    ) -> tuple[Preimage | None, bool]:
         """One MILP; ``(answer, go on)``: a verified second point decides "compact", a proof that
         x cannot move goes on, anything else stops the route undecided."""
         problem = self.problem
         x0, tol = problem.x, problem.point_tol
-        out = solver.run(enc.input_cost(sign, j), maximize=True, time_limit=left,
-                         offset=-sign * x0[j], start=start)
+        out = solver.run(
+            enc.input_cost(sign, j), maximize=True, time_limit=left, offset=-sign * x0[j], start=start
+        )
         self.n_lp += 1
         if out.values is not None and out.objective > tol:
             cand = problem.clip(out.values)
             if problem.feature_diff(cand) <= problem.feature_tol and np.linalg.norm(cand - x0) > tol:
                 self.second = cand
                 self.method = "milp"
-                return self.answer("compact", x0.copy(), None,
-                                   f"a MILP over all activation patterns found a second point "
-                                   f"(|x'_{j} - x_{j}| = {abs(cand[j] - x0[j]):.3g}) inside a "
-                                   f"finite box, which bounds every piece (Remark 3)",
-                                   complete=False), False
+                return self.answer(
+                    "compact",
+                    x0.copy(),
+                    None,
+                    f"a MILP over all activation patterns found a second point "
+                    f"(|x'_{j} - x_{j}| = {abs(cand[j] - x0[j]):.3g}) inside a "
+                    f"finite box, which bounds every piece (Remark 3)",
+                    complete=False,
+                ), False
             return None, False  # a doubtful point: leave the decision to the enumeration
         if out.status != "optimal" or out.bound > tol:
             return None, False  # not proven within the tolerance: enumerate instead
@@ -398,10 +469,20 @@ def network_preimage(
         'compact'
     """
     problem, clock = setup(
-        model, x, layer, lower, upper, time_limit=time_limit,
+        model,
+        x,
+        layer,
+        lower,
+        upper,
+        time_limit=time_limit,
         choices=(("strategy", strategy, tuple(ROUTES)),),
-        finite_box=("strategy='milp' needs a finite box (lower and upper finite for every "
-                    "input); without one use 'enumerate' or 'auto'") if strategy == "milp" else None)
+        finite_box=(
+            "strategy='milp' needs a finite box (lower and upper finite for every "
+            "input); without one use 'enumerate' or 'auto'"
+        )
+        if strategy == "milp"
+        else None,
+    )
     search = _PreimageSearch(problem, clock, rtol=rtol, boxed=(lower is not None, upper is not None))
     return search.own_piece() or ROUTES[strategy](search) or search.timeout()
 
@@ -418,8 +499,16 @@ UNIT_DIRECTION_TOL = 1e-8
 PIECE_VERIFY_RTOL = 1e-6
 
 
-def verify_network_preimage(result: Preimage, model: Any, x: Any, layer: int, *,
-                            lower: Any = None, upper: Any = None, rtol: float = VERIFY_RTOL) -> None:
+def verify_network_preimage(
+    result: Preimage,
+    model: Any,
+    x: Any,
+    layer: int,
+    *,
+    lower: Any = None,
+    upper: Any = None,
+    rtol: float = VERIFY_RTOL,
+) -> None:
     """Check a :func:`network_preimage` answer by float64 forward passes; raise CertificateError.
 
     Checks that ``point`` (and ``second_point``, ``point + t * direction`` for t in 1, 10, 1000)
@@ -466,13 +555,17 @@ def _check_second_point(result: Preimage, check: Callable[[NDArray[np.float64], 
         raise CertificateError("compact needs a second point")
 
 
-def _check_pieces(result: Preimage, cert: NetworkPreimageCertificate, problem: Problem, *,
-                  boxed: tuple[bool, bool]) -> None:
+def _check_pieces(
+    result: Preimage, cert: NetworkPreimageCertificate, problem: Problem, *, boxed: tuple[bool, bool]
+) -> None:
     lo_b = problem.lo if boxed[0] else None
     up_b = problem.up if boxed[1] else None
     for piece in cert.pieces:
         piece.result.verify(piece.A, piece.b, piece.y, lower=lo_b, upper=up_b, rtol=PIECE_VERIFY_RTOL)
         point = piece.result.point
-        if result.kind == "singleton" and point is not None and \
-                np.linalg.norm(point - problem.x) > PIECE_VERIFY_RTOL * problem.x_scale:
+        if (
+            result.kind == "singleton"
+            and point is not None
+            and np.linalg.norm(point - problem.x) > PIECE_VERIFY_RTOL * problem.x_scale
+        ):
             raise CertificateError("a piece of a singleton preimage holds a point other than x")

@@ -58,10 +58,17 @@ class PreimageExtent:
     message: str = ""
 
     def to_dict(self, *, include_points: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {k: json_float(getattr(self, k)) for k in (
-            "linf", "linf_bound", "l1", "l1_bound", "feature_max_abs_diff", "solve_time")}
-        out.update(layer=self.layer, method=self.method, proven=bool(self.proven),
-                   lower_bound_only=bool(self.lower_bound_only), message=self.message)
+        out: dict[str, Any] = {
+            k: json_float(getattr(self, k))
+            for k in ("linf", "linf_bound", "l1", "l1_bound", "feature_max_abs_diff", "solve_time")
+        }
+        out.update(
+            layer=self.layer,
+            method=self.method,
+            proven=bool(self.proven),
+            lower_bound_only=bool(self.lower_bound_only),
+            message=self.message,
+        )
         if include_points:
             out["linf_point"] = None if self.linf_point is None else self.linf_point.tolist()
             out["l1_point"] = None if self.l1_point is None else self.l1_point.tolist()
@@ -124,41 +131,82 @@ def preimage_extent(
         (0.5, 1.0, True)
     """
     problem, clock = setup(
-        model, x, layer, lower, upper, time_limit=time_limit,
+        model,
+        x,
+        layer,
+        lower,
+        upper,
+        time_limit=time_limit,
         choices=(("method", method, METHODS), ("tighten", tighten, TIGHTEN_CHOICES)),
         finite_box="preimage_extent needs a finite box (lower and upper finite for every input); "
-                   "use network_preimage to decide whether the preimage is bounded")
+        "use network_preimage to decide whether the preimage is bounded",
+    )
     notes: list[str] = []
     # x's linear region first: cheap, and a lower bound (and start point) for the exact search.
     region_end = clock.deadline if method == "region" else clock.since_start(TimeShares.EXTENT_REGION)
     region_states = problem.region_states()
-    linf = linf_extent(problem, region_states, None, integral=False, best=(0.0, problem.x.copy()),
-                       deadline=clock.t0 + TimeShares.EXTENT_REGION_LINF * (region_end - clock.t0),
-                       notes=notes)
-    l1 = l1_extent(problem, region_states, None, deadline=region_end,
-                   starts=[linf.point, problem.x], notes=notes)
+    linf = linf_extent(
+        problem,
+        region_states,
+        None,
+        integral=False,
+        best=(0.0, problem.x.copy()),
+        deadline=clock.t0 + TimeShares.EXTENT_REGION_LINF * (region_end - clock.t0),
+        notes=notes,
+    )
+    l1 = l1_extent(
+        problem, region_states, None, deadline=region_end, starts=[linf.point, problem.x], notes=notes
+    )
     if method == "exact":
         bounds, _ = preimage_bounds(problem, tighten, clock.from_now(TimeShares.EXTENT_TIGHTEN))
         states = states_from_bounds(problem, bounds)
         notes.clear()  # region-phase notes concern only the start values now
         # the region points sit on some z = 0: start the MILPs with the pattern they came from
         region_pattern = [st == ACTIVE for st in region_states]
-        linf = linf_extent(problem, states, bounds, integral=True, best=(linf.value, linf.point),
-                           deadline=clock.of_rest(TimeShares.EXTENT_LINF), notes=notes,
-                           start_pattern=region_pattern)
-        l1 = l1_extent(problem, states, bounds, deadline=clock.deadline, starts=[l1.point],
-                       notes=notes, start_pattern=region_pattern)
+        linf = linf_extent(
+            problem,
+            states,
+            bounds,
+            integral=True,
+            best=(linf.value, linf.point),
+            deadline=clock.of_rest(TimeShares.EXTENT_LINF),
+            notes=notes,
+            start_pattern=region_pattern,
+        )
+        l1 = l1_extent(
+            problem,
+            states,
+            bounds,
+            deadline=clock.deadline,
+            starts=[l1.point],
+            notes=notes,
+            start_pattern=region_pattern,
+        )
     return PreimageExtent(
-        layer=problem.net.layer, method=method, linf=linf.value, linf_bound=linf.bound,
-        l1=l1.value, l1_bound=l1.bound, proven=bool(linf.proven and l1.proven),
-        lower_bound_only=method == "region", linf_point=linf.point.reshape(problem.x_shape),
+        layer=problem.net.layer,
+        method=method,
+        linf=linf.value,
+        linf_bound=linf.bound,
+        l1=l1.value,
+        l1_bound=l1.bound,
+        proven=bool(linf.proven and l1.proven),
+        lower_bound_only=method == "region",
+        linf_point=linf.point.reshape(problem.x_shape),
         l1_point=l1.point.reshape(problem.x_shape),
         feature_max_abs_diff=max(problem.feature_diff(p) for p in (linf.point, l1.point)),
-        solve_time=clock.elapsed(), message="; ".join(notes))
+        solve_time=clock.elapsed(),
+        message="; ".join(notes),
+    )
 
 
-def polish(problem: Problem, states: Sequence[NDArray[np.int8]], cost_x: NDArray[np.float64], *,
-           box: Box | None = None, time_limit: float = 5.0) -> NDArray[np.float64] | None:
+def polish(
+    problem: Problem,
+    states: Sequence[NDArray[np.int8]],
+    cost_x: NDArray[np.float64],
+    *,
+    box: Box | None = None,
+    time_limit: float = 5.0,
+) -> NDArray[np.float64] | None:
     """``argmax cost_x . x'`` over one activation pattern's region (an LP).
 
     A MILP point meets its rows only to the MILP tolerance; re-solving the LP of its own pattern
@@ -172,9 +220,17 @@ def polish(problem: Problem, states: Sequence[NDArray[np.int8]], cost_x: NDArray
     return problem.clip(out.values, box)
 
 
-def linf_extent(problem: Problem, states: Sequence[NDArray[np.int8]], bounds: Bounds | None, *,
-                integral: bool, best: tuple[float, NDArray[np.float64]], deadline: float,
-                notes: list[str], start_pattern: Sequence[NDArray[np.bool_]] | None = None) -> Extent:
+def linf_extent(
+    problem: Problem,
+    states: Sequence[NDArray[np.int8]],
+    bounds: Bounds | None,
+    *,
+    integral: bool,
+    best: tuple[float, NDArray[np.float64]],
+    deadline: float,
+    notes: list[str],
+    start_pattern: Sequence[NDArray[np.bool_]] | None = None,
+) -> Extent:
     """Largest ``|x'_j - x_j|`` over the encoding.
 
     ``best`` = (value, point) already known to be attainable (e.g. from x's region, whose
@@ -193,17 +249,24 @@ def linf_extent(problem: Problem, states: Sequence[NDArray[np.int8]], bounds: Bo
             return Extent(value, point, max(bound, value), True)  # no candidate left can beat it
         left = deadline - time.perf_counter()
         if left <= 0:
-            notes.append(f"L-infinity: time limit reached ({'MILP' if integral else 'LP'}s), "
-                         f"{order.size - pos} of {order.size} candidates unvisited")
+            notes.append(
+                f"L-infinity: time limit reached ({'MILP' if integral else 'LP'}s), "
+                f"{order.size - pos} of {order.size} candidates unvisited"
+            )
             return Extent(value, point, max(bound, float(rooms[order[pos:]].max())), False)
         j, sign = int(k % n), (1.0 if k < n else -1.0)
-        start = (enc.start_vector(point, start_pattern if point is initial_point else None)
-                 if integral else None)
-        out = solver.run(enc.input_cost(sign, j), maximize=True, time_limit=left,
-                         offset=-sign * x[j], start=start)
+        start = (
+            enc.start_vector(point, start_pattern if point is initial_point else None) if integral else None
+        )
+        out = solver.run(
+            enc.input_cost(sign, j), maximize=True, time_limit=left, offset=-sign * x[j], start=start
+        )
         if out.values is not None:
-            cand = _polished_move(problem, enc, out.values, j, sign, deadline) if integral \
+            cand = (
+                _polished_move(problem, enc, out.values, j, sign, deadline)
+                if integral
                 else problem.clip(out.values)
+            )
             if abs(cand[j] - x[j]) > value:
                 value, point = float(abs(cand[j] - x[j])), cand
         if out.status == "optimal":
@@ -211,20 +274,24 @@ def linf_extent(problem: Problem, states: Sequence[NDArray[np.int8]], bounds: Bo
         else:
             bound = max(bound, out.bound if math.isfinite(out.bound) else float(rooms[k]))
             notes.append(f"L-infinity: coordinate {j} not proven (status {out.status})")
-            return Extent(value, point, max(bound, float(rooms[order[pos + 1:]].max(initial=bound))),
-                          False)
+            return Extent(value, point, max(bound, float(rooms[order[pos + 1 :]].max(initial=bound))), False)
     return Extent(value, point, max(bound, value), True)
 
 
-def _polished_move(problem: Problem, enc: Encoding, values: NDArray[np.float64], j: int,
-                   sign: float, deadline: float) -> NDArray[np.float64]:
+def _polished_move(
+    problem: Problem, enc: Encoding, values: NDArray[np.float64], j: int, sign: float, deadline: float
+) -> NDArray[np.float64]:
     """A MILP point moving ``x_j`` by ``sign``, polished in its own pattern's region unless that
     moves ``x_j`` clearly less."""
     cand = problem.clip(values)
     unit = np.zeros(problem.n)
     unit[j] = sign
-    polished = polish(problem, enc.fixed_binaries(values), unit,
-                      time_limit=max(MIN_LP_SECONDS, deadline - time.perf_counter()))
+    polished = polish(
+        problem,
+        enc.fixed_binaries(values),
+        unit,
+        time_limit=max(MIN_LP_SECONDS, deadline - time.perf_counter()),
+    )
     if polished is not None and sign * (polished[j] - cand[j]) >= -POLISH_RTOL * max(1.0, abs(cand[j])):
         return polished
     return cand
@@ -268,9 +335,16 @@ def _add_sides(enc: Encoding, problem: Problem) -> tuple[NDArray[np.float64], fl
     return cost, float(x[at_upper].sum() - x[at_lower].sum())
 
 
-def l1_extent(problem: Problem, states: Sequence[NDArray[np.int8]], bounds: Bounds | None, *,
-              deadline: float, starts: Sequence[NDArray[np.float64]], notes: list[str],
-              start_pattern: Sequence[NDArray[np.bool_]] | None = None) -> Extent:
+def l1_extent(
+    problem: Problem,
+    states: Sequence[NDArray[np.int8]],
+    bounds: Bounds | None,
+    *,
+    deadline: float,
+    starts: Sequence[NDArray[np.float64]],
+    notes: list[str],
+    start_pattern: Sequence[NDArray[np.bool_]] | None = None,
+) -> Extent:
     """Largest ``||x' - x||_1`` over the encoding (a MILP).
 
     The best of ``starts`` is the MILP's start solution (binaries from ``start_pattern`` when
@@ -285,17 +359,26 @@ def l1_extent(problem: Problem, states: Sequence[NDArray[np.int8]], bounds: Boun
     enc = Encoding(problem, states, bounds, integral=True)
     cost, offset = _add_sides(enc, problem)
     best_start = max(starts, key=dist)
-    out = enc.solver().run(cost, maximize=True,
-                           time_limit=max(deadline - time.perf_counter(), MIN_SOLVE_SECONDS),
-                           offset=offset, start=enc.start_vector(best_start, start_pattern))
+    out = enc.solver().run(
+        cost,
+        maximize=True,
+        time_limit=max(deadline - time.perf_counter(), MIN_SOLVE_SECONDS),
+        offset=offset,
+        start=enc.start_vector(best_start, start_pattern),
+    )
     value, point = dist(best_start), best_start
     if out.values is not None:
         cand = problem.clip(out.values)
         # polish: with the pattern and every side fixed, |x'_j - x_j| is linear: one LP
         side = np.sign(cand - x)
         orthant = (np.where(side > 0, x, problem.lo), np.where(side < 0, x, problem.up))
-        polished = polish(problem, enc.fixed_binaries(out.values), side, box=orthant,
-                          time_limit=max(MIN_LP_SECONDS, deadline - time.perf_counter()))
+        polished = polish(
+            problem,
+            enc.fixed_binaries(out.values),
+            side,
+            box=orthant,
+            time_limit=max(MIN_LP_SECONDS, deadline - time.perf_counter()),
+        )
         if polished is not None and dist(polished) >= dist(cand) - POLISH_RTOL * max(1.0, dist(cand)):
             cand = polished
         if dist(cand) >= value:

@@ -117,8 +117,11 @@ def reduce_piece(A: NDArray[np.float64], b: NDArray[np.float64], y: NDArray[np.f
     null = Vt[r:].T  # (n, n - r)
     G, g = A[~eq], b[~eq]
     g_norms = np.linalg.norm(G, axis=1)
-    restricted = (np.linalg.norm((G / np.where(g_norms > 0, g_norms, 1.0)[:, None]) @ null, axis=1)
-                  if null.shape[1] else np.zeros(G.shape[0]))
+    restricted = (
+        np.linalg.norm((G / np.where(g_norms > 0, g_norms, 1.0)[:, None]) @ null, axis=1)
+        if null.shape[1]
+        else np.zeros(G.shape[0])
+    )
     value = G @ x_p + g  # the constant value of a constant row on the affine hull
     scale = np.maximum(1.0, np.abs(g) + g_norms * float(np.abs(x_p).max(initial=0.0)))
     keep = ~((g_norms > 0) & (restricted <= PIECE_RANK_RTOL) & (value <= PIECE_CONSISTENCY_RTOL * scale))

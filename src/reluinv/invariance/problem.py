@@ -174,8 +174,9 @@ def check_layer(layer: Any, n_modules: int) -> int:
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
         raise ValueError(f"layer must be an integer module index, got {type(layer).__name__}")
     if not 0 <= int(layer) < n_modules:
-        raise ValueError(f"layer {layer} is out of range: the (flattened) model has modules "
-                         f"0..{n_modules - 1}")
+        raise ValueError(
+            f"layer {layer} is out of range: the (flattened) model has modules 0..{n_modules - 1}"
+        )
     return int(layer)
 
 
@@ -198,15 +199,17 @@ def build_network(model: Any, input_shape: tuple[int, ...], layer: int) -> Dense
                 raise ValueError(
                     f"module {step.index} ({type(step.module).__name__}) is not supported by the "
                     f"invariance searches: they need ReLU activations (a {step.kind} network has "
-                    f"no polyhedral preimage pieces)")
+                    f"no polyhedral preimage pieces)"
+                )
             fed = feeding_map(chain, step.index)
             weight, bias = fed if fed is not None else (np.eye(step.in_dim), np.zeros(step.in_dim))
             blocks.append(ReluBlock(weight, bias, step.index))
     tail = feeding_map(chain, layer + 1)
     if not blocks and tail is None:  # features are the (reshaped) input itself
         tail = (np.eye(n_inputs), np.zeros(n_inputs))
-    return DenseNetwork(tuple(leaves), tuple(int(s) for s in input_shape), n_inputs, tuple(blocks),
-                        tail, layer)
+    return DenseNetwork(
+        tuple(leaves), tuple(int(s) for s in input_shape), n_inputs, tuple(blocks), tail, layer
+    )
 
 
 class TorchFeatures:
@@ -279,11 +282,13 @@ class Problem:
 
     def region_states(self) -> list[NDArray[np.int8]]:
         """x's activation pattern (z > 0 active, z <= 0 inactive) for the variable blocks."""
-        return [np.where(self.zs[l] > 0, ACTIVE, INACTIVE).astype(np.int8)
-                for l in range(self.net.n_var_blocks)]
+        return [
+            np.where(self.zs[l] > 0, ACTIVE, INACTIVE).astype(np.int8) for l in range(self.net.n_var_blocks)
+        ]
 
-    def clip(self, values: NDArray[np.float64],
-             box: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None) -> NDArray[np.float64]:
+    def clip(
+        self, values: NDArray[np.float64], box: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
+    ) -> NDArray[np.float64]:
         """The input part of a solver's columns, clipped to the box (solvers leave it by their
         tolerance; the box is a hard prior)."""
         lo, up = box if box is not None else (self.lo, self.up)
@@ -316,18 +321,29 @@ def make_problem(model: Any, x: Any, layer: Any, lower: Any, upper: Any) -> Prob
     outside = np.flatnonzero((flat < lo) | (flat > up))
     if outside.size:
         j = int(outside[0])
-        raise ValueError(f"x lies outside the box at input coordinate {j}: "
-                         f"lower={lo[j]}, x={flat[j]}, upper={up[j]} ({outside.size} coordinates "
-                         f"outside); the preimage search needs x inside [lower, upper]")
+        raise ValueError(
+            f"x lies outside the box at input coordinate {j}: "
+            f"lower={lo[j]}, x={flat[j]}, upper={up[j]} ({outside.size} coordinates "
+            f"outside); the preimage search needs x inside [lower, upper]"
+        )
     torch_features = TorchFeatures(net.leaves, net.layer, tuple(x_arr.shape))
     try:
         reference = torch_features(flat)
     except RuntimeError as exc:
-        raise ValueError(f"the model cannot run on x of shape {x_arr.shape} (one input, no batch "
-                         f"dimension): {exc}") from exc
-    return Problem(net=net, x=flat, x_shape=tuple(x_arr.shape), lo=lo, up=up,
-                   features=net.features(flat), reference=reference, zs=net.preactivations(flat),
-                   torch_features=torch_features)
+        raise ValueError(
+            f"the model cannot run on x of shape {x_arr.shape} (one input, no batch dimension): {exc}"
+        ) from exc
+    return Problem(
+        net=net,
+        x=flat,
+        x_shape=tuple(x_arr.shape),
+        lo=lo,
+        up=up,
+        features=net.features(flat),
+        reference=reference,
+        zs=net.preactivations(flat),
+        torch_features=torch_features,
+    )
 
 
 def check_time_limit(time_limit: Any) -> float:
@@ -344,9 +360,17 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     return str(value)
 
 
-def setup(model: Any, x: Any, layer: Any, lower: Any, upper: Any, *, time_limit: Any,
-          choices: Sequence[tuple[str, Any, Sequence[str]]] = (),
-          finite_box: str | None = None) -> tuple[Problem, Clock]:
+def setup(
+    model: Any,
+    x: Any,
+    layer: Any,
+    lower: Any,
+    upper: Any,
+    *,
+    time_limit: Any,
+    choices: Sequence[tuple[str, Any, Sequence[str]]] = (),
+    finite_box: str | None = None,
+) -> tuple[Problem, Clock]:
     """The start every public search shares: the clock, the option checks, the problem, the box.
 
     Args:

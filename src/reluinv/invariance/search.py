@@ -85,11 +85,19 @@ class InvarianceResult:
 
     def to_dict(self, *, include_x: bool = True) -> dict[str, Any]:
         """JSON-serialisable summary (``x`` as nested lists when ``include_x``)."""
-        out: dict[str, Any] = {k: json_float(getattr(self, k)) for k in (
-            "objective", "bound", "feature_max_abs_diff", "input_l2_distance", "solve_time")}
-        out.update(objective_kind=self.objective_kind, mode=self.mode, proven=bool(self.proven),
-                   status=self.status, layer=self.layer, n_binaries=self.n_binaries,
-                   message=self.message)
+        out: dict[str, Any] = {
+            k: json_float(getattr(self, k))
+            for k in ("objective", "bound", "feature_max_abs_diff", "input_l2_distance", "solve_time")
+        }
+        out.update(
+            objective_kind=self.objective_kind,
+            mode=self.mode,
+            proven=bool(self.proven),
+            status=self.status,
+            layer=self.layer,
+            n_binaries=self.n_binaries,
+            message=self.message,
+        )
         if include_x:
             out["x"] = None if self.x is None else self.x.tolist()
         return out
@@ -131,13 +139,15 @@ class Goal:
         return cost, False
 
 
-def region_search(problem: Problem, states: Sequence[NDArray[np.int8]], goal: Goal,
-                  deadline: float) -> Outcome:
+def region_search(
+    problem: Problem, states: Sequence[NDArray[np.int8]], goal: Goal, deadline: float
+) -> Outcome:
     """The LP of one activation pattern's region (at least :data:`MIN_LP_SECONDS`)."""
     enc = Encoding(problem, states, None, integral=False)
     cost, maximize = goal.encode(enc)
-    return enc.solver().run(cost, maximize=maximize,
-                            time_limit=max(deadline - time.perf_counter(), MIN_LP_SECONDS))
+    return enc.solver().run(
+        cost, maximize=maximize, time_limit=max(deadline - time.perf_counter(), MIN_LP_SECONDS)
+    )
 
 
 # --- invariance search ------------------------------------------------------------------------------
@@ -222,19 +232,41 @@ def invariance_search(
         (0.4, True, True)
     """
     problem, clock = setup(
-        model, x, layer, lower, upper, time_limit=time_limit,
-        choices=(("mode", mode, MODES), ("objective", objective, OBJECTIVES),
-                 ("tighten", tighten, TIGHTEN_CHOICES)),
-        finite_box=("mode='exact' needs a finite box: give finite lower and upper for every "
-                    "input (big-M bounds are propagated from it)") if mode == "exact" else None)
+        model,
+        x,
+        layer,
+        lower,
+        upper,
+        time_limit=time_limit,
+        choices=(
+            ("mode", mode, MODES),
+            ("objective", objective, OBJECTIVES),
+            ("tighten", tighten, TIGHTEN_CHOICES),
+        ),
+        finite_box=(
+            "mode='exact' needs a finite box: give finite lower and upper for every "
+            "input (big-M bounds are propagated from it)"
+        )
+        if mode == "exact"
+        else None,
+    )
     goal = Goal(objective, _check_target(target, problem))
     if mode == "layer":
         _check_first_block(problem)
     region = region_search(problem, problem.region_states(), goal, clock.deadline)
     if mode != "exact":
-        return _finish(problem, clock, goal, region.values, mode=mode,
-                       proven=region.status == "optimal", status=region.status, bound=region.bound,
-                       n_binaries=0, message=_region_message(region))
+        return _finish(
+            problem,
+            clock,
+            goal,
+            region.values,
+            mode=mode,
+            proven=region.status == "optimal",
+            status=region.status,
+            bound=region.bound,
+            n_binaries=0,
+            message=_region_message(region),
+        )
     return _exact_search(problem, clock, goal, region, tighten=tighten, warm_start=warm_start)
 
 
@@ -242,8 +274,10 @@ def _check_target(target: Any, problem: Problem) -> NDArray[np.float64]:
     target_arr = as_input_array(target, "target").reshape(-1) if np.ndim(target) else None
     if target_arr is None or target_arr.size != problem.n:
         shape = None if target_arr is None else np.shape(target)
-        raise ValueError(f"target must have {problem.n} entries like x (shape {problem.x_shape}), "
-                         f"got shape {shape if shape is not None else '()'}")
+        raise ValueError(
+            f"target must have {problem.n} entries like x (shape {problem.x_shape}), "
+            f"got shape {shape if shape is not None else '()'}"
+        )
     return target_arr
 
 
@@ -251,11 +285,12 @@ def _check_first_block(problem: Problem) -> None:
     net = problem.net
     first_relu = net.blocks[0].module if net.blocks else None
     if not (len(net.blocks) == 1 and net.tail is None):
-        hint = ("" if first_relu is None else f" (the first ReLU here is module {first_relu})")
+        hint = "" if first_relu is None else f" (the first ReLU here is module {first_relu})"
         raise ValueError(
             f"mode='layer' is the Appendix A7 LP of the first affine + ReLU block only: layer must "
             f"be the first ReLU module{hint}, got layer {net.layer}.  A deeper layer's one-layer "
-            f"preimage is not an input-space answer; use mode='region' or mode='exact'")
+            f"preimage is not an input-space answer; use mode='region' or mode='exact'"
+        )
 
 
 def _region_message(out: Outcome) -> str:
@@ -266,15 +301,17 @@ def _region_message(out: Outcome) -> str:
     return ""
 
 
-def _exact_search(problem: Problem, clock: Clock, goal: Goal, region: Outcome, *, tighten: str,
-                  warm_start: bool) -> InvarianceResult:
+def _exact_search(
+    problem: Problem, clock: Clock, goal: Goal, region: Outcome, *, tighten: str, warm_start: bool
+) -> InvarianceResult:
     """Mode "exact": the region walk, the MILP from its point, the polish and the fallback."""
     notes: list[str] = []
     walk_x = None if region.values is None else problem.clip(region.values)
     walk_states = problem.region_states()
     if warm_start and walk_x is not None:
-        walk_states, walk_x, steps = pattern_walk(problem, walk_states, walk_x, goal,
-                                                  clock.since_start(TimeShares.WALK))
+        walk_states, walk_x, steps = pattern_walk(
+            problem, walk_states, walk_x, goal, clock.since_start(TimeShares.WALK)
+        )
         if steps:
             notes.append(f"adjacent-region walk: {steps} improving steps from the region optimum")
     bounds, _ = preimage_bounds(problem, tighten, clock.from_now(TimeShares.SEARCH_TIGHTEN))
@@ -289,12 +326,23 @@ def _exact_search(problem: Problem, clock: Clock, goal: Goal, region: Outcome, *
     proven = out.status == "optimal"
     if not proven:
         notes.insert(0, f"not proven optimal (solver status: {out.status})")
-    return _finish(problem, clock, goal, best, mode="exact", proven=proven, status=out.status,
-                   bound=out.bound, n_binaries=enc.n_binaries, message="; ".join(notes))
+    return _finish(
+        problem,
+        clock,
+        goal,
+        best,
+        mode="exact",
+        proven=proven,
+        status=out.status,
+        bound=out.bound,
+        n_binaries=enc.n_binaries,
+        message="; ".join(notes),
+    )
 
 
-def _polished_incumbent(problem: Problem, clock: Clock, goal: Goal, enc: Encoding, out: Outcome,
-                        start: NDArray[np.float64] | None) -> NDArray[np.float64] | None:
+def _polished_incumbent(
+    problem: Problem, clock: Clock, goal: Goal, enc: Encoding, out: Outcome, start: NDArray[np.float64] | None
+) -> NDArray[np.float64] | None:
     """The MILP's point, replaced by the LP optimum of its own pattern unless that is clearly worse.
 
     The LP is free of big-M rounding.  Its piece is often lower-dimensional (the incumbent sits on
@@ -306,8 +354,9 @@ def _polished_incumbent(problem: Problem, clock: Clock, goal: Goal, enc: Encodin
     if start is not None and not np.any(out.values != start):
         return best  # the start itself: an exact point of the walk
     polish_seconds = max(MIN_LP_SECONDS, min(TimeShares.POLISH * clock.time_limit, clock.left()))
-    polished = region_search(problem, enc.fixed_binaries(out.values), goal,
-                             time.perf_counter() + polish_seconds)
+    polished = region_search(
+        problem, enc.fixed_binaries(out.values), goal, time.perf_counter() + polish_seconds
+    )
     if polished.values is not None and polished.status == "optimal":
         # The MILP point meets its rows only to the tolerance, which can flatter its value a
         # little; the polished point is exact for its pattern, so it wins unless clearly worse.
@@ -318,13 +367,17 @@ def _polished_incumbent(problem: Problem, clock: Clock, goal: Goal, enc: Encodin
     return best
 
 
-def _prefer_walk(goal: Goal, best: NDArray[np.float64] | None, walk_x: NDArray[np.float64] | None,
-                 notes: list[str]) -> NDArray[np.float64] | None:
+def _prefer_walk(
+    goal: Goal, best: NDArray[np.float64] | None, walk_x: NDArray[np.float64] | None, notes: list[str]
+) -> NDArray[np.float64] | None:
     """The walk's point when the MILP has none or a worse one (``walk_x`` None: no fallback)."""
     if best is None:
-        notes.append("the MILP found no feasible point within the time limit; returning the "
-                     "best point of the region LP and the walk" if walk_x is not None else
-                     "no feasible point found within the time limit")
+        notes.append(
+            "the MILP found no feasible point within the time limit; returning the "
+            "best point of the region LP and the walk"
+            if walk_x is not None
+            else "no feasible point found within the time limit"
+        )
         return walk_x
     if walk_x is not None:
         tol = IMPROVE_RTOL * max(1.0, abs(goal.value(walk_x)))
@@ -334,9 +387,9 @@ def _prefer_walk(goal: Goal, best: NDArray[np.float64] | None, walk_x: NDArray[n
     return best
 
 
-def pattern_walk(problem: Problem, states: list[NDArray[np.int8]], point: NDArray[np.float64],
-                 goal: Goal, deadline: float
-                 ) -> tuple[list[NDArray[np.int8]], NDArray[np.float64], int]:
+def pattern_walk(
+    problem: Problem, states: list[NDArray[np.int8]], point: NDArray[np.float64], goal: Goal, deadline: float
+) -> tuple[list[NDArray[np.int8]], NDArray[np.float64], int]:
     """Local search through adjacent linear regions, a primal heuristic for mode "exact".
 
     An LP optimum over one region usually lies on some boundaries ``z_i = 0``.  Flipping those
@@ -349,12 +402,16 @@ def pattern_walk(problem: Problem, states: list[NDArray[np.int8]], point: NDArra
     steps = 0
     while time.perf_counter() < deadline:
         zs = problem.net.preactivations(point)
-        flips = [np.abs(zs[l]) <= ZERO_RTOL * max(1.0, float(np.abs(zs[l]).max(initial=0.0)))
-                 for l in range(problem.net.n_var_blocks)]
+        flips = [
+            np.abs(zs[l]) <= ZERO_RTOL * max(1.0, float(np.abs(zs[l]).max(initial=0.0)))
+            for l in range(problem.net.n_var_blocks)
+        ]
         if not any(f.any() for f in flips):
             break
-        trial = [np.where(f, ACTIVE + INACTIVE - st, st).astype(np.int8)
-                 for f, st in zip(flips, states, strict=True)]
+        trial = [
+            np.where(f, ACTIVE + INACTIVE - st, st).astype(np.int8)
+            for f, st in zip(flips, states, strict=True)
+        ]
         out = region_search(problem, trial, goal, deadline)
         if out.status != "optimal" or out.values is None:
             break
@@ -367,18 +424,50 @@ def pattern_walk(problem: Problem, states: list[NDArray[np.int8]], point: NDArra
     return states, point, steps
 
 
-def _finish(problem: Problem, clock: Clock, goal: Goal, values: NDArray[np.float64] | None, *,
-            mode: str, proven: bool, status: str, bound: float, n_binaries: int,
-            message: str) -> InvarianceResult:
+def _finish(
+    problem: Problem,
+    clock: Clock,
+    goal: Goal,
+    values: NDArray[np.float64] | None,
+    *,
+    mode: str,
+    proven: bool,
+    status: str,
+    bound: float,
+    n_binaries: int,
+    message: str,
+) -> InvarianceResult:
     if values is None:
         unbounded = math.inf if goal.kind == "max_inner" else -math.inf
         value = unbounded if status == "unbounded" else math.nan
-        return InvarianceResult(None, value, goal.kind, bound, math.nan, math.nan, mode, False,
-                                status, clock.elapsed(), problem.net.layer, n_binaries, message)
+        return InvarianceResult(
+            None,
+            value,
+            goal.kind,
+            bound,
+            math.nan,
+            math.nan,
+            mode,
+            False,
+            status,
+            clock.elapsed(),
+            problem.net.layer,
+            n_binaries,
+            message,
+        )
     x_prime = problem.clip(values)
     return InvarianceResult(
-        x=x_prime.reshape(problem.x_shape), objective=goal.value(x_prime), objective_kind=goal.kind,
-        bound=float(bound), feature_max_abs_diff=problem.feature_diff(x_prime),
-        input_l2_distance=float(np.linalg.norm(x_prime - problem.x)), mode=mode, proven=bool(proven),
-        status=status, solve_time=clock.elapsed(), layer=problem.net.layer,
-        n_binaries=n_binaries, message=message)
+        x=x_prime.reshape(problem.x_shape),
+        objective=goal.value(x_prime),
+        objective_kind=goal.kind,
+        bound=float(bound),
+        feature_max_abs_diff=problem.feature_diff(x_prime),
+        input_l2_distance=float(np.linalg.norm(x_prime - problem.x)),
+        mode=mode,
+        proven=bool(proven),
+        status=status,
+        solve_time=clock.elapsed(),
+        layer=problem.net.layer,
+        n_binaries=n_binaries,
+        message=message,
+    )

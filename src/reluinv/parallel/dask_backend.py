@@ -144,14 +144,20 @@ def _dask_handshake(address: str, *, timeout: float) -> None:
         runner.submit(asyncio.run, handshake()).result()
 
 
-
 def _run_dask_sample(key: SampleKey, payload: Any, *, fn: SampleFunction, shared: Any) -> SampleResult:
     return evaluate(fn, shared, key, payload)
 
 
-def _run_round(client: Any, fn: SampleFunction, remaining: list[tuple[SampleKey, Any]], shared: Any,
-               record: Callable[[SampleResult], None], *, prefix: str,
-               retries: int) -> list[tuple[SampleKey, Any]]:
+def _run_round(
+    client: Any,
+    fn: SampleFunction,
+    remaining: list[tuple[SampleKey, Any]],
+    shared: Any,
+    record: Callable[[SampleResult], None],
+    *,
+    prefix: str,
+    retries: int,
+) -> list[tuple[SampleKey, Any]]:
     """Scatter ``shared``, run ``remaining``, record what finished; return the samples lost."""
     from concurrent.futures import CancelledError
 
@@ -188,9 +194,16 @@ def _run_round(client: Any, fn: SampleFunction, remaining: list[tuple[SampleKey,
         client.cancel([*futures, shared_future])
 
 
-def run_dask(fn: SampleFunction, pending: list[tuple[SampleKey, Any]], shared: Any,
-             record: Callable[[SampleResult], None], *, scheduler: str, workers: int | None,
-             retries: int) -> None:
+def run_dask(
+    fn: SampleFunction,
+    pending: list[tuple[SampleKey, Any]],
+    shared: Any,
+    record: Callable[[SampleResult], None],
+    *,
+    scheduler: str,
+    workers: int | None,
+    retries: int,
+) -> None:
     """Run ``pending`` on a Dask cluster.
 
     A worker that dies while running a task is handled by the scheduler, which runs the task
@@ -207,16 +220,20 @@ def run_dask(fn: SampleFunction, pending: list[tuple[SampleKey, Any]], shared: A
     remaining = pending
     try:
         for round_number in range(retries + 1):
-            lost = _run_round(client, fn, remaining, shared, record,
-                              prefix=f"{prefix}-{round_number}", retries=retries)
+            lost = _run_round(
+                client, fn, remaining, shared, record, prefix=f"{prefix}-{round_number}", retries=retries
+            )
             remaining = [sample for sample in pending if sample in lost]  # input order
             if not remaining:
                 return
         for key, _ in remaining:
-            record(SampleResult(
-                key=key, status="failed",
-                error=f"WorkerDied: the workers holding this sample's data died {retries + 1} times",
-            ))
+            record(
+                SampleResult(
+                    key=key,
+                    status="failed",
+                    error=f"WorkerDied: the workers holding this sample's data died {retries + 1} times",
+                )
+            )
     except (OSError, TimeoutError) as exc:
         if cluster is not None or isinstance(exc, SchedulerLost):
             raise

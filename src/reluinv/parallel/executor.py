@@ -132,8 +132,12 @@ class Executor:
                 stored = store.load(fn_name=fn_name)
                 finished = {key: stored[key] for key, _ in samples if key in stored and stored[key].ok}
             pending = [(key, payload) for key, payload in samples if key not in finished]
-            bar = _progress_bar(total=len(samples), initial=len(finished), enabled=progress,
-                                desc=desc or str(getattr(fn, "__name__", "samples")))
+            bar = _progress_bar(
+                total=len(samples),
+                initial=len(finished),
+                enabled=progress,
+                desc=desc or str(getattr(fn, "__name__", "samples")),
+            )
         except BaseException:
             if owned is not None:
                 owned.close()
@@ -156,23 +160,35 @@ class Executor:
         except KeyboardInterrupt:
             raise RunInterrupted(_kept(samples, finished, store)) from None
         except SchedulerLost as exc:
-            raise SchedulerLost(f"{exc}; {_kept(samples, finished, store)}",
-                                exc.scheduler) from exc
+            raise SchedulerLost(f"{exc}; {_kept(samples, finished, store)}", exc.scheduler) from exc
         finally:
             bar.close()
             if owned is not None:
                 owned.close()
         return [finished[key] for key, _ in samples]
 
-    def _dispatch(self, fn: SampleFunction, pending: list[tuple[SampleKey, Any]], shared: Any,
-                  record: Callable[[SampleResult], None], retries: int) -> None:
+    def _dispatch(
+        self,
+        fn: SampleFunction,
+        pending: list[tuple[SampleKey, Any]],
+        shared: Any,
+        record: Callable[[SampleResult], None],
+        retries: int,
+    ) -> None:
         if self.backend == "serial":
             run_serial(fn, pending, shared, record)
         elif self.backend == "local":
             run_local(fn, pending, shared, record, workers=self.workers, retries=retries)
         else:
-            run_dask(fn, pending, shared, record, scheduler=self.scheduler or LOCAL_CLUSTER,
-                     workers=self.workers, retries=retries)
+            run_dask(
+                fn,
+                pending,
+                shared,
+                record,
+                scheduler=self.scheduler or LOCAL_CLUSTER,
+                workers=self.workers,
+                retries=retries,
+            )
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -182,8 +198,11 @@ class RunInterrupted(KeyboardInterrupt):
     """
 
 
-def _kept(samples: list[tuple[SampleKey, Any]], finished: Mapping[SampleKey, SampleResult],
-          store: ResultStore | None) -> str:
+def _kept(
+    samples: list[tuple[SampleKey, Any]],
+    finished: Mapping[SampleKey, SampleResult],
+    store: ResultStore | None,
+) -> str:
     """How many samples a stopped run leaves done; read from the store when there is one (an
     interruption may land between storing a result and counting it)."""
     keys = {key for key, _ in samples}
@@ -249,8 +268,7 @@ def run_samples(
         [10, 20, 30]
     """
     executor = Executor(backend=backend, workers=workers, scheduler=scheduler)
-    return executor.run(fn, items, shared=shared, store=store, progress=progress, desc=desc,
-                        retries=retries)
+    return executor.run(fn, items, shared=shared, store=store, progress=progress, desc=desc, retries=retries)
 
 
 def add_executor_options(parser: argparse.ArgumentParser) -> None:
@@ -267,12 +285,25 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
                                          workers=args.workers)
     """
     group = parser.add_argument_group("execution")
-    group.add_argument("--backend", choices=BACKENDS, default=None,
-                       help="where per-sample work runs (default: dask if --scheduler is given, else local)")
-    group.add_argument("--scheduler", default=None, metavar="ADDR",
-                       help=f"Dask scheduler tcp://HOST:PORT, or {LOCAL_CLUSTER} to start one here")
-    group.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="worker processes (local back end or local-cluster; default: one per core)")
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="where per-sample work runs (default: dask if --scheduler is given, else local)",
+    )
+    group.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDR",
+        help=f"Dask scheduler tcp://HOST:PORT, or {LOCAL_CLUSTER} to start one here",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes (local back end or local-cluster; default: one per core)",
+    )
 
 
 def _as_samples(items: Mapping[SampleKey, Any] | Iterable[Any]) -> list[tuple[SampleKey, Any]]:

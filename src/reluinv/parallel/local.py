@@ -30,8 +30,13 @@ _worker_shared: Any = None
 _worker_started: Any = None  # shared byte array: started[i] = 1 once sample i of the batch began
 _worker_thread_limits: Any = None  # keeps threadpoolctl's limits alive
 
-_THREAD_ENVIRONMENT = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                       "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+_THREAD_ENVIRONMENT = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 Identity = tuple[int, str | None]
 
@@ -78,8 +83,7 @@ def _start_local_worker(pickled_work: bytes, started: Any, threads: int, parent:
     global _worker_fn, _worker_shared, _worker_started, _worker_thread_limits
     # Ctrl-C reaches the whole process group: the main process alone decides, and stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_watch_parent, args=(parent,), name="reluinv-parent-watch",
-                     daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(parent,), name="reluinv-parent-watch", daemon=True).start()
     # Environment first, for libraries loaded later (they read it when loaded); threadpoolctl for
     # those already loaded; torch keeps its own count.
     for name in _THREAD_ENVIRONMENT:
@@ -141,19 +145,21 @@ class _Pools:
         self.cores = available_cores()
         self.parent = process_identity(os.getpid())
 
-    def run(self, batch: list[tuple[SampleKey, Any]], size: int,
-            record: Callable[[SampleResult], None]) -> tuple[Any, set[int], BrokenProcessPool | None]:
+    def run(
+        self, batch: list[tuple[SampleKey, Any]], size: int, record: Callable[[SampleResult], None]
+    ) -> tuple[Any, set[int], BrokenProcessPool | None]:
         """Run ``batch`` on ``size`` workers; return (started flags, finished indices, break)."""
         started = self.context.RawArray("b", len(batch))
         done: set[int] = set()
         broken: BrokenProcessPool | None = None
-        pool = ProcessPoolExecutor(max_workers=size, mp_context=self.context,
-                                   initializer=_start_local_worker,
-                                   initargs=(self.pickled_work, started,
-                                             max(1, self.cores // size), self.parent))
+        pool = ProcessPoolExecutor(
+            max_workers=size,
+            mp_context=self.context,
+            initializer=_start_local_worker,
+            initargs=(self.pickled_work, started, max(1, self.cores // size), self.parent),
+        )
         try:
-            futures = {pool.submit(_run_local_sample, i, key, item): i
-                       for i, (key, item) in enumerate(batch)}
+            futures = {pool.submit(_run_local_sample, i, key, item): i for i, (key, item) in enumerate(batch)}
             # Keep consuming after a break: results that arrived before it are still good.
             for future in as_completed(futures):
                 i = futures[future]
@@ -196,8 +202,15 @@ class _Triage:
         """(batch, alone): the suspects, one worker for them, else the queue."""
         return (self.suspects, True) if self.suspects else (self.queue, False)
 
-    def after(self, batch: list[tuple[SampleKey, Any]], alone: bool, started: Any, done: set[int],
-              broken: BrokenProcessPool | None, record: Callable[[SampleResult], None]) -> None:
+    def after(
+        self,
+        batch: list[tuple[SampleKey, Any]],
+        alone: bool,
+        started: Any,
+        done: set[int],
+        broken: BrokenProcessPool | None,
+        record: Callable[[SampleResult], None],
+    ) -> None:
         """Update the queue and the suspects after ``batch`` ran."""
         if broken is None:
             if alone:
@@ -223,17 +236,27 @@ class _Triage:
             key = batch[i][0]
             self.charged_deaths[key] = self.charged_deaths.get(key, 0) + 1
             if self.charged_deaths[key] > self.retries:
-                record(SampleResult(
-                    key=key, status="failed",
-                    error=f"WorkerDied: a worker process running only this sample died "
-                          f"{self.charged_deaths[key]} times",
-                ))
+                record(
+                    SampleResult(
+                        key=key,
+                        status="failed",
+                        error=f"WorkerDied: a worker process running only this sample died "
+                        f"{self.charged_deaths[key]} times",
+                    )
+                )
                 done.add(i)
         self.suspects = [batch[i] for i in unfinished if i not in done]
 
 
-def run_local(fn: SampleFunction, pending: list[tuple[SampleKey, Any]], shared: Any,
-              record: Callable[[SampleResult], None], *, workers: int | None, retries: int) -> None:
+def run_local(
+    fn: SampleFunction,
+    pending: list[tuple[SampleKey, Any]],
+    shared: Any,
+    record: Callable[[SampleResult], None],
+    *,
+    workers: int | None,
+    retries: int,
+) -> None:
     """Run ``pending`` on a process pool, rebuilding it when a worker dies (see :class:`_Triage`)."""
     pools = _Pools(fn, shared)
     width = min(workers or pools.cores, len(pending))

@@ -9,8 +9,12 @@ from .sample import SampleFunction, evaluate
 from .store import SampleKey, SampleResult
 
 
-def run_serial(fn: SampleFunction, pending: list[tuple[SampleKey, Any]], shared: Any,
-               record: Callable[[SampleResult], None]) -> None:
+def run_serial(
+    fn: SampleFunction,
+    pending: list[tuple[SampleKey, Any]],
+    shared: Any,
+    record: Callable[[SampleResult], None],
+) -> None:
     """Run ``pending`` one after the other, passing each result to ``record``."""
     for key, payload in pending:
         record(evaluate(fn, shared, key, payload))
