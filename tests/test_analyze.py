@@ -481,9 +481,39 @@ GRAPH_MODELS = textwrap.dedent("""
             return self.fc(torch.flatten(self.relu(self.pool(self.conv(x))), 1))
 
 
+    class Block(nn.Module):
+        # A ResNet basic block: one ReLU module called twice, batch norm, residual add.
+
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+            self.bn1, self.bn2, self.relu = nn.BatchNorm2d(2), nn.BatchNorm2d(2), nn.ReLU()
+            for bn in (self.bn1, self.bn2):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+
+        def forward(self, x):
+            h = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(h)) + x)
+
+
+    class Sigmoid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return torch.sigmoid(self.fc(x))
+
+
     def residual():
         torch.manual_seed(3)
         return Residual()
+
+
+    def block():
+        torch.manual_seed(6)
+        return Block()
 
 
     def pooled():
@@ -611,3 +641,61 @@ def test_graph_layers_chosen_by_module_path(tmp_path, graph_module):
         analyze(model, x, out=tmp_path / "o", layers=["conv"], backend="serial", progress=False)
     with pytest.raises(ValueError, match=r"per-sample shape \(1, 5\) do not fit the model"):
         analyze(model, np.zeros((2, 1, 5)), out=tmp_path / "o", backend="serial", progress=False)
+
+
+@pytest.mark.parametrize("form", ["factory", "pt2"])
+def test_analyze_basic_block_names_and_maps(tmp_path, graph_module, form, capsys):
+    import importlib
+
+    from reluinv.graph_preimage import graph_layer_preimage
+
+    models = importlib.import_module(graph_module)
+    reference = models.block().eval()
+    spec = f"{graph_module}:block"
+    if form == "pt2":
+        torch.export.save(torch.export.export(reference, (torch.zeros(1, 2, 3, 3),)), str(tmp_path / "b.pt2"))
+        spec = str(tmp_path / "b.pt2")
+        rebuilt = load_model(spec)
+        probe = torch.randn(4, 2, 3, 3)
+        assert torch.allclose(rebuilt(probe), reference(probe), rtol=0, atol=1e-6)
+    x = np.random.default_rng(7).normal(size=(3, 2, 3, 3))
+    np.save(tmp_path / "x.npy", x)
+    assert run_cli([spec, "--inputs", "x.npy", "--out", "o", "--backend", "serial", "--no-progress"]) == 0
+    assert "relu#2" in capsys.readouterr().out
+    rows = read_csv(tmp_path / "o" / "analysis.csv")
+    assert [r["name"] for r in rows[:2]] == ["relu", "relu#2"]
+    m = copy.deepcopy(reference).double()
+
+    def second(u):  # the second ReLU's input from its sources (block input, first ReLU's output)
+        return (m.bn2(m.conv2(u[18:].reshape(1, 2, 3, 3))) + u[:18].reshape(1, 2, 3, 3)).reshape(-1)
+
+    zero = torch.zeros(36, dtype=torch.float64)
+    with torch.no_grad():
+        A, b = torch.func.jacrev(second)(zero).numpy(), second(zero).numpy()
+    for row in (r for r in rows if r["name"] == "relu#2"):
+        sample = torch.as_tensor(x[int(row["sample"])], dtype=torch.float64)
+        with torch.no_grad():
+            y = m(sample[None]).reshape(-1).numpy()
+        _, system = graph_layer_preimage(reference, sample, "relu#2")
+        assert system.sources == (("input", (2, 3, 3)), ("relu", (2, 3, 3)))
+        np.testing.assert_allclose(system.A, A, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(system.b, b, rtol=0, atol=1e-12)
+        assert row["kind"] == preimage(A, b, y).kind
+        assert int(row["active"]) == int(np.count_nonzero(y > 0)) and int(row["input_dim"]) == 36
+
+
+def test_pt2_with_unsupported_operator_is_one_line(tmp_path, graph_module, capsys):
+    import importlib
+
+    from reluinv.cli import main
+
+    model = importlib.import_module(graph_module).Sigmoid().eval()
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 3),)), str(tmp_path / "s.pt2"))
+    np.save(tmp_path / "x.npy", np.zeros((2, 3)))
+    (tmp_path / "junk.pt2").write_bytes(b"not an archive")
+    assert main(["analyze", "s.pt2", "--inputs", "x.npy", "--backend", "serial"]) == 2
+    assert main(["analyze", "junk.pt2", "--inputs", "x.npy", "--backend", "serial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("reluinv: error:") for line in err)
+    assert "aten.sigmoid" in err[0] and "(at 'top level')" in err[0] and "cannot analyse" in err[0]
+    assert "is not a torch.export archive" in err[1]
