@@ -1,7 +1,16 @@
 """``reluinv analyze``: per-sample invariance and stability of a user's own ReLU network.
 
-For every input sample and every analysed ReLU (all of them, or the module indices the user
-names in the flattened ``Sequential``) this records
+Two kinds of model.  A *chain* (an ``nn.Sequential`` of the modules :mod:`reluinv.network`
+supports, :func:`reluinv.graph.is_chain`) is analysed as below, ReLU by ReLU, named
+``"<index>:<Class>"``.  Any other model that ``torch.fx`` traces (residual additions,
+concatenation, max-pooling, functional calls; a ``torch.export`` archive rebuilt by
+:mod:`reluinv.model_export`) is analysed as a graph (:mod:`reluinv.experiments.analyze_graph`):
+every activation or max-pool node is a layer, named by its module path (``layer1.0.relu#2``), its
+preimage taken with respect to the affine map from the nonlinear nodes (or the input) feeding it,
+its spectrum from :func:`reluinv.graph_spectra.graph_spectra`.
+
+For every input sample and every analysed ReLU of a chain (all of them, or the module indices the
+user names in the flattened ``Sequential``) this records
 
 * the **single-layer preimage** (Theorem 4): the affine map ``z = W h + c`` that feeds the ReLU,
   taken from the previous activation ``h`` (the output of the last non-affine module before it, or
@@ -112,12 +121,14 @@ def analyze(
     """Preimage and spectrum of every analysed ReLU for every sample; write CSV, JSON and plots.
 
     Args:
-        model: a supported ``nn.Sequential`` in eval mode (see :mod:`reluinv.network`; e.g. from
-            :func:`reluinv.model_io.load_model`).  It is not modified.
+        model: a supported ``nn.Sequential`` in eval mode (see :mod:`reluinv.network`), or any
+            model :mod:`reluinv.graph` traces (e.g. from :func:`reluinv.model_io.load_model`).
+            It is not modified.
         inputs: array or tensor of shape ``(N, *input_shape)``, floating point, finite.
         out: output folder (created); the per-sample store lives in ``out/work/``.
         layers: module indices (in the flattened ``Sequential``) of the ReLUs to analyse;
-            ``None``: every ReLU.
+            ``None``: every ReLU.  For a traced graph: layer names (module paths) or positions
+            among its layers; ``None``: every activation and max-pool layer.
         spectra: also compute the spectrum of the Jacobian up to each analysed ReLU.
         backend, workers, scheduler: where per-sample work runs, as
             :meth:`reluinv.parallel.Executor.from_options` (default: local worker processes).
