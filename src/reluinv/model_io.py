@@ -1,6 +1,6 @@
 """Loading a user's network and inputs from files, for ``reluinv analyze``.
 
-A network comes in one of two forms (:func:`load_model`):
+A network comes in one of three forms (:func:`load_model`):
 
 * a **TorchScript file** (``torch.jit.save`` of a scripted *or* traced ``nn.Sequential``).  A
   TorchScript module is opaque to :mod:`reluinv.network`, so an equivalent ``nn.Sequential`` of
@@ -10,6 +10,9 @@ A network comes in one of two forms (:func:`load_model`):
   parameters and buffers are copied, and its settings (stride, padding, slope, ...) are read from
   the attributes a scripted module keeps or, for a traced one, from the constants in its recorded
   graph.
+* a **torch.export archive** (``.pt2``, ``torch.export.save``): rebuilt as ``torch.nn`` modules
+  at their module paths by :func:`reluinv.model_export.module_from_exported`, then analysed as a
+  traced graph (residual additions, max-pooling, ...);
 * a **builder** ``module:function``: ``module`` is imported (the current working directory is put
   on ``sys.path`` first), ``function()`` is called with no arguments and must return an
   ``nn.Module``; ``weights`` (a state dict saved with ``torch.save``) is then loaded into it.
@@ -61,7 +64,8 @@ def load_model(spec: str | os.PathLike[str], *, weights: str | os.PathLike[str] 
     """Load the network named by ``spec``, on the CPU, in eval mode.
 
     Args:
-        spec: a TorchScript file (scripted or traced ``nn.Sequential``), or ``"module:function"``
+        spec: a TorchScript file (scripted or traced ``nn.Sequential``), a ``torch.export``
+            archive (a ``.pt2`` file), or ``"module:function"``
             naming an importable function that builds the ``nn.Module`` (called with no
             arguments; the current working directory is put on ``sys.path`` so a ``models.py``
             next to the user's data imports as ``models``).  An existing file wins over the
