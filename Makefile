@@ -3,7 +3,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.reluinv-installed
 
-.PHONY: setup demo test test-all bench bench-fig4 clean
+.PHONY: setup demo lint test test-all bench bench-fig4 clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -18,6 +18,12 @@ setup: $(STAMP)
 
 demo: setup
 	$(VENV)/bin/reluinv reproduce --quick --out reluinv-out
+
+# Lint (ruff), format check and types (mypy, strict on the maths core): `make test` runs it first.
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 test: setup
 	$(PY) -m pytest -q
