@@ -285,8 +285,12 @@ def test_cifar_folder_round_trip(tmp_path, protocol, subfolder):
         # Row layout: 1024 red values, then green, then blue, each a row-major 32 x 32 image.
         red_row2_col5 = data[:, 2 * 32 + 5]
         blue_row31_col0 = data[:, 2048 + 31 * 32]
-        np.testing.assert_array_equal(ds.images[:, 0, 2, 5], red_row2_col5.astype(np.float32) / np.float32(255))
-        np.testing.assert_array_equal(ds.images[:, 2, 31, 0], blue_row31_col0.astype(np.float32) / np.float32(255))
+        np.testing.assert_array_equal(
+            ds.images[:, 0, 2, 5], red_row2_col5.astype(np.float32) / np.float32(255)
+        )
+        np.testing.assert_array_equal(
+            ds.images[:, 2, 31, 0], blue_row31_col0.astype(np.float32) / np.float32(255)
+        )
         np.testing.assert_array_equal(ds.images.reshape(n, -1), data.astype(np.float32) / np.float32(255))
         assert ds.name == "cifar10" and ds.class_names == CIFAR10_CLASS_NAMES and ds.classes == 10
 

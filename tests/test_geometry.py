@@ -124,8 +124,11 @@ def test_matches_brute_force(n, m, seed, integer):
 def test_decision_is_the_same_at_every_scale(s):
     """Omnidirectionality depends on each row only up to a positive factor (Definition 1)."""
     rng = np.random.default_rng(5)
-    for A in (np.array([[1.0, 0], [-1, -1], [-1, 1]]), np.array([[1.0, 0], [-1, 0], [0, 1]]),
-              rng.standard_normal((40, 4))):
+    for A in (
+        np.array([[1.0, 0], [-1, -1], [-1, 1]]),
+        np.array([[1.0, 0], [-1, 0], [0, 1]]),
+        rng.standard_normal((40, 4)),
+    ):
         expected = brute_force_omni(A)
         row_scales = 10.0 ** rng.integers(-150, 151, size=A.shape[0])
         for B in (A * s, A * row_scales[:, None]):

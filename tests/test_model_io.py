@@ -12,8 +12,11 @@ from reluinv.model_io import load_inputs, load_model
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
 
-@pytest.mark.parametrize("mode_module", [nn.Dropout(0.3), nn.BatchNorm1d(4), nn.AlphaDropout(0.2)],
-                         ids=["dropout", "batchnorm", "alpha-dropout"])
+@pytest.mark.parametrize(
+    "mode_module",
+    [nn.Dropout(0.3), nn.BatchNorm1d(4), nn.AlphaDropout(0.2)],
+    ids=["dropout", "batchnorm", "alpha-dropout"],
+)
 def test_scripted_in_training_mode_is_refused(tmp_path, mode_module):
     """Its forward is random or batch-dependent: analysing it in eval mode would analyse another
     network, so it is refused, naming the module, as the same module in training mode is."""

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import reluinv
-from reluinv.preimage import CertificateError, affine_matrix
 from problems import CONSTRUCTED, brute_force_kind
+from reluinv.preimage import CertificateError, affine_matrix
 
 
 def check_result(r, A, b, y, lower=None, upper=None):
@@ -158,19 +158,28 @@ def test_layer_preimage_linear_matches_matrix_form():
     assert reluinv.layer_preimage(layer, x[None]).kind == r.kind  # batch dimension of 1
 
 
-@pytest.mark.parametrize("stride,padding,extra", [
-    (1, 0, {}), (1, 1, {}), (2, 1, {}), (2, 0, {}),
-    (1, 1, {"padding_mode": "circular"}), (1, 1, {"padding_mode": "reflect"}),
-    (1, 2, {"dilation": 2}), (1, 1, {"groups": 2, "out_channels": 4}),
-])
+@pytest.mark.parametrize(
+    "stride,padding,extra",
+    [
+        (1, 0, {}),
+        (1, 1, {}),
+        (2, 1, {}),
+        (2, 0, {}),
+        (1, 1, {"padding_mode": "circular"}),
+        (1, 1, {"padding_mode": "reflect"}),
+        (1, 2, {"dilation": 2}),
+        (1, 1, {"groups": 2, "out_channels": 4}),
+    ],
+)
 def test_conv_matrix_matches_torch(stride, padding, extra):
     torch.manual_seed(stride * 10 + padding)
     kw = {"out_channels": 3, **extra}
     conv = torch.nn.Conv2d(2, kernel_size=3, stride=stride, padding=padding, **kw).double()
     x = torch.randn(2, 7, 6, dtype=torch.float64)
     A, b, _ = affine_matrix(conv, tuple(x.shape))
-    np.testing.assert_allclose(A @ x.reshape(-1).numpy() + b, conv(x[None]).reshape(-1).detach().numpy(),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        A @ x.reshape(-1).numpy() + b, conv(x[None]).reshape(-1).detach().numpy(), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("stride,padding,bias_shift", [(1, 0, 0.0), (2, 1, -0.3), (1, 1, 0.5), (2, 0, -1.0)])
@@ -205,9 +214,12 @@ def test_layer_preimage_rejects_unsupported_and_misshaped():
 def test_rows_that_vanish_in_the_null_space_do_not_bound_it():
     # Both inactive rows are parallel to the row space of the active ones: restricted to the
     # one-dimensional null space they are zero up to rounding and bound nothing.
-    A = [[1.13182891, -0.3692075, -1.66273411], [0.79376604, -0.09905927, -1.38882422],
-         [-1.724960505947981, 0.38296751381042143, 2.7844690950677724],
-         [-1.005817408908903, 0.3126524916894812, 1.4991384445188316]]
+    A = [
+        [1.13182891, -0.3692075, -1.66273411],
+        [0.79376604, -0.09905927, -1.38882422],
+        [-1.724960505947981, 0.38296751381042143, 2.7844690950677724],
+        [-1.005817408908903, 0.3126524916894812, 1.4991384445188316],
+    ]
     b = [1.06813816, -0.53598699, -3.6099127118084064, -1.6177644635077226]
     y = [0, 0, 1, 1]
     r = reluinv.preimage(A, b, y)
@@ -234,8 +246,13 @@ def test_unit_inequalities_match_the_explicit_system():
 
 @pytest.mark.parametrize("which", ["A", "b", "y", "lower", "upper"])
 def test_tensor_that_requires_grad_is_refused_by_name(which):
-    args = {"A": [[1.0, 0], [0, 1], [1, -1]], "b": [0.0, 0, -1], "y": [1.0, 0, 0],
-            "lower": [-5.0, -5.0], "upper": [5.0, 5.0]}
+    args = {
+        "A": [[1.0, 0], [0, 1], [1, -1]],
+        "b": [0.0, 0, -1],
+        "y": [1.0, 0, 0],
+        "lower": [-5.0, -5.0],
+        "upper": [5.0, 5.0],
+    }
     args[which] = torch.tensor(args[which], requires_grad=True)
     with pytest.raises(ValueError, match=f"{which} is a torch tensor that requires grad"):
         reluinv.preimage(args["A"], args["b"], args["y"], lower=args["lower"], upper=args["upper"])
@@ -277,6 +294,9 @@ def test_other_array_entry_points_refuse_grad_and_complex():
 
 
 def test_infinite_entries_are_named_as_beyond_float64():
-    with pytest.raises(ValueError, match=r"y contains 2 NaN or infinite entries \(1 infinite: beyond "
-                                         r"the float64 range"):
+    with pytest.raises(
+        ValueError,
+        match=r"y contains 2 NaN or infinite entries \(1 infinite: beyond "
+        r"the float64 range",
+    ):
         reluinv.preimage([[1.0, 0], [0, 1]], [0.0, 0], [np.inf, np.nan])

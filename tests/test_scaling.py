@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from problems import CONSTRUCTED, PINNED_SINGLETON, brute_force_kind
 
 import reluinv
+from problems import CONSTRUCTED, PINNED_SINGLETON, brute_force_kind
 from reluinv.preimage import CertificateError
 
-SCALES = [10.0 ** e for e in (-200, -160, -100, -30, 0, 30, 100, 160, 200)]
+SCALES = [10.0**e for e in (-200, -160, -100, -30, 0, 30, 100, 160, 200)]
 
 
 def random_layer(m, n, seed, active, integer, box):
@@ -85,29 +85,40 @@ layers = st.tuples(st.integers(1, 8), st.integers(1, 12), st.integers(0, 2**31 -
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=layers, active=st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0]), integer=st.booleans(),
-       box=st.sampled_from(["none", "full", "mixed"]), exponent=st.integers(-200, 200))
+@given(
+    shape=layers,
+    active=st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0]),
+    integer=st.booleans(),
+    box=st.sampled_from(["none", "full", "mixed"]),
+    exponent=st.integers(-200, 200),
+)
 def test_scaling_together_and_a_alone_match_the_oracle(shape, active, integer, box, exponent):
     n, m, seed = shape
     A, b, y, lower, upper = random_layer(m, n, seed, active, integer, box)
     expected = brute_force_kind(A, b, y, lower, upper)
-    s = 10.0 ** exponent
+    s = 10.0**exponent
     assert_kind_at_scale(A * s, b * s, y * s, lower, upper, expected)
     assert_kind_at_scale(A * s, b, y, scaled_box(lower, 1 / s), scaled_box(upper, 1 / s), expected)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=layers, active=st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0]), integer=st.booleans(),
-       box=st.sampled_from(["none", "full", "mixed"]), x_exponent=st.integers(-100, 100))
+@given(
+    shape=layers,
+    active=st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0]),
+    integer=st.booleans(),
+    box=st.sampled_from(["none", "full", "mixed"]),
+    x_exponent=st.integers(-100, 100),
+)
 def test_row_by_row_scaling_matches_the_oracle(shape, active, integer, box, x_exponent):
     """Each row (A_i, b_i, y_i) times its own s_i in 1e-100 .. 1e100, and x times 10^x_exponent."""
     n, m, seed = shape
     A, b, y, lower, upper = random_layer(m, n, seed, active, integer, box)
     expected = brute_force_kind(A, b, y, lower, upper)
     rows = 10.0 ** np.random.default_rng(seed + 1).integers(-100, 101, size=m)
-    t = 10.0 ** x_exponent
-    assert_kind_at_scale(A * rows[:, None] / t, b * rows, y * rows, scaled_box(lower, t),
-                         scaled_box(upper, t), expected)
+    t = 10.0**x_exponent
+    assert_kind_at_scale(
+        A * rows[:, None] / t, b * rows, y * rows, scaled_box(lower, t), scaled_box(upper, t), expected
+    )
 
 
 def test_zero_rows_are_judged_by_their_own_scale():
@@ -124,8 +135,11 @@ def test_multipliers_refer_to_the_users_rows():
     A = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 0.0]]) * np.array([[1e150], [1.0], [1e-150]])
     b = np.array([0.0, 0.0, -5e-150])
     r = reluinv.preimage(A, b, np.zeros(3))
-    assert r.kind == "compact" == brute_force_kind(A / np.abs(A).max(axis=1, keepdims=True),
-                                                   b / np.abs(A).max(axis=1), np.zeros(3))
+    assert (
+        r.kind
+        == "compact"
+        == brute_force_kind(A / np.abs(A).max(axis=1, keepdims=True), b / np.abs(A).max(axis=1), np.zeros(3))
+    )
     lam = r.certificate.multipliers
     combo = A[r.certificate.rows].T @ lam
     assert np.abs(combo).max() <= 1e-9 * np.abs(A[r.certificate.rows].T * lam).max()

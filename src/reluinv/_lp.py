@@ -50,8 +50,12 @@ _INF = highspy.kHighsInf
 _MS = highspy.HighsModelStatus
 
 #: HiGHS model statuses in reluinv's words; any other status keeps HiGHS' own description.
-STATUS_NAMES = {_MS.kOptimal: "optimal", _MS.kInfeasible: "infeasible",
-                _MS.kUnbounded: "unbounded", _MS.kTimeLimit: "time_limit"}
+STATUS_NAMES = {
+    _MS.kOptimal: "optimal",
+    _MS.kInfeasible: "infeasible",
+    _MS.kUnbounded: "unbounded",
+    _MS.kTimeLimit: "time_limit",
+}
 
 #: Primal/dual feasibility tolerance of an LP (absolute, on rows scaled so that their largest
 #: coefficient is at most 1: see :class:`HighsModel`).
@@ -96,14 +100,18 @@ class ColumnLP:
         h = _quiet_highs()
         h.setOptionValue("presolve", "off")  # keep the basis between solves (warm start)
         rhs = np.asarray(rhs, dtype=np.float64)
-        h.addRows(rhs.size, rhs, rhs, 0, np.zeros(rhs.size, np.int32), np.zeros(0, np.int32),
-                  np.zeros(0))
+        h.addRows(rhs.size, rhs, rhs, 0, np.zeros(rhs.size, np.int32), np.zeros(0, np.int32), np.zeros(0))
         self._h = h
         self.n_rows = rhs.size
         self.n_cols = 0
 
-    def add_cols(self, columns: NDArray[np.float64], cost: NDArray[np.float64],
-                 lower: NDArray[np.float64], upper: NDArray[np.float64]) -> int:
+    def add_cols(
+        self,
+        columns: NDArray[np.float64],
+        cost: NDArray[np.float64],
+        lower: NDArray[np.float64],
+        upper: NDArray[np.float64],
+    ) -> int:
         """Append columns (given dense, shape (n_rows, count)); returns the first new index."""
         columns = np.asarray(columns, dtype=np.float64)
         count = columns.shape[1]
@@ -114,10 +122,16 @@ class ColumnLP:
         starts = np.concatenate([[0], np.cumsum(mask.sum(axis=1))[:-1]]).astype(np.int32)
         indices = np.nonzero(mask)[1].astype(np.int32)
         values = columns.T[mask]
-        self._h.addCols(count, np.asarray(cost, dtype=np.float64),
-                        np.where(np.isfinite(lower), lower, -_INF),
-                        np.where(np.isfinite(upper), upper, _INF),
-                        int(values.size), starts, indices, values)
+        self._h.addCols(
+            count,
+            np.asarray(cost, dtype=np.float64),
+            np.where(np.isfinite(lower), lower, -_INF),
+            np.where(np.isfinite(upper), upper, _INF),
+            int(values.size),
+            starts,
+            indices,
+            values,
+        )
         self.n_cols += count
         return first
 
@@ -132,9 +146,12 @@ class ColumnLP:
         self._h.run()
         name = _status_name(self._h, self._h.getModelStatus())
         sol = self._h.getSolution()
-        return (name, np.asarray(sol.col_value, dtype=np.float64),
-                np.asarray(sol.row_dual, dtype=np.float64),
-                float(self._h.getInfo().objective_function_value))
+        return (
+            name,
+            np.asarray(sol.col_value, dtype=np.float64),
+            np.asarray(sol.row_dual, dtype=np.float64),
+            float(self._h.getInfo().objective_function_value),
+        )
 
 
 @dataclass(frozen=True)
@@ -179,8 +196,11 @@ class HighsModel:
         h = _quiet_highs()
         self.is_mip = bool(problem.integer.any())
         tol = MIP_FEAS_TOL if self.is_mip else LP_FEAS_TOL
-        for option in ("primal_feasibility_tolerance", "dual_feasibility_tolerance",
-                       "mip_feasibility_tolerance"):
+        for option in (
+            "primal_feasibility_tolerance",
+            "dual_feasibility_tolerance",
+            "mip_feasibility_tolerance",
+        ):
             h.setOptionValue(option, tol)
         h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
         self._presolve = presolve
@@ -206,12 +226,21 @@ class HighsModel:
         lp.a_matrix_.index_ = A.indices.astype(np.int32)
         lp.a_matrix_.value_ = A.data.astype(np.float64)
         if self.is_mip:
-            lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
-                               for i in problem.integer]
+            lp.integrality_ = [
+                highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
+                for i in problem.integer
+            ]
         return lp
 
-    def run(self, cost: NDArray[np.float64], *, maximize: bool, time_limit: float,
-            offset: float = 0.0, start: NDArray[np.float64] | None = None) -> Outcome:
+    def run(
+        self,
+        cost: NDArray[np.float64],
+        *,
+        maximize: bool,
+        time_limit: float,
+        offset: float = 0.0,
+        start: NDArray[np.float64] | None = None,
+    ) -> Outcome:
         """Optimise ``cost . v + offset`` within ``time_limit`` seconds (``start``: a MILP start)."""
         t0 = time.perf_counter()
         out = self._run(cost, maximize, time_limit, offset, start)
@@ -225,9 +254,11 @@ class HighsModel:
             if self._presolve:
                 self._h.setOptionValue("presolve", "choose")
             if out.values is not None and not self._attains(cost, offset, out):
-                raise RuntimeError("HiGHS returned columns that do not attain its objective "
-                                   f"({float(np.asarray(cost) @ out.values) + offset} vs "
-                                   f"{out.objective})")
+                raise RuntimeError(
+                    "HiGHS returned columns that do not attain its objective "
+                    f"({float(np.asarray(cost) @ out.values) + offset} vs "
+                    f"{out.objective})"
+                )
         return Outcome(out.status, out.values, out.objective, out.bound, time.perf_counter() - t0)
 
     @staticmethod
@@ -236,11 +267,18 @@ class HighsModel:
         achieved = float(np.asarray(cost) @ out.values) + offset
         return abs(achieved - out.objective) <= OBJECTIVE_CHECK_RTOL * max(1.0, abs(out.objective))
 
-    def _run(self, cost: NDArray[np.float64], maximize: bool, time_limit: float, offset: float,
-             start: NDArray[np.float64] | None) -> Outcome:
+    def _run(
+        self,
+        cost: NDArray[np.float64],
+        maximize: bool,
+        time_limit: float,
+        offset: float,
+        start: NDArray[np.float64] | None,
+    ) -> Outcome:
         h = self._h
-        h.changeColsCost(self.n_cols, np.arange(self.n_cols, dtype=np.int32),
-                         np.asarray(cost, dtype=np.float64))
+        h.changeColsCost(
+            self.n_cols, np.arange(self.n_cols, dtype=np.int32), np.asarray(cost, dtype=np.float64)
+        )
         h.changeObjectiveSense(highspy.ObjSense.kMaximize if maximize else highspy.ObjSense.kMinimize)
         h.setOptionValue("time_limit", float(max(time_limit, MIN_SOLVE_SECONDS)))
         if start is not None and self.is_mip:

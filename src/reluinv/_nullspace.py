@@ -131,14 +131,12 @@ class EqualityFactor:
         return True
 
     def _pivoted(self, E, e, eps_rule) -> None:
-        n = self.n
         Q, R, piv = scipy.linalg.qr(E.T, mode="full", pivoting=True, check_finite=False)
         diag = np.abs(np.diag(R))
         r = int(np.count_nonzero(diag > eps_rule * diag[0])) if diag.size and diag[0] > 0 else 0
         self.rank = r
         self.rank_ratio = float(diag[r - 1] / diag[0]) if r else 1.0
-        w = scipy.linalg.solve_triangular(R[:r, :r], e[piv[:r]], trans="T", lower=False,
-                                          check_finite=False)
+        w = scipy.linalg.solve_triangular(R[:r, :r], e[piv[:r]], trans="T", lower=False, check_finite=False)
         self.x_p = Q[:, :r] @ w
         self.basis = ExplicitBasis(Q[:, r:])
 

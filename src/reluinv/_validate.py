@@ -21,8 +21,12 @@ def as_finite_array(value: Any, name: str, *, ndim: int | None = None) -> NDArra
     if not np.isfinite(arr.sum()) and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         inf = int(np.count_nonzero(np.isinf(arr)))
-        why = (f" ({inf} infinite: beyond the float64 range of about 1.8e308, as when a "
-               f"computation that produced {name} overflowed)" if inf else "")
+        why = (
+            f" ({inf} infinite: beyond the float64 range of about 1.8e308, as when a "
+            f"computation that produced {name} overflowed)"
+            if inf
+            else ""
+        )
         raise ValueError(f"{name} contains {bad} NaN or infinite entr{'y' if bad == 1 else 'ies'}{why}")
     return arr
 
@@ -35,27 +39,30 @@ def as_real_array(value: Any, name: str) -> NDArray[np.float64]:
     with only a warning), and non-numeric input.
     """
     if getattr(value, "requires_grad", False):
-        raise ValueError(f"{name} is a torch tensor that requires grad; pass {name}.detach() "
-                         f"(the analysis does not differentiate through it)")
+        raise ValueError(
+            f"{name} is a torch tensor that requires grad; pass {name}.detach() "
+            f"(the analysis does not differentiate through it)"
+        )
     try:
         arr = np.asarray(value)
     except RuntimeError as exc:  # e.g. a list of tensors that require grad
         raise ValueError(f"{name} cannot be read as an array ({exc})") from exc
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
-    if np.iscomplexobj(arr) or (arr.dtype == object and any(
-            isinstance(v, (complex, np.complexfloating)) for v in arr.flat)):
-        raise ValueError(f"{name} has complex entries; the preimage is defined over real "
-                         f"numbers (pass the real part explicitly if that is what you mean)")
+    if np.iscomplexobj(arr) or (
+        arr.dtype == object and any(isinstance(v, (complex, np.complexfloating)) for v in arr.flat)
+    ):
+        raise ValueError(
+            f"{name} has complex entries; the preimage is defined over real "
+            f"numbers (pass the real part explicitly if that is what you mean)"
+        )
     try:
         return arr.astype(np.float64, copy=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
 
 
-def as_bounds(
-    lower: Any, upper: Any, n: int
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def as_bounds(lower: Any, upper: Any, n: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Box bounds (Remark 3) as two length-``n`` arrays; ``None`` (whole or per entry) means no bound.
 
     Scalars broadcast. Bounds may be infinite but not NaN; ``lower > upper`` is an error.

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import math
 import importlib.resources
+import math
 import pickle
 import struct
 import zlib
@@ -172,7 +172,7 @@ class Dataset:
         digest = hashlib.sha256()
         for arr in (self.images, self.labels):
             digest.update(f"{arr.dtype.str}{arr.shape}".encode())
-            digest.update(arr.tobytes() if arr.size == 0 else memoryview(arr).cast("B"))
+            digest.update(arr.tobytes() if arr.size == 0 else arr.data.cast("B"))
         return digest.hexdigest()
 
     def head(self, limit: int | None) -> Dataset:
@@ -459,7 +459,9 @@ def read_idx(path: str | Path) -> NDArray[Any]:
     try:
         data = np.frombuffer(raw, dtype=dtype, offset=header_len).reshape(shape)
     except ValueError as exc:  # pragma: no cover - the length check above makes this unreachable
-        raise DataError(f"{path}: sizes {shape} do not fit the data ({exc}); expected the {_IDX_FORMAT}") from exc
+        raise DataError(
+            f"{path}: sizes {shape} do not fit the data ({exc}); expected the {_IDX_FORMAT}"
+        ) from exc
     return data.astype(dtype.newbyteorder("="))
 
 
@@ -539,8 +541,7 @@ def _load_idx_folder(folder: Path, split: Split, limit: int | None) -> Dataset:
 _CIFAR_SUBFOLDER = "cifar-10-batches-py"
 _CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 _CIFAR_FORMAT = (
-    "CIFAR-10 python batch (a pickled dict with b'data': uint8 array (N, 3072) and "
-    "b'labels': N ints in 0..9)"
+    "CIFAR-10 python batch (a pickled dict with b'data': uint8 array (N, 3072) and b'labels': N ints in 0..9)"
 )
 
 
@@ -608,9 +609,7 @@ def _read_cifar_batch(path: Path) -> tuple[NDArray[np.uint8], NDArray[np.int64]]
         raise DataError(f"{path}: dict has keys {keys}; expected a {_CIFAR_FORMAT}")
     data = np.asarray(data)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError(
-            f"{path}: b'data' is {data.dtype} of shape {data.shape}; expected a {_CIFAR_FORMAT}"
-        )
+        raise DataError(f"{path}: b'data' is {data.dtype} of shape {data.shape}; expected a {_CIFAR_FORMAT}")
     try:
         labels = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError) as exc:
@@ -701,4 +700,3 @@ def _check_limit(limit: object) -> int | None:
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     return int(limit)
-

@@ -23,17 +23,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 import scipy.linalg
+from numpy.typing import NDArray
 from scipy.linalg import lapack
+
 from ._lp import ColumnLP
 from ._threads import single_blas_pool
 from ._validate import as_finite_array
 
-__all__ = ["OmniCertificate", "is_omnidirectional", "omnidirectional_certificate", "row_exponents",
-           "unit_rows"]
+__all__ = [
+    "DEFAULT_RTOL",
+    "ZERO_ROW",
+    "OmniCertificate",
+    "RowSource",
+    "is_omnidirectional",
+    "omni_lazy",
+    "omnidirectional_certificate",
+    "row_exponents",
+    "unit_rows",
+]
 
 #: Default relative tolerance for sign decisions on unit-norm rows (see ``omnidirectional_certificate``).
 DEFAULT_RTOL = 1e-9
@@ -70,7 +81,7 @@ class OmniCertificate:
         return self.omnidirectional
 
 
-def is_omnidirectional(A: NDArray[np.float64] | list, *, rtol: float = DEFAULT_RTOL) -> bool:
+def is_omnidirectional(A: NDArray[np.float64] | list[Any], *, rtol: float = DEFAULT_RTOL) -> bool:
     """True iff every open half-space contains a row of ``A`` (Definition 1, Theorem 5).
 
     >>> is_omnidirectional([[1, 0], [-1, 0], [0, 1], [0, -1]])
@@ -82,7 +93,7 @@ def is_omnidirectional(A: NDArray[np.float64] | list, *, rtol: float = DEFAULT_R
 
 
 def omnidirectional_certificate(
-    A: NDArray[np.float64] | list, *, rtol: float = DEFAULT_RTOL
+    A: NDArray[np.float64] | list[Any], *, rtol: float = DEFAULT_RTOL
 ) -> OmniCertificate:
     """Decide omnidirectionality of ``A`` (m x n) and return a checkable certificate.
 
@@ -101,29 +112,29 @@ def omnidirectional_certificate(
     """
     A = as_finite_array(A, "A", ndim=2)
     with single_blas_pool():
-        cert = _omni_lazy(_RowSource.from_matrix(A), rtol=rtol)
+        cert = omni_lazy(RowSource.from_matrix(A), rtol=rtol)
     if cert.rows is not None:  # report indices of A itself, not of its non-zero rows
-        nonzero = np.flatnonzero(row_exponents(A) > _ZERO_ROW)
+        nonzero = np.flatnonzero(row_exponents(A) > ZERO_ROW)
         cert = replace(cert, rows=nonzero[cert.rows])
     return cert
 
 
 #: :func:`row_exponents` of a row with no non-zero entry.
-_ZERO_ROW = np.iinfo(np.int32).min
+ZERO_ROW = np.iinfo(np.int32).min
 
 
 def row_exponents(M: NDArray[np.float64]) -> NDArray[np.int32]:
     """Per row, the power of two ``p_i`` with ``max_j |M_ij|`` in ``[2^(p_i - 1), 2^p_i)``.
 
-    A zero row gets ``_ZERO_ROW`` (far below any float exponent).  ``M * 2^-p_i`` row by row is
+    A zero row gets ``ZERO_ROW`` (far below any float exponent).  ``M * 2^-p_i`` row by row is
     exact (a power of two) and has entries of magnitude below 1, so norms of the scaled rows
     neither overflow nor underflow whatever the scale of ``M`` (1e-300 or 1e300).
     """
     if M.shape[1] == 0:
-        return np.full(M.shape[0], _ZERO_ROW, np.int32)
+        return np.full(M.shape[0], ZERO_ROW, np.int32)
     amax = np.maximum(M.max(axis=1), -M.min(axis=1))  # max |M_ij| without a copy of M
     mant, p = np.frexp(amax)
-    return np.where(mant == 0, _ZERO_ROW, p).astype(np.int32)
+    return np.where(mant == 0, ZERO_ROW, p).astype(np.int32)
 
 
 def unit_rows(M: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.int32], NDArray[np.float64]]:
@@ -135,7 +146,7 @@ def unit_rows(M: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.i
     every scale.
     """
     p = row_exponents(M)
-    zero = p == _ZERO_ROW
+    zero = p == ZERO_ROW
     S = np.ldexp(M, np.where(zero, 0, -p)[:, None])
     s = np.sqrt(np.einsum("ij,ij->i", S, S))
     U = S / np.where(zero, 1.0, s)[:, None]
@@ -146,7 +157,7 @@ def unit_rows(M: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.i
 
 
 @dataclass
-class _RowSource:
+class RowSource:
     """Rows of a (possibly restricted) system, produced on demand so large systems are never formed.
 
     ``rows(idx)`` returns the requested rows; ``apply(d)`` returns all rows times ``d``.
@@ -158,16 +169,16 @@ class _RowSource:
     apply: Callable[[NDArray[np.float64]], NDArray[np.float64]]
 
     @staticmethod
-    def from_matrix(A: NDArray[np.float64]) -> _RowSource:
+    def from_matrix(A: NDArray[np.float64]) -> RowSource:
         """Rows of A scaled to unit norm (at any scale); zero rows (in no open half-space) dropped."""
         U, _p, s = unit_rows(A)
-        return _RowSource.from_rows(U[s > 0])
+        return RowSource.from_rows(U[s > 0])
 
     @staticmethod
-    def from_rows(R: NDArray[np.float64]) -> _RowSource:
+    def from_rows(R: NDArray[np.float64]) -> RowSource:
         """Rows of R as given (for A-bar = A O^T of Theorem 4: restrictions of unit rows to a
         null space with orthonormal basis O, so ``O z`` is a unit x-space direction for unit z)."""
-        return _RowSource(m=R.shape[0], n=R.shape[1], rows=lambda idx: R[idx], apply=lambda d: R @ d)
+        return RowSource(m=R.shape[0], n=R.shape[1], rows=lambda idx: R[idx], apply=lambda d: R @ d)
 
 
 def _null_vector(M: NDArray[np.float64]) -> NDArray[np.float64] | None:
@@ -180,10 +191,12 @@ def _null_vector(M: NDArray[np.float64]) -> NDArray[np.float64] | None:
     """
     rows, cols = M.shape
     if rows == 0:
-        return np.eye(cols)[0]
+        first: NDArray[np.float64] = np.eye(cols)[0]
+        return first
     _, s, vt = np.linalg.svd(M, full_matrices=rows < cols)
     if rows < cols or s[-1] <= _RANK_SLACK * max(rows, cols) * np.finfo(float).eps * max(1.0, s[0]):
-        return vt[-1]
+        last: NDArray[np.float64] = vt[-1]
+        return last
     return None
 
 
@@ -205,19 +218,20 @@ class _StiemkeLP:
         self.lp = ColumnLP(np.r_[np.zeros(n), 1.0])
         self.sum_rows = np.zeros(n)
         self.count = 0
-        self.tau = self.lp.add_cols(np.zeros((n + 1, 1)), np.array([-1.0]), np.array([-np.inf]),
-                                    np.array([np.inf]))
+        self.tau = self.lp.add_cols(
+            np.zeros((n + 1, 1)), np.array([-1.0]), np.array([-np.inf]), np.array([np.inf])
+        )
 
     def add(self, rows: NDArray[np.float64]) -> None:
         s = rows.shape[0]
-        self.lp.add_cols(np.vstack([rows.T, np.ones((1, s))]), np.zeros(s), np.zeros(s),
-                         np.full(s, np.inf))
+        self.lp.add_cols(np.vstack([rows.T, np.ones((1, s))]), np.zeros(s), np.zeros(s), np.full(s, np.inf))
         self.sum_rows += rows.sum(axis=0)
         self.count += s
         self.lp.set_column(self.tau, np.r_[self.sum_rows, self.count])
 
-    def solve(self, rows: NDArray[np.float64], rtol: float
-              ) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
+    def solve(
+        self, rows: NDArray[np.float64], rtol: float
+    ) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
         """``(direction, None)`` or ``(None, multipliers)``; multipliers scaled to min 1."""
         status, v, duals, objective = self.lp.solve()
         if status == "infeasible":
@@ -229,27 +243,35 @@ class _StiemkeLP:
             raise RuntimeError(f"HiGHS did not solve the Stiemke LP: {status}")
         tau = v[self.tau]
         if tau > rtol / max(self.count, 1):
-            lam = tau + v[self.tau + 1:]
+            lam = tau + v[self.tau + 1 :]
             return None, lam / lam.min()
         u = duals[: self.n]
         norm = float(np.linalg.norm(u))
         return (u / norm if norm > 0 else None), None
 
 
-def _omni_lazy(src: _RowSource, *, rtol: float) -> OmniCertificate:
+def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
     """Row-generation decision of omnidirectionality (see :func:`omnidirectional_certificate`)."""
     m, n = src.m, src.n
     if n == 0:
-        return OmniCertificate(True, np.zeros(0, np.intp), np.zeros(0), None, 1.0, rtol,
-                               "R^0 has no non-zero direction")
+        return OmniCertificate(
+            True, np.zeros(0, np.intp), np.zeros(0), None, 1.0, rtol, "R^0 has no non-zero direction"
+        )
     if m <= n:
         all_rows = src.rows(np.arange(m))
         d = _null_vector(all_rows)
         if d is None:  # m == n, invertible: A d = -1 row-wise
-            d = np.linalg.solve(all_rows, -np.ones(m))
+            d = np.asarray(np.linalg.solve(all_rows, -np.ones(m)), dtype=np.float64)
             d /= np.linalg.norm(d)
-        return OmniCertificate(False, None, None, d, _strictness(src.apply(d)), rtol,
-                               f"Corollary 6: {m} non-zero rows <= dimension {n}")
+        return OmniCertificate(
+            False,
+            None,
+            None,
+            d,
+            _strictness(src.apply(d)),
+            rtol,
+            f"Corollary 6: {m} non-zero rows <= dimension {n}",
+        )
     quick = _projection_certificate(src, rtol)
     if quick is not None:
         return quick
@@ -264,17 +286,30 @@ def _omni_lazy(src: _RowSource, *, rtol: float) -> OmniCertificate:
             null = _null_vector(rows)
             if null is None:
                 margin = min(float(lam.min() / lam.max()), _rank_ratio(rows))
-                return OmniCertificate(True, subset, lam, None, margin, rtol,
-                                       f"strictly positive combination of {subset.size} rows "
-                                       f"with rank {n} (Theorem 5)")
+                return OmniCertificate(
+                    True,
+                    subset,
+                    lam,
+                    None,
+                    margin,
+                    rtol,
+                    f"strictly positive combination of {subset.size} rows with rank {n} (Theorem 5)",
+                )
             z = null
         if z is not None:
             prod = src.apply(z)
             if prod.max() > rtol and prod.min() >= -rtol:  # a null vector whose opposite may work
                 z, prod = -z, -prod
             if prod.max() <= rtol:
-                return OmniCertificate(False, None, None, z, _strictness(prod), rtol,
-                                       "direction d != 0 with A d <= 0 (Corollary 2 iv)")
+                return OmniCertificate(
+                    False,
+                    None,
+                    None,
+                    z,
+                    _strictness(prod),
+                    rtol,
+                    "direction d != 0 with A d <= 0 (Corollary 2 iv)",
+                )
             fresh = np.setdiff1d(np.flatnonzero(prod > rtol), subset)
             if fresh.size > batch:
                 fresh = fresh[np.argsort(-prod[fresh])[:batch]]
@@ -297,7 +332,7 @@ _RANK_SLACK = 1e3
 _PROJECTION_ROUNDS = 200
 
 
-def _projection_certificate(src: _RowSource, rtol: float) -> OmniCertificate | None:
+def _projection_certificate(src: RowSource, rtol: float) -> OmniCertificate | None:
     """Try a Stiemke certificate by alternating projections before any LP.
 
     The multipliers with ``A^T lam = 0`` form the orthogonal complement of range(A).  Projecting
@@ -321,8 +356,9 @@ def _initial_subset(m: int, size: int) -> NDArray[np.intp]:
     return np.unique(np.linspace(0, m - 1, min(m, size)).round().astype(np.intp))
 
 
-def _project_subset(rows: NDArray[np.float64], subset: NDArray[np.intp], n: int,
-                    rtol: float) -> OmniCertificate | None:
+def _project_subset(
+    rows: NDArray[np.float64], subset: NDArray[np.intp], n: int, rtol: float
+) -> OmniCertificate | None:
     m = rows.shape[0]
     if m <= n:
         return None
@@ -340,9 +376,16 @@ def _project_subset(rows: NDArray[np.float64], subset: NDArray[np.intp], n: int,
         if lam.min() > 1e-6 * v.max():
             lam = lam / lam.min()
             margin = min(float(lam.min() / lam.max()), float(rcond))
-            return OmniCertificate(True, subset, lam, None, margin, rtol,
-                                   f"a strictly positive combination of {m} rows of rank {n} "
-                                   f"vanishes (Theorems 5, 11; alternating projections)")
+            return OmniCertificate(
+                True,
+                subset,
+                lam,
+                None,
+                margin,
+                rtol,
+                f"a strictly positive combination of {m} rows of rank {n} "
+                f"vanishes (Theorems 5, 11; alternating projections)",
+            )
         v = np.maximum(lam, 1.0)
     return None
 

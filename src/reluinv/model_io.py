@@ -260,7 +260,9 @@ def _rebuild_module(script: Any, where: str) -> nn.Module:
         origin = "" if _is_torch_class(script) else f" (user class {_qualified_type(script)})"
         hint = (
             "; max pooling is not a chain of affine maps and pointwise activations, use strided "
-            "convolutions or AvgPool2d" if name.startswith(("MaxPool", "AdaptiveMaxPool")) else ""
+            "convolutions or AvgPool2d"
+            if name.startswith(("MaxPool", "AdaptiveMaxPool"))
+            else ""
         )
         raise ValueError(
             f"TorchScript module {where!r} ({name}{origin}) is not supported{hint}; supported modules: "
@@ -394,8 +396,13 @@ def _traced_conv2d_settings(script: Any) -> dict[str, Any]:
         groups = args[8]
     else:
         groups = args[6]
-    settings = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups,
-                "padding_mode": "zeros"}
+    settings = {
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "groups": groups,
+        "padding_mode": "zeros",
+    }
     pad = _graph_pad(script)
     if pad is not None:
         pads, mode = pad
@@ -426,7 +433,8 @@ def _refuse_scripted_training(script: Any, settings: dict[str, Any] | None) -> N
     if settings is not None and bool(getattr(script, "training", False)):
         raise _NotReadable(
             "was saved in training mode (random or batch-dependent, so the network has no fixed "
-            "linear regions); call model.eval() before torch.jit.script and save it again")
+            "linear regions); call model.eval() before torch.jit.script and save it again"
+        )
 
 
 def _rebuild_batchnorm(script: Any, cls: type[nn.Module]) -> nn.Module:
@@ -443,7 +451,8 @@ def _rebuild_batchnorm(script: Any, cls: type[nn.Module]) -> nn.Module:
         if args[5] is not False:
             warnings.warn(
                 "a BatchNorm module was traced in training mode (batch statistics); reluinv uses its "
-                "running statistics, as in eval mode", stacklevel=4,
+                "running statistics, as in eval mode",
+                stacklevel=4,
             )
         settings = {"eps": args[7], "momentum": args[6]}
     momentum = settings["momentum"]
@@ -505,14 +514,22 @@ def _rebuild_dropout(script: Any) -> nn.Module:
     settings = _settings(script, ("p",))
     _refuse_scripted_training(script, settings)
     if settings is None:
-        ops = ("aten::dropout", "aten::dropout_", "aten::feature_dropout", "aten::feature_dropout_",
-               "aten::alpha_dropout", "aten::alpha_dropout_", "aten::feature_alpha_dropout")
+        ops = (
+            "aten::dropout",
+            "aten::dropout_",
+            "aten::feature_dropout",
+            "aten::feature_dropout_",
+            "aten::alpha_dropout",
+            "aten::alpha_dropout_",
+            "aten::feature_alpha_dropout",
+        )
         calls = [node for node in script.graph.nodes() if node.kind() in ops]
         args = [_constant(value) for value in calls[0].inputs()] if len(calls) == 1 else []
         if len(args) >= 3 and args[2] is True:
             warnings.warn(
                 f"a {name} module was traced in training mode (random); reluinv analyses it in eval "
-                f"mode, where it is the identity", stacklevel=4,
+                f"mode, where it is the identity",
+                stacklevel=4,
             )
         # p does not matter in eval mode (the identity); keep it when the graph shows it.
         settings = {"p": args[1] if len(args) >= 2 and isinstance(args[1], float) else 0.5}

@@ -42,25 +42,23 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
-import scipy.linalg
 from numpy.typing import NDArray
+
 from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
 from ._threads import single_blas_pool
 from ._validate import as_bounds, as_finite_array
-from .geometry import (_ZERO_ROW, DEFAULT_RTOL, OmniCertificate, _omni_lazy, _RowSource, row_exponents,
-                       unit_rows)
+from .geometry import DEFAULT_RTOL, ZERO_ROW, OmniCertificate, RowSource, omni_lazy, row_exponents
+from .preimage_verify import CertificateError, verify_preimage
 
 __all__ = ["Preimage", "PreimageCertificate", "CertificateError", "preimage", "layer_preimage"]
 
 Kind = Literal["empty", "singleton", "compact", "unbounded", "unknown"]
+F64 = NDArray[np.float64]
+Idx = NDArray[np.intp]
 
 #: A result whose margin is below ``NEAR_FACTOR * tolerance`` is reported as near the tolerance.
 NEAR_FACTOR = 1e3
-
-
-class CertificateError(AssertionError):
-    """A certificate of a :class:`Preimage` failed an independent check."""
 
 
 @dataclass(frozen=True)
@@ -134,15 +132,16 @@ class Preimage:
     def bounded(self) -> bool:
         return self.kind in ("singleton", "compact")
 
-    def verify(self, A: Any, b: Any, y: Any, *, lower: Any = None, upper: Any = None,
-               rtol: float = 1e-6) -> None:
+    def verify(
+        self, A: Any, b: Any, y: Any, *, lower: Any = None, upper: Any = None, rtol: float = 1e-6
+    ) -> None:
         """Check the certificate against the layer independently; raise :class:`CertificateError`.
 
         Uses only numpy/scipy linear algebra (no LP): membership of ``point``, the conditions on
         ``direction``, the multipliers' combination and rank on a freshly computed null-space basis,
         and the Farkas inequality for "empty".  ``rtol`` is relative to the data's scale.
         """
-        _verify(self, A, b, y, lower, upper, rtol)
+        verify_preimage(self, A, b, y, lower=lower, upper=upper, rtol=rtol)
 
 
 def preimage(
@@ -193,8 +192,9 @@ def preimage(
         return _LayerSystem(A, b, y, lo, up, rtol).decide()
 
 
-def layer_preimage(module: Any, x: Any, *, lower: Any = None, upper: Any = None,
-                   rtol: float = DEFAULT_RTOL) -> Preimage:
+def layer_preimage(
+    module: Any, x: Any, *, lower: Any = None, upper: Any = None, rtol: float = DEFAULT_RTOL
+) -> Preimage:
     """:func:`preimage` of ``ReLU(module(x))`` for a ``torch.nn.Linear`` or ``torch.nn.Conv2d``.
 
     The layer is turned into its explicit matrix (float64) by :func:`affine_matrix`; for a
@@ -215,7 +215,9 @@ def layer_preimage(module: Any, x: Any, *, lower: Any = None, upper: Any = None,
     return preimage(A, b, y, lower=lower, upper=upper, rtol=rtol)
 
 
-def affine_matrix(module: Any, input_shape: tuple[int, ...]) -> tuple[NDArray[np.float64], NDArray[np.float64], tuple[int, ...]]:
+def affine_matrix(
+    module: Any, input_shape: tuple[int, ...]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], tuple[int, ...]]:
     """Explicit float64 ``(A, b, in_shape)`` with ``module(x).flatten() = A x.flatten() + b``.
 
     Supports ``torch.nn.Linear`` (input (in,) or (1, in)) and ``torch.nn.Conv2d`` (input (C, H, W)
@@ -224,25 +226,31 @@ def affine_matrix(module: Any, input_shape: tuple[int, ...]) -> tuple[NDArray[np
     """
     from torch import nn
 
-    from .network import as_chain
+    from .network import AffineStep, as_chain
 
     if not isinstance(module, (nn.Linear, nn.Conv2d)):
-        raise ValueError(f"layer_preimage supports torch.nn.Linear and torch.nn.Conv2d, got "
-                         f"{type(module).__name__}")
+        raise ValueError(
+            f"layer_preimage supports torch.nn.Linear and torch.nn.Conv2d, got {type(module).__name__}"
+        )
     shape = tuple(int(s) for s in input_shape)
     if isinstance(module, nn.Linear):
         if shape not in ((module.in_features,), (1, module.in_features)):
-            raise ValueError(f"Linear({module.in_features}, {module.out_features}) needs an input "
-                             f"of shape ({module.in_features},) or (1, {module.in_features}), got {shape}")
+            raise ValueError(
+                f"Linear({module.in_features}, {module.out_features}) needs an input "
+                f"of shape ({module.in_features},) or (1, {module.in_features}), got {shape}"
+            )
         shape = (module.in_features,)
     else:
         if len(shape) == 4 and shape[0] == 1:
             shape = shape[1:]
         if len(shape) != 3 or shape[0] != module.in_channels:
-            raise ValueError(f"Conv2d({module.in_channels}, {module.out_channels}) needs an input of "
-                             f"shape (C, H, W) or (1, C, H, W) with C = {module.in_channels}, got "
-                             f"{tuple(input_shape)}")
+            raise ValueError(
+                f"Conv2d({module.in_channels}, {module.out_channels}) needs an input of "
+                f"shape (C, H, W) or (1, C, H, W) with C = {module.in_channels}, got "
+                f"{tuple(input_shape)}"
+            )
     step = as_chain(nn.Sequential(module), shape, device="cpu")[0]
+    assert isinstance(step, AffineStep)  # a Linear or Conv2d chain starts with its affine step
     A, b = step.dense()
     return A, b, shape
 
@@ -258,7 +266,7 @@ class _UnitInequalities:
     3500 x 784 layer is never copied (a copy per call cost as much as the QR on a 2-core machine).
     """
 
-    def __init__(self, A, inv_norm, layer_rows, up_idx, lo_idx):
+    def __init__(self, A: F64, inv_norm: F64, layer_rows: Idx, up_idx: Idx, lo_idx: Idx) -> None:
         self.A, self.n = A, A.shape[1]
         self.layer_rows, self.layer_scale = layer_rows, inv_norm[layer_rows]
         self.up_idx, self.lo_idx = up_idx, lo_idx
@@ -270,7 +278,8 @@ class _UnitInequalities:
         idx = np.asarray(idx, dtype=np.intp)
         layer = idx < self.n_layer
         if layer.all():
-            return self.A[self.layer_rows[idx]] * self.layer_scale[idx, None]
+            out: F64 = self.A[self.layer_rows[idx]] * self.layer_scale[idx, None]
+            return out
         out = np.zeros((idx.size, self.n))
         out[layer] = self.A[self.layer_rows[idx[layer]]] * self.layer_scale[idx[layer], None]
         box = np.flatnonzero(~layer)
@@ -286,7 +295,7 @@ class _UnitInequalities:
         return np.concatenate([layer, x[self.up_idx], -x[self.lo_idx]])
 
 
-def _row_norms(A):
+def _row_norms(A: F64) -> tuple[F64, F64, NDArray[np.int64], NDArray[np.bool_]]:
     """``(M, norms, shift, zero)`` with ``M_i = A_i * 2^-shift_i`` and ``norms_i = |M_i|``.
 
     The common case costs one pass over A and no copy: every squared row norm lies in
@@ -295,19 +304,21 @@ def _row_norms(A):
     or underflow.
     """
     sq = np.einsum("ij,ij->i", A, A)
-    outside = np.flatnonzero(~((sq >= 2.0 ** -800) & (sq <= 2.0 ** 800)))
+    outside = np.flatnonzero(~((sq >= 2.0**-800) & (sq <= 2.0**800)))
     zero = np.zeros(A.shape[0], dtype=bool)
     if all(sq[i] == 0 and not A[i].any() for i in outside):
         zero[outside] = True
         return A, np.sqrt(sq), np.zeros(A.shape[0], np.int64), zero
     p = row_exponents(A)
-    zero = p == _ZERO_ROW
+    zero = p == ZERO_ROW
     shift = np.where(zero, 0, p).astype(np.int64)
     M = np.ldexp(A, (-shift[:, None]).astype(np.int32))  # entries below 1 in magnitude
     return M, np.sqrt(np.einsum("ij,ij->i", M, M)), shift, zero
 
 
-def _unit_rhs(b, y, inv, shift, zero):
+def _unit_rhs(
+    b: F64, y: F64, inv: F64, shift: NDArray[np.int64], zero: NDArray[np.bool_]
+) -> tuple[F64, NDArray[np.int64]]:
     """Right-hand sides ``(y_i - b_i) / |A_i|`` of the unit rows as ``mant * 2^exp`` (mant in
     [1/2, 1) or 0), with ``1/|A_i| = inv_i * 2^-shift_i``; no intermediate overflows."""
     pb = np.frexp(np.maximum(np.abs(b), y))[1].astype(np.int64)
@@ -316,7 +327,7 @@ def _unit_rhs(b, y, inv, shift, zero):
     return mant, e + pb - shift
 
 
-def _x_scale(mant, exp, lo, up) -> tuple[int, bool]:
+def _x_scale(mant: F64, exp: NDArray[np.int64], lo: F64, up: F64) -> tuple[int, bool]:
     """``(Q, homogeneous)``: x is measured in units of 2^Q (see :class:`_LayerSystem`).
 
     Q is the exponent of the largest right-hand side of a unit layer row, raised where the box
@@ -352,7 +363,7 @@ class _LayerSystem:
     Points, directions and multipliers are mapped back to the user's problem in :meth:`_result`.
     """
 
-    def __init__(self, A, b, y, lo, up, rtol):
+    def __init__(self, A: F64, b: F64, y: F64, lo: F64, up: F64, rtol: float) -> None:
         m, n = A.shape
         self.m, self.n, self.rtol = m, n, rtol
         self.active = np.flatnonzero(y > 0)
@@ -382,7 +393,15 @@ class _LayerSystem:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _result(self, kind, point, direction, margin, cert, tol):
+    def _result(
+        self,
+        kind: Kind,
+        point: F64 | None,
+        direction: F64 | None,
+        margin: float,
+        cert: PreimageCertificate,
+        tol: float,
+    ) -> Preimage:
         """The :class:`Preimage` in the user's units: points times 2^Q, multipliers already
         mapped by :meth:`_multipliers`; the tolerance stays relative to the problem's scale."""
         if kind == "singleton" and self.homogeneous:
@@ -390,11 +409,19 @@ class _LayerSystem:
         point = self._to_user(point)
         if cert.second_point is not None:
             cert = replace(cert, second_point=self._to_user(cert.second_point))
-        return Preimage(kind=kind, point=point, direction=direction, nullity=self.k,
-                        n_active=int(self.active.size), rank=self.r, margin=float(max(margin, 0.0)),
-                        tolerance=float(tol), certificate=cert)
+        return Preimage(
+            kind=kind,
+            point=point,
+            direction=direction,
+            nullity=self.k,
+            n_active=int(self.active.size),
+            rank=self.r,
+            margin=float(max(margin, 0.0)),
+            tolerance=float(tol),
+            certificate=cert,
+        )
 
-    def _to_user(self, x):
+    def _to_user(self, x: F64 | None) -> F64 | None:
         if x is None:
             return None
         with np.errstate(over="ignore"):
@@ -404,7 +431,8 @@ class _LayerSystem:
                 f"the preimage's points lie about 10^{(self.Q + 1) * np.log10(2):.0f} from the "
                 f"origin, beyond the float64 range (about 1.8e308): b and y (up to "
                 f"{max(np.abs(self.b).max(), self.y.max()):.3g}) are too large for the rows of A "
-                f"(norms down to {self._smallest_norm():.3g}); scale the data down")
+                f"(norms down to {self._smallest_norm():.3g}); scale the data down"
+            )
         return out
 
     def _smallest_norm(self) -> float:
@@ -431,14 +459,15 @@ class _LayerSystem:
     def _farkas_from_ineq(self, lam: NDArray[np.float64], rows: NDArray[np.intp]) -> PreimageCertificate:
         """Complete inequality multipliers ``lam`` with equality multipliers ``nu`` (Farkas)."""
         g = self.G.rows(rows).T @ lam
-        nu = (np.linalg.lstsq(self.E.T, -g, rcond=None)[0] if self.E.shape[0]
-              else np.zeros(0))
+        nu = np.linalg.lstsq(self.E.T, -g, rcond=None)[0] if self.E.shape[0] else np.zeros(0)
         labels = self.labels[rows]
         nu_user, lam_user = self._multipliers(nu, self.eq_rows, lam, labels)
         return PreimageCertificate(
             reason="no x satisfies the system (Farkas multipliers)",
-            farkas_equalities=self._expand_eq(nu_user), farkas_rows=labels,
-            farkas_inequalities=lam_user)
+            farkas_equalities=self._expand_eq(nu_user),
+            farkas_rows=labels,
+            farkas_inequalities=lam_user,
+        )
 
     def _expand_eq(self, nu: NDArray[np.float64]) -> NDArray[np.float64]:
         """Multipliers on the non-zero active rows -> a vector over all active rows."""
@@ -446,13 +475,13 @@ class _LayerSystem:
         out[np.searchsorted(self.active, self.eq_rows)] = nu
         return out
 
-    def _multipliers(self, *parts: NDArray) -> list[NDArray[np.float64]]:
+    def _multipliers(self, *parts: NDArray[Any]) -> list[F64]:
         """Multipliers on unit rows -> on the user's rows (``lam_i / |A_i|``), for pairs
         ``values, labels`` (labels as in :class:`PreimageCertificate`).  All parts share one
         power-of-two factor (a positive multiple of a certificate is a certificate), chosen so
         that the largest is about 1 whatever the rows' norms."""
         mants, exps = [], []
-        for values, labels in zip(parts[::2], parts[1::2]):
+        for values, labels in zip(parts[::2], parts[1::2], strict=True):
             layer = labels < self.m
             rows = labels[layer]
             mant = np.array(values, dtype=np.float64)
@@ -463,9 +492,8 @@ class _LayerSystem:
             exps.append(exp)
         every = np.concatenate(mants)
         nonzero = every != 0
-        top = int((np.frexp(every[nonzero])[1] + np.concatenate(exps)[nonzero]).max()) \
-            if nonzero.any() else 0
-        return [np.ldexp(mant, exp - top) for mant, exp in zip(mants, exps)]
+        top = int((np.frexp(every[nonzero])[1] + np.concatenate(exps)[nonzero]).max()) if nonzero.any() else 0
+        return [np.ldexp(mant, exp - top) for mant, exp in zip(mants, exps, strict=True)]
 
     # -- the decision ----------------------------------------------------------------------
 
@@ -474,8 +502,7 @@ class _LayerSystem:
         self.k = self.basis.k
         conflict = self._zero_row_conflict()
         if conflict is not None:
-            return self._result("empty", None, None, 1.0, PreimageCertificate(reason=conflict),
-                                self.rtol)
+            return self._result("empty", None, None, 1.0, PreimageCertificate(reason=conflict), self.rtol)
         tol = self.rtol * max(1.0, float(np.linalg.norm(self.x_p)))
         eq_res = float(np.max(np.abs(self.E @ self.x_p - self.e))) if self.E.shape[0] else 0.0
         if eq_res > tol:
@@ -484,9 +511,11 @@ class _LayerSystem:
                 reason="the equations A_pos x + b_pos = y_pos have no solution",
                 farkas_equalities=self._expand_eq(self._multipliers(-res, self.eq_rows)[0]),
                 farkas_rows=np.zeros(0, np.intp),
-                farkas_inequalities=np.zeros(0))
-            return self._result("empty", None, None, min(1.0, eq_res / max(1.0, np.abs(self.e).max())),
-                                cert, tol)
+                farkas_inequalities=np.zeros(0),
+            )
+            return self._result(
+                "empty", None, None, min(1.0, eq_res / max(1.0, np.abs(self.e).max())), cert, tol
+            )
         if self.k == 0:
             return self._decide_full_rank(tol)
         return self._decide_with_nullspace(tol)
@@ -495,32 +524,43 @@ class _LayerSystem:
         slack = self.h - self.G.dot(self.x_p)
         if slack.size and slack.min() < -tol:
             i = int(np.argmin(slack))
-            return self._result("empty", None, None, min(1.0, -slack[i]),
-                                self._farkas_from_ineq(np.ones(1), np.array([i])), tol)
+            return self._result(
+                "empty",
+                None,
+                None,
+                min(1.0, -slack[i]),
+                self._farkas_from_ineq(np.ones(1), np.array([i])),
+                tol,
+            )
         cert = PreimageCertificate(reason=f"rank(A_pos) = n = {self.n} (Theorem 4 i)")
         return self._result("singleton", self.x_p.copy(), None, self.rank_ratio, cert, tol)
 
     def _decide_with_nullspace(self, tol: float) -> Preimage:
         if self.G.size == 0:  # no inequality at all: the whole affine subspace x_p + N(A_pos)
             d = self.basis.expand(np.eye(self.k)[0])
-            cert = PreimageCertificate(reason="no inequality constrains N(A_pos) (Theorem 4 iii)",
-                                       second_point=self.x_p + d)
+            cert = PreimageCertificate(
+                reason="no inequality constrains N(A_pos) (Theorem 4 iii)", second_point=self.x_p + d
+            )
             return self._result("unbounded", self.x_p.copy(), d, self.rank_ratio, cert, tol)
         self.O = self.basis.matrix()
         # O has orthonormal columns: O z is a unit x-space direction for a unit z, so the
         # tolerance keeps its meaning on the restricted rows.
         G, O = self.G, self.O
-        rows_src = _RowSource(m=G.size, n=self.k, rows=lambda idx: G.rows(idx) @ O,
-                              apply=lambda z: G.dot(O @ z))
+        rows_src = RowSource(
+            m=G.size, n=self.k, rows=lambda idx: G.rows(idx) @ O, apply=lambda z: G.dot(O @ z)
+        )
         omni: OmniCertificate | None = None
         if not self.box_bounded:
             # An unbounded verdict with a strict direction also gives an interior point for free.
-            omni = _omni_lazy(rows_src, rtol=self.rtol)
+            omni = omni_lazy(rows_src, rtol=self.rtol)
             if not omni.omnidirectional and omni.margin > NEAR_FACTOR * tol:
                 return self._unbounded_from_strict_direction(omni, tol)
         # Rows that certified boundedness seed the Chebyshev LP, unless they are (nearly) all rows.
-        seeds = omni.rows if omni is not None and omni.rows is not None and \
-            omni.rows.size <= 4 * self.k + 16 else None
+        seeds = (
+            omni.rows
+            if omni is not None and omni.rows is not None and omni.rows.size <= 4 * self.k + 16
+            else None
+        )
         feasible = self._chebyshev_point(tol, seeds)
         if isinstance(feasible, Preimage):
             return feasible
@@ -528,21 +568,26 @@ class _LayerSystem:
         tight = np.flatnonzero(slack <= tol)
         step_dir = None
         if tight.size:
-            pin = _omni_lazy(_RowSource.from_rows(self.G.rows(tight) @ self.O), rtol=self.rtol)
+            pin = omni_lazy(RowSource.from_rows(self.G.rows(tight) @ self.O), rtol=self.rtol)
             if pin.omnidirectional:
                 assert pin.rows is not None and pin.multipliers is not None
                 labels = self.labels[tight[pin.rows]]
                 cert = PreimageCertificate(
                     reason=f"{tight.size} inequalities tight at the point are omnidirectional in "
-                           f"N(A_pos) (Theorem 4 ii, Theorem 12)",
-                    rows=labels, multipliers=self._multipliers(pin.multipliers, labels)[0])
+                    f"N(A_pos) (Theorem 4 ii, Theorem 12)",
+                    rows=labels,
+                    multipliers=self._multipliers(pin.multipliers, labels)[0],
+                )
                 return self._result("singleton", x0, None, min(self.rank_ratio, pin.margin), cert, tol)
             assert pin.direction is not None
             step_dir = self.basis.expand(pin.direction)
         second = self._second_point(x0, slack, step_dir, tol)
         if self.box_bounded:
-            cert = PreimageCertificate(reason="every coordinate is boxed (Remark 3), so P is bounded",
-                                       bounded_by_box=True, second_point=second)
+            cert = PreimageCertificate(
+                reason="every coordinate is boxed (Remark 3), so P is bounded",
+                bounded_by_box=True,
+                second_point=second,
+            )
             return self._result("compact", x0, None, self.rank_ratio, cert, tol)
         assert omni is not None
         if omni.omnidirectional:
@@ -550,15 +595,18 @@ class _LayerSystem:
             labels = self.labels[omni.rows]
             cert = PreimageCertificate(
                 reason=f"{omni.rows.size} inequality rows are omnidirectional in N(A_pos) "
-                       f"(Theorem 4 iii, Theorem 5)",
-                rows=labels, multipliers=self._multipliers(omni.multipliers, labels)[0],
-                second_point=second)
+                f"(Theorem 4 iii, Theorem 5)",
+                rows=labels,
+                multipliers=self._multipliers(omni.multipliers, labels)[0],
+                second_point=second,
+            )
             return self._result("compact", x0, None, min(self.rank_ratio, omni.margin), cert, tol)
         assert omni.direction is not None
         d = self.basis.expand(omni.direction)
         d /= np.linalg.norm(d)
-        cert = PreimageCertificate(reason="direction d in N(A_pos) with A_zero d <= 0 (Theorem 4 iii)",
-                                   second_point=x0 + d)
+        cert = PreimageCertificate(
+            reason="direction d in N(A_pos) with A_zero d <= 0 (Theorem 4 iii)", second_point=x0 + d
+        )
         return self._result("unbounded", x0, d, min(self.rank_ratio, omni.margin), cert, tol)
 
     def _unbounded_from_strict_direction(self, omni: OmniCertificate, tol: float) -> Preimage:
@@ -573,11 +621,12 @@ class _LayerSystem:
         x0 = self.x_p + max(t, 0.0) * d
         cert = PreimageCertificate(
             reason="direction d in N(A_pos) with A_zero d < 0 strictly (Theorem 4 iii); "
-                   "walking along it from the equations' solution gives an interior point",
-            second_point=x0 + d)
+            "walking along it from the equations' solution gives an interior point",
+            second_point=x0 + d,
+        )
         return self._result("unbounded", x0, d, min(self.rank_ratio, omni.margin), cert, tol)
 
-    def _second_point(self, x0, slack, step_dir, tol) -> NDArray[np.float64] | None:
+    def _second_point(self, x0: F64, slack: F64, step_dir: F64 | None, tol: float) -> F64 | None:
         """A point of P other than x0: move in N(A_pos) along a direction that keeps tight rows."""
         if step_dir is None:
             step_dir = self.basis.expand(np.eye(self.k)[0])
@@ -589,7 +638,7 @@ class _LayerSystem:
         t = 0.5 * float(np.min(slack[blocking] / gd[blocking])) if np.any(blocking) else 1.0
         return x0 + min(t, 1.0) * step_dir
 
-    def _chebyshev_point(self, tol: float, seed_rows: NDArray[np.intp] | None):
+    def _chebyshev_point(self, tol: float, seed_rows: Idx | None) -> Preimage | tuple[F64, F64]:
         """A point of P with slack in as many rows as possible, or an "empty" result.
 
         Solves, on a row subset S, the dual of the capped Chebyshev-centre LP
@@ -619,11 +668,21 @@ class _LayerSystem:
             constant = weights <= 1e-12
             if np.any(constant & (h_bar[subset] < -tol)):
                 i = int(subset[np.flatnonzero(constant & (h_bar[subset] < -tol))[0]])
-                return self._result("empty", None, None, min(1.0, -h_bar[i]),
-                                    self._farkas_from_ineq(np.ones(1), np.array([i])), tol)
+                return self._result(
+                    "empty",
+                    None,
+                    None,
+                    min(1.0, -h_bar[i]),
+                    self._farkas_from_ineq(np.ones(1), np.array([i])),
+                    tol,
+                )
             keep = ~constant
-            lp.add_cols(np.vstack([rows[keep].T, weights[keep][None]]), h_bar[subset][keep],
-                        np.zeros(int(keep.sum())), np.full(int(keep.sum()), np.inf))
+            lp.add_cols(
+                np.vstack([rows[keep].T, weights[keep][None]]),
+                h_bar[subset][keep],
+                np.zeros(int(keep.sum())),
+                np.full(int(keep.sum()), np.inf),
+            )
             in_lp.append(subset[keep])
             status, v, duals, s_max = lp.solve()
             if status != "optimal":  # pragma: no cover - sigma = 1 is always feasible
@@ -632,8 +691,9 @@ class _LayerSystem:
                 idx = np.concatenate(in_lp)
                 lam = v[1:]
                 pos = lam > 0
-                return self._result("empty", None, None, min(1.0, -s_max),
-                                    self._farkas_from_ineq(lam[pos], idx[pos]), tol)
+                return self._result(
+                    "empty", None, None, min(1.0, -s_max), self._farkas_from_ineq(lam[pos], idx[pos]), tol
+                )
             x0 = self.x_p + self.basis.expand(duals[:k])
             slack = self.h - G.dot(x0)
             fresh = np.setdiff1d(np.flatnonzero(slack < -tol), np.concatenate(in_lp))
@@ -642,149 +702,3 @@ class _LayerSystem:
             if fresh.size > batch:
                 fresh = fresh[np.argsort(slack[fresh])[:batch]]
             subset = fresh
-
-
-# --- independent verification ---------------------------------------------------------------
-
-
-def _verify(r: Preimage, A, b, y, lower, upper, rtol) -> None:
-    """See :meth:`Preimage.verify`.  Works on the rows scaled to unit norm and on their distances
-    ``rho`` from the origin, so every test is relative (to a row's own norm, and to the scale
-    ``max(max |rho|, max |box|, max |x|)`` of the points) and holds at any scale of the data."""
-    A = as_finite_array(A, "A", ndim=2)
-    b = as_finite_array(b, "b", ndim=1)
-    y = as_finite_array(y, "y", ndim=1)
-    m, n = A.shape
-    lo, up = as_bounds(lower, upper, n)
-    pos = y > 0
-    U, p, norm = unit_rows(A)
-    live = norm > 0
-    with np.errstate(over="ignore"):  # beyond float64: inf, which no finite point satisfies
-        pb = np.frexp(np.maximum(np.abs(b), y))[1]
-        num = np.ldexp(y, -pb) - np.ldexp(b, -pb)
-        rho = np.where(live, np.ldexp(num / np.where(live, norm, 1.0), pb - np.where(live, p, 0)), 0.0)
-    box = np.concatenate([lo, up])
-    scale = max(float(np.abs(rho[np.isfinite(rho)]).max(initial=0.0)),
-                float(np.abs(box[np.isfinite(box)]).max(initial=0.0)))
-    for i in np.flatnonzero(~live if r.kind != "empty" else []):  # constant rows: a_i = 0
-        if (y[i] > 0 and not abs(b[i] - y[i]) <= rtol * max(abs(b[i]), y[i])) or \
-                (y[i] <= 0 and b[i] > 0):
-            raise CertificateError(f"row {i} has a_i = 0 and cannot produce y_i = {y[i]}")
-
-    def in_preimage(x: NDArray[np.float64], what: str) -> None:
-        if not np.all(np.isfinite(x)):
-            raise CertificateError(f"{what} is not finite")
-        atol = rtol * max(scale, float(np.abs(x).max(initial=0.0)))
-        z = U @ x - rho
-        if not np.all(np.abs(z[pos & live]) <= atol):
-            raise CertificateError(f"{what} misses the equations by {np.abs(z[pos & live]).max():.3g}")
-        if not np.all(z[~pos & live] <= atol):
-            raise CertificateError(f"{what} violates an inactive row by {z[~pos & live].max():.3g}")
-        if np.any(x < lo - atol) or np.any(x > up + atol):
-            raise CertificateError(f"{what} lies outside the box")
-
-    def rows_matrix(labels: NDArray[np.intp]) -> NDArray[np.float64]:
-        out = np.zeros((labels.size, n))
-        for t, lab in enumerate(labels):
-            if lab < m:
-                out[t] = U[lab]
-            elif lab < m + n:
-                out[t, lab - m] = 1.0
-            else:
-                out[t, lab - m - n] = -1.0
-        return out
-
-    def rows_rhs(labels: NDArray[np.intp]) -> NDArray[np.float64]:
-        return np.array([rho[lab] if lab < m else (up[lab - m] if lab < m + n else -lo[lab - m - n])
-                         for lab in labels])
-
-    def on_unit_rows(values: NDArray[np.float64], labels: NDArray[np.intp]) -> tuple:
-        """Multipliers on the user's rows times the rows' norms (a common power of two apart)."""
-        layer = labels < m
-        mant = np.array(values, dtype=np.float64)
-        mant[layer] *= norm[labels[layer]]
-        exp = np.where(layer, p[np.where(layer, labels, 0)], 0).astype(np.int64)
-        exp[layer & ~live[np.where(layer, labels, 0)]] = 0
-        return mant, exp
-
-    def common(*pairs: tuple) -> list[NDArray[np.float64]]:
-        every = np.concatenate([mant for mant, _ in pairs])
-        exps = np.concatenate([exp for _, exp in pairs])
-        nz = every != 0
-        top = int((np.frexp(every[nz])[1] + exps[nz]).max()) if nz.any() else 0
-        return [np.ldexp(mant, exp - top) for mant, exp in pairs]
-
-    cert = r.certificate
-    null = scipy.linalg.null_space(U[pos & live]) if (pos & live).any() else np.eye(n)
-    if r.nullity != null.shape[1]:
-        raise CertificateError(f"nullity {r.nullity} but N(A_pos) has dimension {null.shape[1]}")
-    if r.kind == "empty":
-        if r.point is not None:
-            raise CertificateError("an empty preimage has no point")
-        if cert.farkas_equalities is None:
-            return  # a zero row decided it; the reason names the row
-        nu, lam, labels = cert.farkas_equalities, cert.farkas_inequalities, cert.farkas_rows
-        assert lam is not None and labels is not None
-        if np.any(lam < 0):
-            raise CertificateError("Farkas inequality multipliers must be >= 0")
-        active = np.flatnonzero(pos)
-        nu_u, lam_u = common(on_unit_rows(nu, active), on_unit_rows(lam, labels))
-        combo = U[active].T @ nu_u + rows_matrix(labels).T @ lam_u
-        value = rho[active] @ nu_u + rows_rhs(labels) @ lam_u
-        size = max(1e-300, float(np.abs(nu_u).sum() + np.abs(lam_u).sum()))
-        if not np.abs(combo).max(initial=0.0) <= rtol * size:
-            raise CertificateError(f"Farkas combination is not zero ({np.abs(combo).max():.3g})")
-        if not value < 0:
-            raise CertificateError(f"Farkas value {value:.3g} is not negative")
-        return
-    if r.point is None:
-        raise CertificateError(f"a {r.kind} preimage must carry a point")
-    in_preimage(r.point, "point")
-    if r.kind == "unbounded":
-        _verify_direction(r, U[pos & live], U[~pos & live], lo, up, rtol)
-        size = max(scale, float(np.abs(r.point).max(initial=0.0))) or 1.0
-        reach = min(1e3 * size, max(size, 1e307))  # far out, but short of float64's end
-        in_preimage(r.point + reach * r.direction, "point + t d (t = 1000 times the scale)")
-        return
-    if r.kind in ("compact", "singleton") and r.direction is not None:
-        raise CertificateError("a bounded preimage has no direction")
-    if cert.second_point is not None:
-        in_preimage(cert.second_point, "second point")
-        if r.kind == "singleton":
-            raise CertificateError("a singleton cannot have a second point")
-        if np.array_equal(cert.second_point, r.point):
-            raise CertificateError("second point equals the point")
-    if r.kind == "singleton" and r.nullity == 0:
-        return
-    if cert.bounded_by_box:
-        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(up))):
-            raise CertificateError("bounded_by_box claimed but the box is not finite")
-        return
-    if cert.rows is None or cert.multipliers is None:
-        raise CertificateError(f"a {r.kind} preimage with nullity > 0 needs multipliers")
-    if np.any(cert.multipliers <= 0):
-        raise CertificateError("multipliers must be strictly positive")
-    (lam,) = common(on_unit_rows(cert.multipliers, cert.rows))
-    if np.any(lam <= 0):
-        raise CertificateError("multipliers on unit rows underflow to 0")
-    restricted = rows_matrix(cert.rows) @ null
-    combo = restricted.T @ lam
-    if not np.abs(combo).max(initial=0.0) <= rtol * float(lam.sum()):
-        raise CertificateError(f"multipliers do not combine to zero ({np.abs(combo).max():.3g})")
-    if np.linalg.matrix_rank(restricted) < null.shape[1]:
-        raise CertificateError("certifying rows do not span N(A_pos)")
-    if r.kind == "singleton":
-        slack = rows_rhs(cert.rows) - rows_matrix(cert.rows) @ r.point
-        if not np.abs(slack).max(initial=0.0) <= rtol * max(scale, float(np.abs(r.point).max())):
-            raise CertificateError("pinning rows are not tight at the point")
-
-
-def _verify_direction(r: Preimage, U_pos, U_zero, lo, up, rtol) -> None:
-    """An unbounded verdict's direction: unit, in N(A_pos), ``A_zero d <= 0``, inside the box."""
-    d = r.direction
-    if d is None or not abs(np.linalg.norm(d) - 1) <= 1e-8:
-        raise CertificateError("unbounded needs a unit direction")
-    if not (np.abs(U_pos @ d).max(initial=0.0) <= rtol and (U_zero @ d).max(initial=0.0) <= rtol):
-        raise CertificateError("direction leaves the preimage (A_pos d != 0 or A_zero d > 0)")
-    if np.any(d[np.isfinite(up)] > rtol) or np.any(d[np.isfinite(lo)] < -rtol):
-        raise CertificateError("direction leaves the box")
