@@ -335,7 +335,7 @@ def plot_fig5(result: dict[str, Any], path: Path) -> None:
 
 def _decay_axes(ax, layers: list[dict[str, Any]]) -> None:
     colours = colormaps["viridis"](np.linspace(0, 0.9, max(1, len(layers))))
-    for colour, layer in zip(colours, layers):
+    for colour, layer in zip(colours, layers, strict=True):
         values = np.asarray(layer["singular_values"])
         values = values[values > 0]
         ax.semilogy(np.arange(1, values.size + 1), values, color=colour,
@@ -542,11 +542,11 @@ def _image(values: Any) -> np.ndarray:
 def plot_fig7(result: dict[str, Any], path: Path) -> None:
     examples = result["examples"]
     fig, axes = _subplots(len(examples), 3, figsize=(6.5, 2.2 * len(examples)), squeeze=False)
-    for row, ex in zip(axes, examples):
+    for row, ex in zip(axes, examples, strict=True):
         for ax, key, title in zip(row, ("source", "target", "found"),
                                   (f"source {ex['source_label']} ({ex['source_active_units']} active)",
                                    f"target {ex['target_label']}",
-                                   f"found: |dF| = {ex['feature_max_abs_diff']:.1e}")):
+                                   f"found: |dF| = {ex['feature_max_abs_diff']:.1e}"), strict=True):
             ax.imshow(_image(ex[key]), cmap="gray", vmin=0, vmax=1)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
@@ -596,7 +596,8 @@ def plot_fig7x(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("depth whose features are kept")
     ax.set_ylabel("distance")
     ax.legend(fontsize=7)
-    _save(fig, path, "Figure 7x: identical features at deeper layers of the Table 1 MLP", result["data"], dpi=100)
+    _save(fig, path, "Figure 7x: identical features at deeper layers of the Table 1 MLP", result["data"],
+          dpi=100)
 
 
 def summary_fig7x(result: dict[str, Any]) -> tuple[str, str]:

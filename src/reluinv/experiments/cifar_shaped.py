@@ -79,8 +79,9 @@ def colour_stand_in(grey: Dataset, *, seed: int = STAND_IN_SEED) -> Dataset:
     """
     shape = grey.input_shape
     if len(shape) != 3 or shape[0] != 1 or shape[1] > 32 or shape[2] > 32:
-        raise ValueError(f"the CIFAR stand-in needs one-channel images of side <= 32, got input "
-                         f"shape {shape}")
+        raise ValueError(
+            f"the CIFAR stand-in needs one-channel images of side <= 32, got input shape {shape}"
+        )
     n, (_, h, w) = len(grey), shape
     top, left = (32 - h) // 2, (32 - w) // 2
     rng = np.random.default_rng((seed, 0 if grey.split == "train" else 1))
@@ -96,9 +97,14 @@ def colour_stand_in(grey: Dataset, *, seed: int = STAND_IN_SEED) -> Dataset:
         g[:, :, top : top + h, left : left + w] = grey.images[part]
         ramp = 1.0 + 0.3 * (np.cos(angle[part]) * u + np.sin(angle[part]) * v) / np.float32(np.sqrt(2))
         images[part] = (1.0 - g) * (background[part] * ramp) + g * foreground[part]
-    return Dataset(images=np.clip(images, 0.0, 1.0, out=images), labels=np.asarray(grey.labels),
-                   name=f"{grey.name}-cifar-stand-in", source=f"{grey.source}, padded to 32x32 and coloured",
-                   split=grey.split, class_names=grey.class_names)
+    return Dataset(
+        images=np.clip(images, 0.0, 1.0, out=images),
+        labels=np.asarray(grey.labels),
+        name=f"{grey.name}-cifar-stand-in",
+        source=f"{grey.source}, padded to 32x32 and coloured",
+        split=grey.split,
+        class_names=grey.class_names,
+    )
 
 
 def shrink(data: Dataset, size: int) -> Dataset:
@@ -111,9 +117,14 @@ def shrink(data: Dataset, size: int) -> Dataset:
     f = s // size
     n, c = data.images.shape[:2]
     pooled = data.images.reshape(n, c, size, f, size, f).mean(axis=(3, 5), dtype=np.float64)
-    return Dataset(images=pooled.astype(np.float32), labels=np.asarray(data.labels), name=data.name,
-                   source=f"{data.source}, average-pooled to {size}x{size}", split=data.split,
-                   class_names=data.class_names)
+    return Dataset(
+        images=pooled.astype(np.float32),
+        labels=np.asarray(data.labels),
+        name=data.name,
+        source=f"{data.source}, average-pooled to {size}x{size}",
+        split=data.split,
+        class_names=data.class_names,
+    )
 
 
 def image_size(config: RunConfig) -> int:
@@ -141,12 +152,16 @@ def _cnn_inputs(data_dir: str | None, size: int) -> CnnInputs:
         source = grey[1].source.split(" (")[0] if data_dir is None else grey[1].source
         label = f"stand-in for CIFAR-10 (not supplied): {source} padded to 32x32 and coloured"
     else:
-        raise ValueError(f"--data-dir {data_dir!r} holds images of shape {shape}; the CNN figures "
-                         "need CIFAR-10 (3x32x32) or one-channel images of side <= 32")
+        raise ValueError(
+            f"--data-dir {data_dir!r} holds images of shape {shape}; the CNN figures "
+            "need CIFAR-10 (3x32x32) or one-channel images of side <= 32"
+        )
     if size == FULL_IMAGE_SIZE:
         return CnnInputs(train=train, test=test, label=f"{label}, 3x32x32", real_cifar=real, size=size)
     factor = (FULL_IMAGE_SIZE // size) ** 2
-    label += (f", pooled to 3x{size}x{size} (quick mode: input and every layer {factor}x smaller than "
-              "the paper's)")
-    return CnnInputs(train=shrink(train, size), test=shrink(test, size), label=label, real_cifar=real,
-                     size=size)
+    label += (
+        f", pooled to 3x{size}x{size} (quick mode: input and every layer {factor}x smaller than the paper's)"
+    )
+    return CnnInputs(
+        train=shrink(train, size), test=shrink(test, size), label=label, real_cifar=real, size=size
+    )

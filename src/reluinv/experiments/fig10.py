@@ -33,11 +33,15 @@ PAIRS = [(2, 3), (8, 9)]
 
 def run(config: RunConfig) -> dict[str, Any]:
     thin, wide = network_spectra("thin_cifar", config), network_spectra("wide_cifar", config)
-    return {**effect_and_decay(thin, PAIRS),
-            "wide_effect": effect_and_decay(wide, PAIRS[:1])["effect"],
-            "wide_samples": wide["samples"],
-            "setting": {"paper": PAPER_CNN_SETTING,
-                        "run": run_setting(config, [thin, wide], f"{thin['samples']} (median)")}}
+    return {
+        **effect_and_decay(thin, PAIRS),
+        "wide_effect": effect_and_decay(wide, PAIRS[:1])["effect"],
+        "wide_samples": wide["samples"],
+        "setting": {
+            "paper": PAPER_CNN_SETTING,
+            "run": run_setting(config, [thin, wide], f"{thin['samples']} (median)"),
+        },
+    }
 
 
 def relu_effect_factor(pair: dict[str, Any]) -> float:
@@ -53,11 +57,14 @@ def relu_effect_factor(pair: dict[str, Any]) -> float:
 
 def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     """Figure 10's claims over the stored result (see the module docstring)."""
-    c1 = ("ReLU has a stronger effect in ThinCIFAR's layer 2 than in WideCIFAR's (fewer remaining "
-          "rows): it lowers the smallest singular values more")
+    c1 = (
+        "ReLU has a stronger effect in ThinCIFAR's layer 2 than in WideCIFAR's (fewer remaining "
+        "rows): it lowers the smallest singular values more"
+    )
     c2 = "ThinCIFAR's smallest non-zero singular value decays from layer 1 to layer 6"
-    why = too_few_samples(result) or (too_few_samples({"samples": result["wide_samples"]})
-                                      if "wide_samples" in result else None)
+    why = too_few_samples(result) or (
+        too_few_samples({"samples": result["wide_samples"]}) if "wide_samples" in result else None
+    )
     if why:
         return [not_testable("fig10", c, why) for c in (c1, c2)] + [lemma8_claim("fig10", result, meta)]
     scope = run_scope(result, meta)
@@ -65,11 +72,19 @@ def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     thin_f, wide_f = relu_effect_factor(thin_pair), relu_effect_factor(wide_pair)
     first, last = result["decay"][0], result["decay"][-1]
     return [
-        check("fig10", c1, thin_f > wide_f,
-              f"sigma_r before / after {describe(thin_pair['after'])}: ThinCIFAR {thin_f:.3g}, "
-              f"WideCIFAR {wide_f:.3g} ({scope})"),
-        check("fig10", c2, smallest_nonzero(last) < smallest_nonzero(first),
-              f"smallest non-zero after ReLU 1: {smallest_nonzero(first):.3g}, after ReLU "
-              f"{last['block']}: {smallest_nonzero(last):.3g} ({scope})"),
+        check(
+            "fig10",
+            c1,
+            thin_f > wide_f,
+            f"sigma_r before / after {describe(thin_pair['after'])}: ThinCIFAR {thin_f:.3g}, "
+            f"WideCIFAR {wide_f:.3g} ({scope})",
+        ),
+        check(
+            "fig10",
+            c2,
+            smallest_nonzero(last) < smallest_nonzero(first),
+            f"smallest non-zero after ReLU 1: {smallest_nonzero(first):.3g}, after ReLU "
+            f"{last['block']}: {smallest_nonzero(last):.3g} ({scope})",
+        ),
         lemma8_claim("fig10", result, meta),
     ]

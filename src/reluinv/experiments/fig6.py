@@ -30,19 +30,30 @@ SIGNIFICANT_FACTOR = 10.0
 
 def run(config: RunConfig) -> dict[str, Any]:
     result = network_spectra("wide_cifar", config)
-    return {"architecture": "wide_cifar", "samples": result["samples"], "note": result["note"],
-            "data": result["data"], "input_shape": result["input_shape"],
-            "input_dim": result["input_dim"], "training": result["training"],
-            "device": result["device"], "decay": pick(result, relu_indices(result)),
-            "setting": {"paper": PAPER_CNN_SETTING,
-                        "run": run_setting(config, [result], f"{result['samples']} (median)")}}
+    return {
+        "architecture": "wide_cifar",
+        "samples": result["samples"],
+        "note": result["note"],
+        "data": result["data"],
+        "input_shape": result["input_shape"],
+        "input_dim": result["input_dim"],
+        "training": result["training"],
+        "device": result["device"],
+        "decay": pick(result, relu_indices(result)),
+        "setting": {
+            "paper": PAPER_CNN_SETTING,
+            "run": run_setting(config, [result], f"{result['samples']} (median)"),
+        },
+    }
 
 
 def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     """Figure 6's claims over the stored result (see the module docstring)."""
     c1 = "the largest singular value grows over WideCIFAR's convolutional layers 1 to 6"
-    c2 = (f"the smallest non-zero singular values decrease significantly (by more than "
-          f"{SIGNIFICANT_FACTOR:g}x) from layer 1 to layer 6")
+    c2 = (
+        f"the smallest non-zero singular values decrease significantly (by more than "
+        f"{SIGNIFICANT_FACTOR:g}x) from layer 1 to layer 6"
+    )
     c3 = "layer 6 of WideCIFAR has zero singular values (invariance directions)"
     why = too_few_samples(result)
     if why:
@@ -54,13 +65,25 @@ def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     ratio = smallest_nonzero(first) / smallest_nonzero(last)
     n = result["input_dim"]
     return [
-        check("fig6", c1, largest(last) > largest(first),
-              f"largest singular value after ReLU 1..{last['block']}: {tops} ({scope})"),
-        check("fig6", c2, ratio > SIGNIFICANT_FACTOR,
-              f"smallest non-zero after ReLU 1..{last['block']}: {lows}; layer 1 / layer "
-              f"{last['block']} = {ratio:.3g} ({scope})"),
-        check("fig6", c3, last["rank"] < n,
-              f"median number of non-zero singular values at layer {last['block']}: "
-              f"{last['rank']:g} of {min(n, last['out_dim']):,} (per sample: "
-              f"{', '.join(str(r) for r in last['ranks'])}) ({scope})"),
+        check(
+            "fig6",
+            c1,
+            largest(last) > largest(first),
+            f"largest singular value after ReLU 1..{last['block']}: {tops} ({scope})",
+        ),
+        check(
+            "fig6",
+            c2,
+            ratio > SIGNIFICANT_FACTOR,
+            f"smallest non-zero after ReLU 1..{last['block']}: {lows}; layer 1 / layer "
+            f"{last['block']} = {ratio:.3g} ({scope})",
+        ),
+        check(
+            "fig6",
+            c3,
+            last["rank"] < n,
+            f"median number of non-zero singular values at layer {last['block']}: "
+            f"{last['rank']:g} of {min(n, last['out_dim']):,} (per sample: "
+            f"{', '.join(str(r) for r in last['ranks'])}) ({scope})",
+        ),
     ]

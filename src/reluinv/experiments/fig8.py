@@ -31,16 +31,22 @@ PAPER_LARGEST_AFTER = 2.5
 
 def run(config: RunConfig) -> dict[str, Any]:
     spectra = network_spectra("wide_cifar", config)
-    return {**effect_and_decay(spectra, PAIRS),
-            "setting": {"paper": PAPER_CNN_SETTING,
-                        "run": run_setting(config, [spectra], f"{spectra['samples']} (median)")}}
+    return {
+        **effect_and_decay(spectra, PAIRS),
+        "setting": {
+            "paper": PAPER_CNN_SETTING,
+            "run": run_setting(config, [spectra], f"{spectra['samples']} (median)"),
+        },
+    }
 
 
 def absolute_scale_gate(result: dict[str, Any], meta: dict[str, Any]) -> str | None:
     """Why an absolute number of the paper's trained network cannot be compared on this run."""
     if meta.get("mode") != "full":
-        return (f"quick mode trains {result['training']['epochs']} epochs (the paper: 100); an "
-                "absolute singular value is a property of the fully trained network")
+        return (
+            f"quick mode trains {result['training']['epochs']} epochs (the paper: 100); an "
+            "absolute singular value is a property of the fully trained network"
+        )
     if not str(result.get("data", "")).startswith("CIFAR-10"):
         return "the run uses a stand-in for CIFAR-10; absolute singular values depend on the data"
     return None
@@ -63,13 +69,21 @@ def lemma8_claim(figure: str, result: dict[str, Any], meta: dict[str, Any]) -> C
 
 def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     """Figure 8's claims over the stored result (see the module docstring)."""
-    c2 = (f"the largest singular value after the ReLUs of layers 2 and 5 is below "
-          f"{PAPER_LARGEST_AFTER} (Appendix A5)")
+    c2 = (
+        f"the largest singular value after the ReLUs of layers 2 and 5 is below "
+        f"{PAPER_LARGEST_AFTER} (Appendix A5)"
+    )
     out = [lemma8_claim("fig8", result, meta)]
     why = absolute_scale_gate(result, meta) or too_few_samples(result)
     if why:
         return out + [not_testable("fig8", c2, why)]
     values = [largest(pair["after"]) for pair in result["effect"]]
-    return out + [check("fig8", c2, max(values) < PAPER_LARGEST_AFTER,
-                        f"largest after ReLU 2 and ReLU 5: {', '.join(f'{v:.3g}' for v in values)} "
-                        f"({run_scope(result, meta)})")]
+    return out + [
+        check(
+            "fig8",
+            c2,
+            max(values) < PAPER_LARGEST_AFTER,
+            f"largest after ReLU 2 and ReLU 5: {', '.join(f'{v:.3g}' for v in values)} "
+            f"({run_scope(result, meta)})",
+        )
+    ]

@@ -31,9 +31,14 @@ QUICK_SAMPLES, FULL_SAMPLES = 3, 50
 #: Modules that only reshape: the paper's layer count skips them.
 _SHAPE_ONLY = ("Flatten", "Unflatten", "Identity", "Dropout")
 #: The paper's setting for the CNN figures (Section 3.2, Appendix A4).
-PAPER_CNN_SETTING = {"mode": "full", "data": "CIFAR-10 test set", "input shape": "3x32x32",
-                     "training": "RMSprop lr 1e-4, batch 32, 100 epochs (Keras cifar10_cnn)",
-                     "test accuracy": "not stated", "samples": "50 (median)"}
+PAPER_CNN_SETTING = {
+    "mode": "full",
+    "data": "CIFAR-10 test set",
+    "input shape": "3x32x32",
+    "training": "RMSprop lr 1e-4, batch 32, 100 epochs (Keras cifar10_cnn)",
+    "test accuracy": "not stated",
+    "samples": "50 (median)",
+}
 
 
 def sample_spectra(shared: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
@@ -44,9 +49,19 @@ def sample_spectra(shared: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
     """
     x = torch.tensor(np.asarray(image, dtype=np.float32), device=shared["device"])
     entries = spectra(shared["model"], x)
-    return {"layers": [{"index": e.index, "name": e.name, "out_dim": e.out_dim, "rank": e.rank,
-                        "condition": e.condition, "singular_values": e.singular_values.tolist()}
-                       for e in entries]}
+    return {
+        "layers": [
+            {
+                "index": e.index,
+                "name": e.name,
+                "out_dim": e.out_dim,
+                "rank": e.rank,
+                "condition": e.condition,
+                "singular_values": e.singular_values.tolist(),
+            }
+            for e in entries
+        ]
+    }
 
 
 def paper_numbering(names: list[str]) -> list[dict[str, Any]]:
@@ -94,11 +109,15 @@ def network_spectra(architecture: str, config: RunConfig, *, model_info=None) ->
     count = config.samples(QUICK_SAMPLES, FULL_SAMPLES)
     images = test_set.head(count).images
     shape = "x".join(str(s) for s in test_set.input_shape)
-    results = config.run(sample_spectra, list(images), shared={"model": model, "device": config.device},
-                         name=f"spectra-{architecture}-{shape}-{info['epochs']}-{len(images)}"
-                              + ("" if config.device == "cpu" else f"-{config.device}")
-                              + ("" if bias is None else f"-bias{bias}"),
-                         desc=f"spectra {architecture}")
+    results = config.run(
+        sample_spectra,
+        list(images),
+        shared={"model": model, "device": config.device},
+        name=f"spectra-{architecture}-{shape}-{info['epochs']}-{len(images)}"
+        + ("" if config.device == "cpu" else f"-{config.device}")
+        + ("" if bias is None else f"-bias{bias}"),
+        desc=f"spectra {architecture}",
+    )
     per_sample = [r.result["layers"] for r in results if r.ok]
     if not per_sample:
         raise RuntimeError(f"every spectrum of {architecture} failed: {results[0].error}")
@@ -109,31 +128,50 @@ def network_spectra(architecture: str, config: RunConfig, *, model_info=None) ->
         values = np.array([entry["singular_values"] for entry in column])
         conditions = np.array([entry["condition"] for entry in column], dtype=float)
         ranks = [int(entry["rank"]) for entry in column]
-        layers.append({
-            "index": first["index"], "name": first["name"], **numbering[position],
-            "out_dim": first["out_dim"], "ranks": ranks, "rank": float(np.median(ranks)),
-            "condition": float(np.nanmedian(conditions)) if np.isfinite(conditions).any() else None,
-            "singular_values": np.median(values, axis=0).tolist(),
-        })
-    return {"architecture": architecture, "training": info, "samples": len(per_sample),
-            "note": data, "data": data, "input_shape": shape,
-            "input_dim": int(np.prod(test_set.input_shape)), "device": config.device,
-            "layers": [layer for layer in layers if layer["paper_layer"] is not None]}
+        layers.append(
+            {
+                "index": first["index"],
+                "name": first["name"],
+                **numbering[position],
+                "out_dim": first["out_dim"],
+                "ranks": ranks,
+                "rank": float(np.median(ranks)),
+                "condition": float(np.nanmedian(conditions)) if np.isfinite(conditions).any() else None,
+                "singular_values": np.median(values, axis=0).tolist(),
+            }
+        )
+    return {
+        "architecture": architecture,
+        "training": info,
+        "samples": len(per_sample),
+        "note": data,
+        "data": data,
+        "input_shape": shape,
+        "input_dim": int(np.prod(test_set.input_shape)),
+        "device": config.device,
+        "layers": [layer for layer in layers if layer["paper_layer"] is not None],
+    }
 
 
 def run_setting(config: RunConfig, results: list[dict[str, Any]], samples: int | str) -> dict[str, Any]:
     """This run's side of a figure's "setting" table (the report shows it next to the paper's)."""
     first = results[0]
-    accuracy = ", ".join(f"{_NAMES.get(r['architecture'], r['architecture'])} "
-                         f"{r['training']['test_accuracy']:.1%}" for r in results
-                         if r["training"].get("test_accuracy") is not None)
+    accuracy = ", ".join(
+        f"{_NAMES.get(r['architecture'], r['architecture'])} {r['training']['test_accuracy']:.1%}"
+        for r in results
+        if r["training"].get("test_accuracy") is not None
+    )
     recipe = first["training"].get("recipe", {})
-    return {"mode": "quick" if config.quick else "full",
-            "data": first["data"], "input shape": first["input_shape"],
-            "training": f"{recipe.get('optimizer', '?')} lr {recipe.get('lr', '?')}, batch "
-                        f"{recipe.get('batch_size', '?')}, {first['training']['epochs']} epochs"
-                        + (" (quick mode)" if config.quick else ""),
-            "test accuracy": accuracy or "not measured", "samples": str(samples)}
+    return {
+        "mode": "quick" if config.quick else "full",
+        "data": first["data"],
+        "input shape": first["input_shape"],
+        "training": f"{recipe.get('optimizer', '?')} lr {recipe.get('lr', '?')}, batch "
+        f"{recipe.get('batch_size', '?')}, {first['training']['epochs']} epochs"
+        + (" (quick mode)" if config.quick else ""),
+        "test accuracy": accuracy or "not measured",
+        "samples": str(samples),
+    }
 
 
 _NAMES = {"wide_cifar": "WideCIFAR", "thin_cifar": "ThinCIFAR", "mlp_table2": "MLP (Table 2)"}
@@ -198,16 +236,20 @@ MIN_CLAIM_SAMPLES = 3
 def too_few_samples(result: dict[str, Any]) -> str | None:
     """Why a claim about medians over samples cannot be decided on ``result``, or None."""
     if result["samples"] < MIN_CLAIM_SAMPLES:
-        return (f"a median over {result['samples']} sample(s) is not a median over test samples; "
-                f"at least {MIN_CLAIM_SAMPLES} are needed (the paper uses 50)")
+        return (
+            f"a median over {result['samples']} sample(s) is not a median over test samples; "
+            f"at least {MIN_CLAIM_SAMPLES} are needed (the paper uses 50)"
+        )
     return None
 
 
 def run_scope(result: dict[str, Any], meta: dict[str, Any]) -> str:
     """The run's scope, said in every claim's evidence: samples, input shape, epochs, data kind."""
     data = "CIFAR-10" if result.get("data", "").startswith("CIFAR-10") else "stand-in data"
-    return (f"{meta.get('mode', '?')} run, {result['samples']} samples of {data} at "
-            f"{result.get('input_shape', '?')}, {result['training']['epochs']} epochs")
+    return (
+        f"{meta.get('mode', '?')} run, {result['samples']} samples of {data} at "
+        f"{result.get('input_shape', '?')}, {result['training']['epochs']} epochs"
+    )
 
 
 def effect_and_decay(result: dict[str, Any], pairs: list[tuple[int, int]]) -> dict[str, Any]:
