@@ -18,8 +18,15 @@ from reluinv.parallel import Executor
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> RunConfig:
     out = tmp_path_factory.mktemp("out")
-    return RunConfig(quick=True, out=out, cache_dir=str(out / "cache"),
-                     executor=Executor(backend="serial"), progress=False, limit=12, epochs=2)
+    return RunConfig(
+        quick=True,
+        out=out,
+        cache_dir=str(out / "cache"),
+        executor=Executor(backend="serial"),
+        progress=False,
+        limit=12,
+        epochs=2,
+    )
 
 
 def test_fig1_points_with_two_active_units_are_singletons(tiny):
@@ -52,8 +59,10 @@ def test_fig4_full_rank_samples_are_singletons(tiny):
 def test_cli_reproduce_writes_report_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RELUINV_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "report"
-    assert main(["reproduce", "fig1", "--out", str(out), "--no-progress", "--backend", "serial",
-                 "--limit", "8"]) == 0
+    assert (
+        main(["reproduce", "fig1", "--out", str(out), "--no-progress", "--backend", "serial", "--limit", "8"])
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert "fig1" in results and (out / "fig1.png").exists()
     assert "fig1" in (out / "index.html").read_text()
@@ -62,13 +71,29 @@ def test_cli_reproduce_writes_report_and_resumes(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_bad_data_dir_is_a_clear_error(tmp_path, capsys):
-    assert main(["reproduce", "fig4", "--data-dir", str(tmp_path / "missing"), "--out",
-                 str(tmp_path / "o")]) == 2
+    assert (
+        main(["reproduce", "fig4", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "--data-dir" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["reproduce", "fig4", "--data-dir", str(empty), "--out", str(tmp_path / "o"),
-                 "--no-progress", "--limit", "4"]) == 2
+    assert (
+        main(
+            [
+                "reproduce",
+                "fig4",
+                "--data-dir",
+                str(empty),
+                "--out",
+                str(tmp_path / "o"),
+                "--no-progress",
+                "--limit",
+                "4",
+            ]
+        )
+        == 2
+    )
     assert "empty" in capsys.readouterr().err
 
 
@@ -81,8 +106,15 @@ def test_cli_unknown_figure(tmp_path, capsys):
 def tiny_cnn(tmp_path_factory) -> RunConfig:
     """Two samples, one epoch: the CNN figures end to end on the 3x16x16 quick-mode stand-in."""
     out = tmp_path_factory.mktemp("cnn")
-    return RunConfig(quick=True, out=out, cache_dir=str(out / "cache"),
-                     executor=Executor(backend="serial"), progress=False, limit=2, epochs=1)
+    return RunConfig(
+        quick=True,
+        out=out,
+        cache_dir=str(out / "cache"),
+        executor=Executor(backend="serial"),
+        progress=False,
+        limit=2,
+        epochs=1,
+    )
 
 
 def test_fig5_cnns_run_on_three_channel_inputs_and_thin_loses_rank_where_forced(tiny_cnn):
@@ -120,8 +152,7 @@ def test_fig6_spectra_record_their_device_and_a_missing_gpu_is_a_clear_error(tin
     json.dumps(result)
     if torch.cuda.is_available():
         return
-    assert main(["reproduce", "fig6", "--device", "cuda", "--out", str(tmp_path / "o"),
-                 "--no-progress"]) == 2
+    assert main(["reproduce", "fig6", "--device", "cuda", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
 
 
@@ -136,7 +167,7 @@ def test_reproduce_spectra_on_cuda_match_the_cpu(tiny):
     image = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
     cpu = sample_spectra({"model": model, "device": "cpu"}, image)["layers"]
     gpu = sample_spectra({"model": model, "device": "cuda"}, image)["layers"]
-    for a, b in zip(cpu, gpu):
+    for a, b in zip(cpu, gpu, strict=True):
         assert a["rank"] == b["rank"]
         scale = max(a["singular_values"][0], 1e-300)
         np.testing.assert_allclose(b["singular_values"], a["singular_values"], rtol=0, atol=1e-8 * scale)
@@ -169,8 +200,13 @@ def test_stand_in_refuses_what_it_cannot_shape():
     from reluinv.data import Dataset
     from reluinv.experiments.cifar_shaped import colour_stand_in, shrink
 
-    rgb = Dataset(images=np.zeros((2, 3, 32, 32), np.float32), labels=np.zeros(2, np.int64),
-                  name="x", source="x", split="test")
+    rgb = Dataset(
+        images=np.zeros((2, 3, 32, 32), np.float32),
+        labels=np.zeros(2, np.int64),
+        name="x",
+        source="x",
+        split="test",
+    )
     with pytest.raises(ValueError, match="one-channel"):
         colour_stand_in(rgb)
     with pytest.raises(ValueError, match="divide"):
@@ -184,8 +220,18 @@ def test_shrink_is_two_by_two_average_pooling():
     images = np.random.default_rng(1).random((3, 3, 32, 32)).astype(np.float32)
     data = Dataset(images=images, labels=np.zeros(3, np.int64), name="x", source="x", split="test")
     small = shrink(data, 16)
-    manual = np.array([[[[images[n, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean() for j in range(16)]
-                         for i in range(16)] for c in range(3)] for n in range(3)])
+    manual = np.array(
+        [
+            [
+                [
+                    [images[n, c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean() for j in range(16)]
+                    for i in range(16)
+                ]
+                for c in range(3)
+            ]
+            for n in range(3)
+        ]
+    )
     np.testing.assert_allclose(small.images, manual, rtol=1e-6)
 
 
@@ -208,22 +254,29 @@ def test_paper_numbering_counts_relu_as_a_layer_and_skips_flatten():
 
     cnn = paper_numbering(names(wide_cifar()))
     # Figure 8's caption: layer 2 is legend 3 and 4, layer 5 is legend 9 and 10
-    assert [(n["paper_layer"], n["block"], n["role"]) for n in cnn[2:4]] == [(3, 2, "conv 2"),
-                                                                           (4, 2, "ReLU 2")]
+    assert [(n["paper_layer"], n["block"], n["role"]) for n in cnn[2:4]] == [
+        (3, 2, "conv 2"),
+        (4, 2, "ReLU 2"),
+    ]
     assert [(n["paper_layer"], n["role"]) for n in cnn[8:10]] == [(9, "conv 5"), (10, "ReLU 5")]
     assert cnn[12]["paper_layer"] is None and cnn[13]["role"] == "dense 7"
     # Figure 11's caption: the MLP's layer 1 is legend 1 and 2
     mlp = paper_numbering(names(mlp_table2()))
     assert mlp[0]["paper_layer"] is None
-    assert [(n["paper_layer"], n["role"]) for n in mlp[1:5]] == [(1, "dense 1"), (2, "ReLU 1"),
-                                                                 (3, "dense 2"), (4, "ReLU 2")]
+    assert [(n["paper_layer"], n["role"]) for n in mlp[1:5]] == [
+        (1, "dense 1"),
+        (2, "ReLU 1"),
+        (3, "dense 2"),
+        (4, "ReLU 2"),
+    ]
 
 
 # --- claims over constructed results: each verdict must flip with the numbers ------------------
 
 
-def _layers(ranks: list[float], conds: list[float] | None = None, tops=None, lows=None,
-            n: int = 12) -> list[dict]:
+def _layers(
+    ranks: list[float], conds: list[float] | None = None, tops=None, lows=None, n: int = 12
+) -> list[dict]:
     """A fake CNN: convolution/ReLU pairs for blocks 1..len(ranks) (rank given after each ReLU,
     the convolution keeping the previous one), spectra ``[top, ..., low, 0...]`` of length n."""
     layers, previous = [], n
@@ -235,16 +288,33 @@ def _layers(ranks: list[float], conds: list[float] | None = None, tops=None, low
             values = list(np.geomspace(top, low, r)) + [0.0] * (n - r)
             cond = conds[block - 1] if conds else top / low
             number = 2 * block - (kind == "conv")
-            layers.append({"index": number - 1, "name": f"{number - 1}:{kind}", "paper_layer": number,
-                           "block": block, "role": f"{kind} {block}", "out_dim": 100, "rank": float(r),
-                           "ranks": [r] * 5, "condition": cond, "singular_values": values})
+            layers.append(
+                {
+                    "index": number - 1,
+                    "name": f"{number - 1}:{kind}",
+                    "paper_layer": number,
+                    "block": block,
+                    "role": f"{kind} {block}",
+                    "out_dim": 100,
+                    "rank": float(r),
+                    "ranks": [r] * 5,
+                    "condition": cond,
+                    "singular_values": values,
+                }
+            )
         previous = rank
     return layers
 
 
 def _spectra_result(layers, samples=5, data="stand-in for CIFAR-10", n=12):
-    return {"samples": samples, "input_dim": n, "input_shape": "3x2x2", "data": data,
-            "training": {"epochs": 2}, "layers": layers}
+    return {
+        "samples": samples,
+        "input_dim": n,
+        "input_shape": "3x2x2",
+        "data": data,
+        "training": {"epochs": 2},
+        "layers": layers,
+    }
 
 
 def _fig5(thin_ranks, wide_ranks, thin_conds=None, wide_conds=None, samples=5):
@@ -328,8 +398,16 @@ def test_fig8_claims_lemma8_and_the_absolute_bound_only_where_comparable():
 def test_fig9_claims_flip_with_c_star_and_the_counts():
     cs = list(np.linspace(0, 10, 101))
     counts = [min(100, int(60 + 5 * c)) for c in cs]  # 60 rows at c = 0, all 100 from c = 8
-    base = {"cs": cs, "counts": counts, "remaining": 100, "removed": 50, "c_star": 8.0,
-            "sigma_max_after": 2.0, "training": {"epochs": 2}, "input_shape": "3x32x32"}
+    base = {
+        "cs": cs,
+        "counts": counts,
+        "remaining": 100,
+        "removed": 50,
+        "c_star": 8.0,
+        "sigma_max_after": 2.0,
+        "training": {"epochs": 2},
+        "input_shape": "3x32x32",
+    }
     assert fig9.count_at(base, 2.05) == 70
     assert _verdicts(fig9.claims(base, {"mode": "full"})) == ["reproduced", "reproduced"]
     above = {**base, "sigma_max_after": 9.0}
@@ -350,6 +428,5 @@ def test_fig10_claims_compare_thin_with_wide():
     holds = {**base, "effect": [strong, mild], "wide_effect": [mild]}
     assert _verdicts(fig10.claims(holds, {"mode": "quick"})) == ["reproduced"] * 3
     assert fig10.relu_effect_factor(strong) == pytest.approx(50.0)
-    weaker = {**base, "effect": [mild, mild], "wide_effect": [strong],
-              "decay": list(reversed(decay))}
+    weaker = {**base, "effect": [mild, mild], "wide_effect": [strong], "decay": list(reversed(decay))}
     assert _verdicts(fig10.claims(weaker, {"mode": "quick"}))[:2] == ["not reproduced"] * 2

@@ -22,12 +22,22 @@ from reluinv import report
 from reluinv.experiments.claims import evaluate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (Debian package "
-                                "'chromium'; .ci/run installs it with apt-get)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="needs headless Chromium (Debian package 'chromium'; .ci/run installs it with apt-get)",
+)
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-pipe"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-pipe",
+]
 
 #: What the page reports about itself once loaded.
 CHECKS = """JSON.stringify({
@@ -51,9 +61,13 @@ class DevTools:
             os.dup2(cmd_read, 3)
             os.dup2(out_write, 4)
 
-        self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                     pass_fds=(3, 4), preexec_fn=wire, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            pass_fds=(3, 4),
+            preexec_fn=wire,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(cmd_read)
         os.close(out_write)
         self.deadline = time.monotonic() + timeout
@@ -120,8 +134,9 @@ def open_in_chromium(page: Path, tmp: Path) -> tuple[dict, list[str]]:
             browser.call(f"{domain}.enable")
         browser.call("Page.navigate", url=page.resolve().as_uri())
         browser.wait_for("Page.loadEventFired")
-        checks = json.loads(browser.call("Runtime.evaluate", expression=CHECKS,
-                                         returnByValue=True)["result"]["value"])
+        checks = json.loads(
+            browser.call("Runtime.evaluate", expression=CHECKS, returnByValue=True)["result"]["value"]
+        )
         errors = []
         for event in browser.events:
             params = event.get("params", {})
@@ -146,19 +161,39 @@ def _cnn_layers(ranks: list[int], n: int = 48) -> list[dict]:
             number = 2 * block - (kind == "Conv2d")
             values = list(np.geomspace(2.0 * block, 0.5 / block, r)) + [0.0] * (n - r)
             role = f"{'conv' if kind == 'Conv2d' else 'ReLU'} {block}"
-            layers.append({"index": number - 1, "name": f"{number - 1}:{kind}", "paper_layer": number,
-                           "block": block, "role": role, "out_dim": 4 * n // block, "ranks": [r] * 3,
-                           "rank": float(r), "condition": 4.0 * block ** 2, "singular_values": values})
+            layers.append(
+                {
+                    "index": number - 1,
+                    "name": f"{number - 1}:{kind}",
+                    "paper_layer": number,
+                    "block": block,
+                    "role": role,
+                    "out_dim": 4 * n // block,
+                    "ranks": [r] * 3,
+                    "rank": float(r),
+                    "condition": 4.0 * block**2,
+                    "singular_values": values,
+                }
+            )
         previous = rank
     return layers
 
 
 def small_results() -> dict:
     """Results of Figures 5, 6, 8, 9, 10 as the experiments store them, made up but complete."""
-    common = {"samples": 3, "input_dim": 48, "input_shape": "3x4x4", "data": "stand-in, 3x4x4",
-              "note": "stand-in, 3x4x4", "training": {"epochs": 1, "test_accuracy": 0.5},
-              "device": "cpu", "setting": {"paper": {"data": "CIFAR-10", "samples": "50"},
-                                           "run": {"mode": "quick", "data": "stand-in", "samples": "3"}}}
+    common = {
+        "samples": 3,
+        "input_dim": 48,
+        "input_shape": "3x4x4",
+        "data": "stand-in, 3x4x4",
+        "note": "stand-in, 3x4x4",
+        "training": {"epochs": 1, "test_accuracy": 0.5},
+        "device": "cpu",
+        "setting": {
+            "paper": {"data": "CIFAR-10", "samples": "50"},
+            "run": {"mode": "quick", "data": "stand-in", "samples": "3"},
+        },
+    }
     wide, thin = _cnn_layers([48, 48, 48, 48, 48, 40]), _cnn_layers([48, 48, 48, 48, 30, 20])
 
     def summary(layers, loss):
@@ -166,20 +201,40 @@ def small_results() -> dict:
 
     def effect(layers):
         relus = [layer for layer in layers if layer["role"].startswith("ReLU")]
-        return {**common, "effect": [{"before": layers[2], "after": layers[3]},
-                                     {"before": layers[8], "after": layers[9]}], "decay": relus}
+        return {
+            **common,
+            "effect": [{"before": layers[2], "after": layers[3]}, {"before": layers[8], "after": layers[9]}],
+            "decay": relus,
+        }
 
     cs = list(np.linspace(0, 10, 101))
     return {
         "meta": {"mode": "quick", "description": "a small report for the browser test"},
-        "fig5": {"wide": summary(wide, wide[11]), "thin": summary(thin, thin[9]), "input_dim": 48,
-                 "paper_loss_layer": 5, "setting": common["setting"]},
+        "fig5": {
+            "wide": summary(wide, wide[11]),
+            "thin": summary(thin, thin[9]),
+            "input_dim": 48,
+            "paper_loss_layer": 5,
+            "setting": common["setting"],
+        },
         "fig6": {**effect(wide), "architecture": "wide_cifar"},
         "fig8": effect(wide),
-        "fig9": {**common, "samples": 1, "layer": 7, "paper_layer": 8, "block": 4, "role": "ReLU 4",
-                 "units": 120, "cs": cs, "counts": [min(80, int(50 + 5 * c)) for c in cs],
-                 "remaining": 80, "removed": 40, "c_star": 6.0, "sigma_min_after": 0.1,
-                 "sigma_max_after": 2.0},
+        "fig9": {
+            **common,
+            "samples": 1,
+            "layer": 7,
+            "paper_layer": 8,
+            "block": 4,
+            "role": "ReLU 4",
+            "units": 120,
+            "cs": cs,
+            "counts": [min(80, int(50 + 5 * c)) for c in cs],
+            "remaining": 80,
+            "removed": 40,
+            "c_star": 6.0,
+            "sigma_min_after": 0.1,
+            "sigma_max_after": 2.0,
+        },
         "fig10": {**effect(thin), "wide_effect": effect(wide)["effect"][:1], "wide_samples": 3},
     }
 

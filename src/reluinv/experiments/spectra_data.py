@@ -68,7 +68,8 @@ def paper_numbering(names: list[str]) -> list[dict[str, Any]]:
     """The paper's numbers for modules named ``"<index>:<Class>"`` (see the module docstring):
     ``paper_layer`` (None for shape-only modules), ``block`` and ``role`` (``"conv 2"``,
     ``"ReLU 2"``, ``"dense 7"``)."""
-    numbers, position, block = [], 0, 0
+    numbers: list[dict[str, Any]] = []
+    position, block = 0, 0
     for name in names:
         kind = name.split(":", 1)[-1]
         if kind in _SHAPE_ONLY:
