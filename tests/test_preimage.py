@@ -300,3 +300,32 @@ def test_infinite_entries_are_named_as_beyond_float64():
         r"the float64 range",
     ):
         reluinv.preimage([[1.0, 0], [0, 1]], [0.0, 0], [np.inf, np.nan])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_newton_interior_point_has_slack_in_every_row(seed):
+    # Random polytopes {z : R z <= c} built around a point with slack 0.05 .. 1 in every row: the
+    # returned point is checked against the rows directly.
+    from reluinv._interior import interior_point
+
+    rng = np.random.default_rng(seed)
+    m, k = 400, 30
+    R = rng.standard_normal((m, k))
+    R /= np.linalg.norm(R, axis=1, keepdims=True)
+    c = R @ rng.standard_normal(k) * 3 + rng.uniform(0.05, 1.0, m)
+    found = interior_point(lambda idx: R[idx], lambda z: c - R @ z, c, margin=1e-3, tol=1e-9)
+    assert found is not None
+    z, slack = found
+    np.testing.assert_allclose(slack, c - R @ z)
+    assert (c - R @ z).min() > 1e-9
+
+
+@pytest.mark.parametrize("shift", [0.0, -0.5])
+def test_newton_interior_point_gives_up_without_interior(shift):
+    # A single point (x = 0 pinned by +-x_1, +-x_2) and an empty set have no point with slack:
+    # the shortcut must not claim one (the LP decides those).
+    from reluinv._interior import interior_point
+
+    R = np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1], [1, 1]]) / np.array([1, 1, 1, 1, np.sqrt(2)])[:, None]
+    c = np.array([0.0, shift, 0, 0, 1])
+    assert interior_point(lambda idx: R[idx], lambda z: c - R @ z, c, margin=1e-3, tol=1e-9) is None

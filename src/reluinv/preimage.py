@@ -44,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from ._interior import interior_point
 from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
 from ._threads import single_blas_pool
@@ -56,6 +57,9 @@ __all__ = ["Preimage", "PreimageCertificate", "CertificateError", "preimage", "l
 Kind = Literal["empty", "singleton", "compact", "unbounded", "unknown"]
 F64 = NDArray[np.float64]
 Idx = NDArray[np.intp]
+
+#: The slack sought for a point of P, relative to the scale of the particular solution.
+_CAP = 1e-3
 
 #: A result whose margin is below ``NEAR_FACTOR * tolerance`` is reported as near the tolerance.
 NEAR_FACTOR = 1e3
@@ -561,7 +565,7 @@ class _LayerSystem:
             if omni is not None and omni.rows is not None and omni.rows.size <= 4 * self.k + 16
             else None
         )
-        feasible = self._chebyshev_point(tol, seeds)
+        feasible = self._feasible_point(tol, seeds)
         if isinstance(feasible, Preimage):
             return feasible
         x0, slack = feasible
@@ -581,7 +585,14 @@ class _LayerSystem:
                 return self._result("singleton", x0, None, min(self.rank_ratio, pin.margin), cert, tol)
             assert pin.direction is not None
             step_dir = self.basis.expand(pin.direction)
-        second = self._second_point(x0, slack, step_dir, tol)
+        if tight.size == 0 and slack.size:
+            # Unit rows change by at most |t| along a unit direction: half the least slack keeps
+            # every inequality strict, without another product with the layer.
+            second: F64 | None = x0 + 0.5 * min(1.0, float(slack.min())) * self.basis.expand(
+                np.eye(self.k)[0]
+            )
+        else:
+            second = self._second_point(x0, slack, step_dir, tol)
         if self.box_bounded:
             cert = PreimageCertificate(
                 reason="every coordinate is boxed (Remark 3), so P is bounded",
@@ -638,6 +649,26 @@ class _LayerSystem:
         t = 0.5 * float(np.min(slack[blocking] / gd[blocking])) if np.any(blocking) else 1.0
         return x0 + min(t, 1.0) * step_dir
 
+    def _feasible_point(self, tol: float, seed_rows: Idx | None) -> Preimage | tuple[F64, F64]:
+        """A point of P and its slacks, or an "empty" result.
+
+        First Newton's method looks for a point with slack in every row (:mod:`reluinv._interior`,
+        no LP); such a point needs no further test to show P has more than one point.  When it
+        finds none, the Chebyshev-centre LP decides (:meth:`_chebyshev_point`).
+        """
+        G, O, x_p = self.G, self.O, self.x_p
+        found = interior_point(
+            rows=lambda idx: G.rows(idx) @ O,
+            slack_at=lambda z: self.h - G.dot(x_p + O @ z),
+            c=self.h - G.dot(x_p),
+            margin=_CAP * max(1.0, float(np.linalg.norm(x_p))),
+            tol=tol,
+        )
+        if found is not None:
+            z, slack = found
+            return x_p + O @ z, slack
+        return self._chebyshev_point(tol, seed_rows)
+
     def _chebyshev_point(self, tol: float, seed_rows: Idx | None) -> Preimage | tuple[F64, F64]:
         """A point of P with slack in as many rows as possible, or an "empty" result.
 
@@ -654,7 +685,7 @@ class _LayerSystem:
         G, k = self.G, self.k
         h_bar = self.h - G.dot(self.x_p)
         M = G.size
-        cap = 1e-3 * max(1.0, float(np.linalg.norm(self.x_p)))
+        cap = _CAP * max(1.0, float(np.linalg.norm(self.x_p)))
         batch = max(2 * k, 32)
         subset = np.argsort(h_bar)[: min(M, 4 * k + 16)]
         if seed_rows is not None:

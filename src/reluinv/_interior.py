@@ -1,0 +1,90 @@
+"""A point with slack in every inequality of ``{z : R z <= c}``, found without an LP.
+
+Theorem 4 needs a point of the preimage and, when ``k = dim N(A_pos) > 0``, whether it is the only
+one.  A point where every inequality holds with slack settles the second question at once: moving
+a little in any direction of ``N(A_pos)`` stays inside, so P has more than one point (it is not
+the singleton of Theorem 4 ii).  Such a point is found here by Newton's method on the squared
+violations ``f(z) = 1/2 |max(0, R z - c)|^2`` of the inequalities shrunk by a margin (Han's method
+for linear inequalities: each step solves the least-squares problem of the currently violated
+rows, then backtracks on ``f``), with row generation: only rows that are violated or nearly so
+are formed, and the point is checked against every row before it is accepted.
+
+The method is a shortcut, not a decision: when it does not reach a point with slack (a thin or
+empty preimage, a singleton), the caller falls back to the Chebyshev-centre LP, which decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.linalg
+from numpy.typing import NDArray
+
+__all__ = ["interior_point"]
+
+F64 = NDArray[np.float64]
+Idx = NDArray[np.intp]
+
+#: Newton steps per round of row generation, and rounds, before giving the decision to the LP.
+MAX_STEPS = 40
+MAX_ROUNDS = 4
+
+
+def interior_point(
+    rows: Callable[[Idx], F64],
+    slack_at: Callable[[F64], F64],
+    c: F64,
+    margin: float,
+    tol: float,
+) -> tuple[F64, F64] | None:
+    """``(z, slack)`` with ``slack = c - R z > tol`` on every row, or None.
+
+    Args:
+        rows: ``rows(idx)`` gives the rows ``R[idx]`` (each of norm at most 1).
+        slack_at: ``slack_at(z)`` gives ``c - R z`` on every row (computed from the data itself).
+        c: the right-hand sides of every row.
+        margin: the slack aimed for, per unit of row norm (half of it is accepted per row).
+        tol: the slack every row must exceed for the point to be returned.
+    """
+    subset = np.flatnonzero(c < 2 * margin)
+    R = rows(subset)
+    z: F64 | None = None
+    for _ in range(MAX_ROUNDS):
+        norms = np.linalg.norm(R, axis=1)
+        z = _newton(R, c[subset] - margin * norms, 0.5 * margin * norms, z)
+        if z is None:
+            return None
+        slack = slack_at(z)
+        if slack.min() > tol:
+            return z, slack
+        fresh = np.setdiff1d(np.flatnonzero(slack < margin), subset)
+        if fresh.size == 0:  # pragma: no cover - the rows of the subset have slack > margin / 2
+            return None
+        subset = np.concatenate([subset, fresh])
+        R = np.vstack([R, rows(fresh)])
+    return None
+
+
+def _newton(R: F64, c: F64, slack: F64, start: F64 | None) -> F64 | None:
+    """A z with ``R z <= c + slack``, by Newton steps on ``1/2 |max(0, R z - c)|^2``; None if
+    :data:`MAX_STEPS` do not reach one."""
+    z = np.zeros(R.shape[1]) if start is None else start
+    r = R @ z - c
+    f = 0.5 * float(np.sum(np.maximum(r, 0.0) ** 2))
+    for _ in range(MAX_STEPS):
+        if not np.any(r > slack):
+            return z
+        violated = r > 0
+        step = scipy.linalg.lstsq(R[violated], -r[violated], lapack_driver="gelsy", check_finite=False)[0]
+        t = 1.0
+        while True:
+            r_new = R @ (z + t * step) - c
+            f_new = 0.5 * float(np.sum(np.maximum(r_new, 0.0) ** 2))
+            if f_new <= (1.0 - 1e-4 * t) * f or t < 1e-6:
+                break
+            t *= 0.5
+        if not f_new < f:
+            return None  # no progress: the shrunk inequalities are (nearly) inconsistent
+        z, r, f = z + t * step, r_new, f_new
+    return z if not np.any(r > slack) else None
