@@ -5,7 +5,10 @@ input whose number of active units lies between 600 and 900 (the range Figure 4 
 implementation follows the appendix literally: ``numpy.linalg.matrix_rank`` for the rank,
 ``scipy.linalg.null_space`` for the null space and ``scipy.optimize.linprog`` on the printed LP
 over all inactive rows.  Both see the same cases; the verdicts must agree (bounded vs unbounded,
-singleton by rank).  Prints the median seconds per case of each and the ratio, twice:
+singleton by rank).  Each case also times the floor: one unpivoted QR of ``A_pos^T`` (LAPACK
+geqrf), which any exact decision needs.  Per case it prints the median seconds (of ``--repeats``
+interleaved runs) of reluinv, of the floor and of the naive version, reluinv / floor and the
+speed-up over the naive version, twice:
 
 * BLAS as installed: both run with the thread settings the user has.  With numpy's and scipy's
   PyPI wheels that is two OpenBLAS pools; ``reluinv.preimage`` runs them single-threaded while it
@@ -13,7 +16,7 @@ singleton by rank).  Prints the median seconds per case of each and the ratio, t
 * BLAS single-threaded for both (threadpoolctl around the whole pass): the same conditions for
   both, as in the worker processes of a sweep.
 
-    python benchmarks/preimage_speed.py [--cases 24] [--repeats 1] [--seed 0]
+    python benchmarks/preimage_speed.py [--cases 24] [--repeats 1] [--seed 0] [--passes both]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from scipy.optimize import linprog
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import reluinv
+from reluinv._threads import single_blas_pool
 
 
 def naive_algorithm1(A, b, y) -> str:
@@ -71,29 +75,60 @@ def same_verdict(ours: str, naive: str) -> bool:
     return ours == naive
 
 
-def run_pass(A, cases, repeats: int, label: str) -> tuple[float, float]:
-    """Time both implementations on every case; returns the two medians."""
+def qr_floor(A, y) -> float:
+    """Seconds of one unpivoted QR of ``A_pos^T`` (LAPACK geqrf, reflectors only): what the
+    factorisation of the equalities alone costs, the floor for any exact decision.  Timed with
+    BLAS single-threaded, as reluinv.preimage runs its own linear algebra (on a loaded 2-core
+    machine a two-thread QR was measured 20-200x slower)."""
+    with single_blas_pool():
+        t0 = time.perf_counter()
+        scipy.linalg.qr(A[y > 0].T, mode="raw", check_finite=False)
+        return time.perf_counter() - t0
+
+
+def time_case(A, b, y, repeats: int) -> tuple[str, int, str, float, float, float]:
+    """Median seconds of reluinv, of the QR floor and of the naive Algorithm 1, interleaved."""
+    ours, floor, naive = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        r = reluinv.preimage(A, b, y)
+        ours.append(time.perf_counter() - t0)
+        floor.append(qr_floor(A, y))
+        t0 = time.perf_counter()
+        v = naive_algorithm1(A, b, y)
+        naive.append(time.perf_counter() - t0)
+    med = statistics.median
+    return r.kind, r.nullity, v, med(ours), med(floor), med(naive)
+
+
+def run_pass(A, cases, repeats: int, label: str) -> tuple[float, float, float, float]:
+    """Time reluinv, the QR floor and the naive version on every case (median of ``repeats``
+    each); returns the medians over cases of reluinv's time, the naive time, reluinv / floor,
+    and the largest reluinv / floor."""
     print(f"\n-- {label}")
-    ours_t, naive_t, kinds = [], [], {}
+    print("active nullity  reluinv kind  reluinv s   QR floor s  /floor   naive kind  naive s   speed-up")
+    ours_t, naive_t, ratios, kinds = [], [], [], {}
     for b, y in cases:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            r = reluinv.preimage(A, b, y)
-            t1 = time.perf_counter()
-            v = naive_algorithm1(A, b, y)
-            t2 = time.perf_counter()
-            ours_t.append(t1 - t0)
-            naive_t.append(t2 - t1)
+        kind, nullity, v, t_ours, t_floor, t_naive = time_case(A, b, y, repeats)
         active = int((y > 0).sum())
-        if not same_verdict(r.kind, v):
-            raise SystemExit(f"verdicts differ at {active} active units: reluinv {r.kind}, naive {v}")
-        kinds[r.kind] = kinds.get(r.kind, 0) + 1
-        print(f"active {active:4d}  nullity {r.nullity:3d}  reluinv {r.kind:9s} "
-              f"{t1 - t0:7.4f}s   naive {v:9s} {t2 - t1:7.4f}s", flush=True)
+        if not same_verdict(kind, v):
+            raise SystemExit(f"verdicts differ at {active} active units: reluinv {kind}, naive {v}")
+        kinds[kind] = kinds.get(kind, 0) + 1
+        ours_t.append(t_ours)
+        naive_t.append(t_naive)
+        ratios.append(t_ours / t_floor)
+        print(
+            f"{active:6d} {nullity:7d}  {kind:12s} {t_ours:9.4f}  {t_floor:11.4f}  {t_ours / t_floor:6.2f}x"
+            f"  {v:10s} {t_naive:8.4f}  {t_naive / t_ours:7.1f}x",
+            flush=True,
+        )
     mo, mn = statistics.median(ours_t), statistics.median(naive_t)
     print(f"verdicts agree on all {len(cases)} cases: {kinds}")
-    print(f"median per case: reluinv {mo:.4f}s  naive Algorithm 1 {mn:.4f}s  ratio {mn / mo:.1f}x")
-    return mo, mn
+    print(
+        f"median per case: reluinv {mo:.4f}s  naive Algorithm 1 {mn:.4f}s  ratio {mn / mo:.1f}x; "
+        f"reluinv / QR floor: median {statistics.median(ratios):.2f}x, largest {max(ratios):.2f}x"
+    )
+    return mo, mn, statistics.median(ratios), max(ratios)
 
 
 def main() -> None:
@@ -101,18 +136,32 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--passes",
+        choices=["both", "installed", "single"],
+        default="both",
+        help="BLAS as installed, single-threaded, or both (default)",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     A = make_layer(rng)
     actives = np.linspace(600, 900, args.cases).round().astype(int)
     cases = [make_case(rng, A, int(n_active)) for n_active in actives]
     pools = [f"{i['internal_api']} x{i['num_threads']}" for i in threadpool_info() if i["user_api"] == "blas"]
-    installed = run_pass(A, cases, args.repeats, f"BLAS as installed ({', '.join(pools)})")
-    with threadpool_limits(limits=1, user_api="blas"):
-        single = run_pass(A, cases, args.repeats, "BLAS single-threaded for both")
+    results = []
+    if args.passes in ("both", "installed"):
+        label = f"BLAS as installed ({', '.join(pools)})"
+        results.append(("BLAS as installed", run_pass(A, cases, args.repeats, label)))
+    if args.passes in ("both", "single"):
+        with threadpool_limits(limits=1, user_api="blas"):
+            single = run_pass(A, cases, args.repeats, "BLAS single-threaded for both")
+        results.append(("BLAS single-threaded", single))
     print("\nsummary (median seconds per case, same cases, same run)")
-    for label, (mo, mn) in (("BLAS as installed", installed), ("BLAS single-threaded", single)):
-        print(f"  {label:22s} reluinv {mo:.4f}s  naive {mn:.4f}s  ratio {mn / mo:.1f}x")
+    for label, (mo, mn, rf, worst) in results:
+        print(
+            f"  {label:22s} reluinv {mo:.4f}s  naive {mn:.4f}s  ratio {mn / mo:.1f}x  "
+            f"reluinv / QR floor median {rf:.2f}x, largest {worst:.2f}x"
+        )
 
 
 if __name__ == "__main__":
