@@ -47,16 +47,16 @@ def small_cnn() -> nn.Sequential:
     norm.running_var.uniform_(0.5, 2.0)
     norm.weight.data.normal_()
     return nn.Sequential(
-        nn.Conv2d(1, 2, 3, padding=1),            # 0
-        nn.ReLU(),                                # 1
-        nn.AvgPool2d(2),                          # 2
+        nn.Conv2d(1, 2, 3, padding=1),  # 0
+        nn.ReLU(),  # 1
+        nn.AvgPool2d(2),  # 2
         nn.Conv2d(2, 3, 3, stride=1, padding=1),  # 3
-        norm,                                     # 4
-        nn.ReLU(),                                # 5
-        nn.Flatten(),                             # 6
-        nn.Linear(27, 4),                         # 7
-        nn.ReLU(),                                # 8
-        nn.Linear(4, 2),                          # 9
+        norm,  # 4
+        nn.ReLU(),  # 5
+        nn.Flatten(),  # 6
+        nn.Linear(27, 4),  # 7
+        nn.ReLU(),  # 8
+        nn.Linear(4, 2),  # 9
     ).eval()
 
 
@@ -98,13 +98,22 @@ def expected_rows(model: nn.Sequential, inputs: np.ndarray, blocks: dict[int, tu
             J = J.reshape(z.numel(), -1).numpy()
             sigma = np.linalg.svd(J, compute_uv=False)
             nonzero = sigma[sigma > max(J.shape) * np.finfo(float).eps * sigma[0]]
-            rows.append({
-                "sample": sample, "layer": relu, "active": int((z > 0).sum()), "kind": r.kind,
-                "rank_active_rows": r.rank, "nullity": r.nullity, "W": W, "c": c, "y": y,
-                "jacobian_rank": int(nonzero.size),
-                "condition": float(nonzero[0] / nonzero[-1]) if nonzero.size else math.nan,
-                "sigma_max": float(sigma[0]),
-            })
+            rows.append(
+                {
+                    "sample": sample,
+                    "layer": relu,
+                    "active": int((z > 0).sum()),
+                    "kind": r.kind,
+                    "rank_active_rows": r.rank,
+                    "nullity": r.nullity,
+                    "W": W,
+                    "c": c,
+                    "y": y,
+                    "jacobian_rank": int(nonzero.size),
+                    "condition": float(nonzero[0] / nonzero[-1]) if nonzero.size else math.nan,
+                    "sigma_max": float(sigma[0]),
+                }
+            )
     return rows
 
 
@@ -144,7 +153,8 @@ def check_rows(rows: list[dict], expected: list[dict], *, spectra: bool) -> None
 def builder_module(tmp_path, monkeypatch, request):
     """A module file in tmp_path (the cwd) that builds the test models; yields its import name."""
     name = f"reluinv_test_models_{request.node.name.replace('[', '_').replace(']', '').replace('-', '_')}"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent("""
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent("""
         from torch import nn
 
         class Net(nn.Sequential):   # a user's subclass: it must not need importing in workers
@@ -163,7 +173,8 @@ def builder_module(tmp_path, monkeypatch, request):
 
         def not_a_module():
             return 42
-    """))
+    """)
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     yield name
@@ -180,8 +191,22 @@ def test_mlp_from_builder_and_state_dict_matches_direct_computation(tmp_path, bu
     inputs = mlp_inputs()
     np.save(tmp_path / "x.npy", inputs)
     out = tmp_path / "out"
-    code = run_cli([f"{builder_module}:mlp", "--weights", "mlp.pt", "--inputs", "x.npy", "--out", str(out),
-                    "--no-progress", "--backend", "local", "--workers", "2"])
+    code = run_cli(
+        [
+            f"{builder_module}:mlp",
+            "--weights",
+            "mlp.pt",
+            "--inputs",
+            "x.npy",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--backend",
+            "local",
+            "--workers",
+            "2",
+        ]
+    )
     assert code == 0
     assert "1:ReLU" in capsys.readouterr().out
 
@@ -201,8 +226,9 @@ def test_mlp_from_builder_and_state_dict_matches_direct_computation(tmp_path, bu
     assert [s["layer"] for s in result["layers"]] == MLP_RELUS
     for summary in result["layers"]:
         mine = [r for r in expected if r["layer"] == summary["layer"]]
-        assert summary["kinds"] == {k: sum(r["kind"] == k for r in mine)
-                                    for k in ("singleton", "compact", "unbounded", "empty")}
+        assert summary["kinds"] == {
+            k: sum(r["kind"] == k for r in mine) for k in ("singleton", "compact", "unbounded", "empty")
+        }
         assert summary["median_active"] == pytest.approx(np.median([r["active"] for r in mine]))
         conditions = [r["condition"] for r in mine if not math.isnan(r["condition"])]
         assert summary["median_condition"] == pytest.approx(np.median(conditions), rel=1e-8)
@@ -221,8 +247,21 @@ def test_cnn_from_torchscript_matches_direct_computation(tmp_path, export):
     saved.save(str(tmp_path / "cnn.ts"))
     np.savez(tmp_path / "x.npz", other=np.zeros((2, 2)), inputs=inputs)  # key "inputs" wins
     out = tmp_path / "out"
-    assert run_cli([str(tmp_path / "cnn.ts"), "--inputs", str(tmp_path / "x.npz"),
-                    "--out", str(out), "--no-progress", "--backend", "serial"]) == 0
+    assert (
+        run_cli(
+            [
+                str(tmp_path / "cnn.ts"),
+                "--inputs",
+                str(tmp_path / "x.npz"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--backend",
+                "serial",
+            ]
+        )
+        == 0
+    )
     check_rows(read_csv(out / "analysis.csv"), expected_rows(model, inputs, CNN_BLOCKS), spectra=True)
     result = json.loads((out / "analysis.json").read_text())
     by_layer = {s["layer"]: s for s in result["layers"]}
@@ -239,10 +278,12 @@ def test_mlp_torchscript_and_pt_inputs_give_the_rows_of_the_module(tmp_path):
     loaded = load_model(tmp_path / "mlp.ts")
     assert isinstance(loaded, nn.Sequential) and not loaded.training
     batch = load_inputs(tmp_path / "x.pt")
-    from_file = analyze(loaded, batch, out=tmp_path / "a", backend="serial", progress=False,
-                        spectra=False, plots=False)
-    direct = analyze(model, inputs, out=tmp_path / "b", backend="serial", progress=False,
-                     spectra=False, plots=False)
+    from_file = analyze(
+        loaded, batch, out=tmp_path / "a", backend="serial", progress=False, spectra=False, plots=False
+    )
+    direct = analyze(
+        model, inputs, out=tmp_path / "b", backend="serial", progress=False, spectra=False, plots=False
+    )
     assert from_file["rows"] == direct["rows"]
     check_rows(from_file["rows"], expected_rows(model, inputs, MLP_BLOCKS), spectra=False)
 
@@ -256,16 +297,43 @@ def test_layers_option_and_no_spectra(tmp_path, capsys):
     torch.jit.script(model).save(str(tmp_path / "cnn.ts"))
     np.save(tmp_path / "x.npy", cnn_inputs(3))
     out = tmp_path / "out"
-    assert run_cli([str(tmp_path / "cnn.ts"), "--inputs", str(tmp_path / "x.npy"), "--out", str(out),
-                    "--layers", "8,5", "--no-spectra", "--no-progress", "--backend", "serial"]) == 0
+    assert (
+        run_cli(
+            [
+                str(tmp_path / "cnn.ts"),
+                "--inputs",
+                str(tmp_path / "x.npy"),
+                "--out",
+                str(out),
+                "--layers",
+                "8,5",
+                "--no-spectra",
+                "--no-progress",
+                "--backend",
+                "serial",
+            ]
+        )
+        == 0
+    )
     rows = read_csv(out / "analysis.csv")
     assert [int(r["layer"]) for r in rows] == [5, 8] * 3
     assert "condition" not in rows[0]
     assert (out / "kinds_per_layer.png").exists() and not (out / "condition_rank_per_layer.png").exists()
     capsys.readouterr()
     with pytest.raises(ValueError, match=r"layer 3 is module 3:Conv2d, not a ReLU; .* 1, 5, 8"):
-        run_cli([str(tmp_path / "cnn.ts"), "--inputs", str(tmp_path / "x.npy"), "--out", str(out),
-                 "--layers", "3", "--backend", "serial"])
+        run_cli(
+            [
+                str(tmp_path / "cnn.ts"),
+                "--inputs",
+                str(tmp_path / "x.npy"),
+                "--out",
+                str(out),
+                "--layers",
+                "3",
+                "--backend",
+                "serial",
+            ]
+        )
     with pytest.raises(ValueError, match="not a module index"):
         analyze(model, cnn_inputs(1), out=out, layers=[12], backend="serial")
 
@@ -353,7 +421,8 @@ def test_unsupported_modules_are_named(tmp_path, builder_module):
             return x * x
 
     torch.jit.script(nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), Square()))).save(
-        str(tmp_path / "custom.ts"))
+        str(tmp_path / "custom.ts")
+    )
     with pytest.raises(ValueError, match=r"'1\.1' \(Square.*\) is not supported"):
         load_model(tmp_path / "custom.ts")
 
@@ -371,8 +440,14 @@ def test_unsupported_modules_are_named(tmp_path, builder_module):
 
     # module:function: a model that is not a chain (here a max-pool) is analysed as a traced graph.
     model = load_model(f"{builder_module}:with_maxpool")
-    result = analyze(model, np.random.default_rng(0).normal(size=(1, 1, 6, 6)), out=tmp_path / "o",
-                     backend="serial", progress=False, plots=False)
+    result = analyze(
+        model,
+        np.random.default_rng(0).normal(size=(1, 1, 6, 6)),
+        out=tmp_path / "o",
+        backend="serial",
+        progress=False,
+        plots=False,
+    )
     assert [layer["name"] for layer in result["layers"]] == ["1", "2"]
 
 
@@ -381,8 +456,9 @@ def test_missing_files_and_bad_specs(tmp_path, builder_module):
     with pytest.raises(FileNotFoundError, match="neither an existing TorchScript file nor module:function"):
         run_cli(["nowhere.ts", "--inputs", "x.npy", "--backend", "serial"])
     with pytest.raises(FileNotFoundError, match="weights file"):
-        run_cli([f"{builder_module}:mlp", "--weights", "nowhere.pt", "--inputs", "x.npy",
-                 "--backend", "serial"])
+        run_cli(
+            [f"{builder_module}:mlp", "--weights", "nowhere.pt", "--inputs", "x.npy", "--backend", "serial"]
+        )
     torch.jit.script(small_mlp()).save(str(tmp_path / "mlp.ts"))
     with pytest.raises(FileNotFoundError, match="inputs file"):
         run_cli(["mlp.ts", "--inputs", "nowhere.npy", "--backend", "serial"])
@@ -590,8 +666,12 @@ def test_analyze_residual_and_maxpool_graphs(tmp_path, graph_module, form):
         x = rng.normal(scale=2.0, size=(6, *shape))
         np.save(tmp_path / f"{name}.npy", x)
         out = tmp_path / f"out-{name}"
-        assert run_cli([spec, "--inputs", f"{name}.npy", "--out", str(out), "--backend", "serial",
-                        "--no-progress"]) == 0
+        assert (
+            run_cli(
+                [spec, "--inputs", f"{name}.npy", "--out", str(out), "--backend", "serial", "--no-progress"]
+            )
+            == 0
+        )
         rows = read_csv(out / "analysis.csv")
         if name == "residual":
             assert sorted({r["name"] for r in rows}) == ["act", "relu()"]
@@ -632,12 +712,21 @@ def test_analyze_refuses_scripted_graph_in_one_line(tmp_path, graph_module, caps
 def test_graph_layers_chosen_by_module_path(tmp_path, graph_module):
     model = load_model(f"{graph_module}:pooled")
     x = np.random.default_rng(1).normal(size=(2, 1, 4, 4))
-    result = analyze(model, x, out=tmp_path / "o", layers=["relu"], spectra=False, backend="serial",
-                     progress=False, plots=False)
+    result = analyze(
+        model,
+        x,
+        out=tmp_path / "o",
+        layers=["relu"],
+        spectra=False,
+        backend="serial",
+        progress=False,
+        plots=False,
+    )
     assert [(layer["layer"], layer["name"]) for layer in result["layers"]] == [(1, "relu")]
     assert {row["name"] for row in result["rows"]} == {"relu"}
-    with pytest.raises(ValueError, match=
-                       r"layer 'conv' is not a layer of the model; its layers are 0:pool, 1:relu"):
+    with pytest.raises(
+        ValueError, match=r"layer 'conv' is not a layer of the model; its layers are 0:pool, 1:relu"
+    ):
         analyze(model, x, out=tmp_path / "o", layers=["conv"], backend="serial", progress=False)
     with pytest.raises(ValueError, match=r"per-sample shape \(1, 5\) do not fit the model"):
         analyze(model, np.zeros((2, 1, 5)), out=tmp_path / "o", backend="serial", progress=False)

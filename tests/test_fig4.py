@@ -97,12 +97,15 @@ def test_null_space_restriction_matches_a_brute_force_lift():
         assert paper_finite_preimage(A, y)["paper_kind"] == _angle_oracle(planar)
 
 
-@pytest.mark.parametrize("A, y, match", [
-    (np.ones(3), np.ones(3), "A must be"),
-    (np.ones((3, 2)), np.ones(2), "y must be"),
-    (np.ones((3, 2)), -np.ones(3), "y must be"),
-    (np.full((2, 2), np.nan), np.ones(2), "A must be"),
-])
+@pytest.mark.parametrize(
+    "A, y, match",
+    [
+        (np.ones(3), np.ones(3), "A must be"),
+        (np.ones((3, 2)), np.ones(2), "y must be"),
+        (np.ones((3, 2)), -np.ones(3), "y must be"),
+        (np.full((2, 2), np.nan), np.ones(2), "A must be"),
+    ],
+)
 def test_bad_input_is_a_value_error(A, y, match):
     with pytest.raises(ValueError, match=match):
         paper_finite_preimage(A, y)
@@ -132,15 +135,13 @@ def test_the_full_rank_shortcut_misses_a_rank_deficient_layer():
 
 def test_classify_sample_keeps_both_verdicts_and_checks_the_direction():
     # Boundary case of Appendix A3 as a layer: at x = 0 every unit is inactive.
-    layer = {"weight": np.array([[1.0, 0], [-1, 0], [0, 1]]), "bias": -np.ones(3),
-             "paper_algorithm": True}
+    layer = {"weight": np.array([[1.0, 0], [-1, 0], [0, 1]]), "bias": -np.ones(3), "paper_algorithm": True}
     out = fig4.classify_sample(layer, np.zeros(2))
     assert (out["kind"], out["paper_kind"], out["n_active"]) == ("unbounded", "compact", 0)
     check = out["direction_check"]
     assert check["norm"] == pytest.approx(1.0)
     assert check["max_abs_active"] == 0.0 and check["max_inactive"] <= 1e-12
-    plain = fig4.classify_sample({k: v for k, v in layer.items() if k != "paper_algorithm"},
-                                 np.zeros(2))
+    plain = fig4.classify_sample({k: v for k, v in layer.items() if k != "paper_algorithm"}, np.zeros(2))
     assert "paper_kind" not in plain
 
 
@@ -152,9 +153,16 @@ def _sample(n_active, kind, paper_kind=None):
 
 
 def _entry(name, samples, change=""):
-    return {"data_name": name, "data": name, "samples": samples, "recipe_change": change,
-            "input_dim": 784, "training": {"test_accuracy": 0.9}, "n_samples": len(samples),
-            "comparison": fig4.compare(samples, 784)}
+    return {
+        "data_name": name,
+        "data": name,
+        "samples": samples,
+        "recipe_change": change,
+        "input_dim": 784,
+        "training": {"test_accuracy": 0.9},
+        "n_samples": len(samples),
+        "comparison": fig4.compare(samples, 784),
+    }
 
 
 def _result(*entries):
@@ -165,8 +173,15 @@ def _result(*entries):
 
 
 def test_compare_counts_disagreements_with_their_reasons():
-    c = fig4.compare([_sample(800, "singleton"), _sample(700, "unbounded", "compact"),
-                      _sample(600, "singleton", "compact"), _sample(650, "compact")], 784)
+    c = fig4.compare(
+        [
+            _sample(800, "singleton"),
+            _sample(700, "unbounded", "compact"),
+            _sample(600, "singleton", "compact"),
+            _sample(650, "compact"),
+        ],
+        784,
+    )
     assert c["disagreements"] == 2 and c["bounded_disagreements"] == 1
     assert c["exact"]["unbounded"] == 1 and c["paper"]["compact"] == 3
     assert c["below_strip"] == 3 and c["exact_unbounded_below_strip"] == 1
@@ -199,11 +214,13 @@ def test_conclusion_names_the_training_when_no_sample_reaches_the_strip():
 
 
 def test_conclusion_names_the_data_when_only_one_data_set_is_unbounded():
-    verdict = fig4.conclude([_entry("digits", [_sample(600, "compact")]),
-                             _entry("fashion", [_sample(600, "unbounded")])])
+    verdict = fig4.conclude(
+        [_entry("digits", [_sample(600, "compact")]), _entry("fashion", [_sample(600, "unbounded")])]
+    )
     assert verdict["factors"] == ["data"]
-    both = fig4.conclude([_entry("digits", [_sample(600, "unbounded")]),
-                          _entry("fashion", [_sample(600, "unbounded")])])
+    both = fig4.conclude(
+        [_entry("digits", [_sample(600, "unbounded")]), _entry("fashion", [_sample(600, "unbounded")])]
+    )
     assert both["factors"] == [] and "reproduces" in both["text"]
 
 
@@ -219,6 +236,8 @@ def test_claims_flip_with_the_numbers():
     none = _result(_entry("digits", [_sample(750, "compact")]))
     assert _verdicts(none)[:2] == ["not testable", "not testable"]
     # A second data set counts too: its singleton failure flips the first claim.
-    two = _result(_entry("digits", [_sample(900, "compact")]),
-                  _entry("fashion", [_sample(800, "singleton"), _sample(600, "unbounded")]))
+    two = _result(
+        _entry("digits", [_sample(900, "compact")]),
+        _entry("fashion", [_sample(800, "singleton"), _sample(600, "unbounded")]),
+    )
     assert _verdicts(two)[0] == "not reproduced"

@@ -73,7 +73,9 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 # Training and the cache
 
 
-def test_tiny_recipe_learns_writes_cache_and_second_call_loads_it(tmp_path, digits_train, digits_test, monkeypatch):
+def test_tiny_recipe_learns_writes_cache_and_second_call_loads_it(
+    tmp_path, digits_train, digits_test, monkeypatch
+):
     model, info = train(TINY, digits_train, test_set=digits_test, cache_dir=tmp_path, progress=False)
 
     assert not info.from_cache
@@ -142,7 +144,9 @@ def test_cache_key_tracks_recipe_and_data_not_names(digits_train):
     assert cache_key(TINY, relabelled) != key
     assert cache_key(TINY, digits_train.head(299)) != key
 
-    renamed = Dataset(digits_train.images, digits_train.labels, name="other", source="elsewhere", split="test")
+    renamed = Dataset(
+        digits_train.images, digits_train.labels, name="other", source="elsewhere", split="test"
+    )
     assert cache_key(TINY, renamed) == key
     assert cache_key(Recipe(**dataclasses.asdict(TINY)), digits_train) == key
 
@@ -192,7 +196,9 @@ def test_cnn_and_toy_recipes_run(digits_train):
     assert len(info.epoch_losses) == 1
 
     toy = quick_recipe("toy_circles").replace(epochs=50)
-    model, info = train(toy, load_circles("train"), test_set=load_circles("test"), use_cache=False, progress=False)
+    model, info = train(
+        toy, load_circles("train"), test_set=load_circles("test"), use_cache=False, progress=False
+    )
     assert model(torch.zeros(4, 2)).shape == (4, 2) and info.test_accuracy is not None
 
 
@@ -232,8 +238,19 @@ def test_quick_recipes_only_cut_epochs():
 
 @pytest.mark.parametrize(
     "change",
-    [{"architecture": "resnet"}, {"optimizer": "sgd"}, {"lr": 0.0}, {"lr": float("nan")}, {"epochs": 0},
-     {"epochs": 2.0}, {"batch_size": 0}, {"seed": -1}, {"lr_decay": -1.0}, {"rho": 1.0}, {"init": "he"}],  # fmt: skip
+    [
+        {"architecture": "resnet"},
+        {"optimizer": "sgd"},
+        {"lr": 0.0},
+        {"lr": float("nan")},
+        {"epochs": 0},
+        {"epochs": 2.0},
+        {"batch_size": 0},
+        {"seed": -1},
+        {"lr_decay": -1.0},
+        {"rho": 1.0},
+        {"init": "he"},
+    ],  # fmt: skip
 )
 def test_recipe_validation(change):
     with pytest.raises(ValueError):

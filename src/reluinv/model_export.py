@@ -65,8 +65,16 @@ def _conv(node: fx.Node, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.
         args[i] if args[i] is not None else d for i, d in enumerate((1, 0, 1, 1))
     )
     cls: Any = nn.Conv2d if _op(node).startswith("conv2d") else nn.Conv1d
-    module = cls(weight.shape[1] * int(groups), weight.shape[0], tuple(weight.shape[2:]), stride=stride,
-                 padding=padding, dilation=dilation, groups=int(groups), bias=bias is not None)
+    module = cls(
+        weight.shape[1] * int(groups),
+        weight.shape[0],
+        tuple(weight.shape[2:]),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=int(groups),
+        bias=bias is not None,
+    )
     return _with_tensors(module, weight=weight, bias=bias)
 
 
@@ -183,8 +191,14 @@ def _stack_type(node: fx.Node) -> str:
     return str(stack[-1]) if stack else ""
 
 
-def _module_node(node: fx.Node, op: str, graph: fx.Graph, root: dict[str, Any],
-                 tensor: Callable[[Any], Any], value: Callable[[Any], Any]) -> fx.Node:
+def _module_node(
+    node: fx.Node,
+    op: str,
+    graph: fx.Graph,
+    root: dict[str, Any],
+    tensor: Callable[[Any], Any],
+    value: Callable[[Any], Any],
+) -> fx.Node:
     if op.startswith("relu"):
         module: nn.Module | None = nn.ReLU()
     else:

@@ -19,8 +19,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-KIND_COLOURS = {"unbounded": "#d62728", "compact": "#1f77b4", "singleton": "#2ca02c",
-                "empty": "#7f7f7f"}
+KIND_COLOURS = {"unbounded": "#d62728", "compact": "#1f77b4", "singleton": "#2ca02c", "empty": "#7f7f7f"}
 
 
 def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kw: Any):
@@ -45,8 +44,9 @@ def _title(fig: Figure, text: str, note: str = "") -> None:
 # --- reluinv analyze ---------------------------------------------------------------------------
 
 
-def plot_analysis(out_dir: Path, layers: Sequence[Mapping[str, Any]], spectra: bool, *,
-                  input_dim: int) -> list[str]:
+def plot_analysis(
+    out_dir: Path, layers: Sequence[Mapping[str, Any]], spectra: bool, *, input_dim: int
+) -> list[str]:
     """The plots of ``reluinv analyze``: preimage kinds per ReLU layer, and (with spectra) the median
     condition number and rank of the Jacobian up to each layer.  Returns the paths written."""
     names = [layer["name"] for layer in layers]
@@ -103,21 +103,27 @@ def plot_fig1(result: dict[str, Any], path: Path) -> None:
     fig, axes = _subplots(1, 4, figsize=(17, 4.4))
     pts = np.asarray(result["train_points"])
     labels = np.asarray(result["train_labels"])
-    axes[0].imshow(np.asarray(result["prediction"]), origin="lower", extent=box, cmap="coolwarm",
-                   alpha=0.6)
-    axes[0].scatter(pts[:, 0], pts[:, 1], c=labels, cmap="coolwarm", s=6, edgecolors="k",
-                    linewidths=0.2)
+    axes[0].imshow(np.asarray(result["prediction"]), origin="lower", extent=box, cmap="coolwarm", alpha=0.6)
+    axes[0].scatter(pts[:, 0], pts[:, 1], c=labels, cmap="coolwarm", s=6, edgecolors="k", linewidths=0.2)
     axes[0].set_title("prediction", fontsize=10)
     codes = result["kind_codes"]
     order = sorted(codes, key=codes.get)
     cmap = ListedColormap([KIND_COLOURS[k] for k in order])
-    axes[1].imshow(np.asarray(result["kind"]), origin="lower", extent=box, cmap=cmap,
-                   vmin=-0.5, vmax=len(order) - 0.5, interpolation="nearest")
+    axes[1].imshow(
+        np.asarray(result["kind"]),
+        origin="lower",
+        extent=box,
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=len(order) - 0.5,
+        interpolation="nearest",
+    )
     axes[1].set_title("preimage of the first layer", fontsize=10)
     handles = [Rectangle((0, 0), 1, 1, color=KIND_COLOURS[k]) for k in order[:3]]
     axes[1].legend(handles, order[:3], loc="lower left", fontsize=7)
-    im = axes[2].imshow(np.asarray(result["condition"]), origin="lower", extent=box,
-                        cmap="viridis", interpolation="nearest")
+    im = axes[2].imshow(
+        np.asarray(result["condition"]), origin="lower", extent=box, cmap="viridis", interpolation="nearest"
+    )
     fig.colorbar(im, ax=axes[2], fraction=0.046)
     axes[2].set_title("condition of the first layer's linearisation", fontsize=10)
     seeds = result.get("seeds", [])
@@ -128,15 +134,19 @@ def plot_fig1(result: dict[str, Any], path: Path) -> None:
         if share.any():
             axes[3].bar(positions, share, bottom=bottom, color=KIND_COLOURS[kind], label=kind)
         bottom += share
-    axes[3].set_xticks(positions, [f"{s['seed']}{'*' if s['seed'] == result.get('seed') else ''}"
-                                   for s in seeds])
+    axes[3].set_xticks(
+        positions, [f"{s['seed']}{'*' if s['seed'] == result.get('seed') else ''}" for s in seeds]
+    )
     axes[3].set_xlabel("seed (* shown)")
     axes[3].set_ylabel("share of the plane")
     axes[3].set_title("kinds over the plane, per seed", fontsize=10)
     axes[3].legend(fontsize=7)
-    _save(fig, path, f"Figure 1: toy network, one hidden layer of 3 ReLUs; seed "
-                     f"{result.get('seed', 0)} shown", f"shown: {result['rule']}"
-          if "rule" in result else "")
+    _save(
+        fig,
+        path,
+        f"Figure 1: toy network, one hidden layer of 3 ReLUs; seed {result.get('seed', 0)} shown",
+        f"shown: {result['rule']}" if "rule" in result else "",
+    )
 
 
 def summary_fig1(result: dict[str, Any]) -> tuple[str, str]:
@@ -146,9 +156,15 @@ def summary_fig1(result: dict[str, Any]) -> tuple[str, str]:
     share = {k: float(np.mean(kinds == v)) for k, v in codes.items()}
     singleton_cond = cond[kinds == codes["singleton"]]
     seeds = result.get("seeds", [])
-    per_seed = "; ".join(f"seed {s['seed']}: " + ", ".join(
-        f"{s['share'][k]:.0%} {k}" for k in ("unbounded", "compact", "singleton", "empty")
-        if s["share"].get(k)) for s in seeds)
+    per_seed = "; ".join(
+        f"seed {s['seed']}: "
+        + ", ".join(
+            f"{s['share'][k]:.0%} {k}"
+            for k in ("unbounded", "compact", "singleton", "empty")
+            if s["share"].get(k)
+        )
+        for s in seeds
+    )
     return (
         "The paper shows the plane cut into polytopes where the first layer's preimage is unbounded, "
         "compact or a single point, with condition numbers of 0 or 1 on the non-singleton regions "
@@ -174,25 +190,36 @@ def _fig4_axes(ax, entry: dict[str, Any]) -> None:
     samples = [s for s in entry["samples"] if s["kind"] != "failed"]
     active = np.array([s["n_active"] for s in samples])
     if active.size:
-        bins = np.arange(active.min() - 0.5, active.max() + 1.5,
-                         max(1, int(np.ptp(active) + 1) // 40))
+        bins = np.arange(active.min() - 0.5, active.max() + 1.5, max(1, int(np.ptp(active) + 1) // 40))
         for key, style, who in (("kind", "-", "exact engine"), ("paper_kind", "--", "Algorithm 1")):
             verdicts = [s.get(key) for s in samples]
             if key == "paper_kind" and not any(verdicts):
                 continue
             bounded = np.array([v in ("singleton", "compact") for v in verdicts])
             unbounded = np.array([v == "unbounded" for v in verdicts])
-            for mask, colour, label in ((bounded, KIND_COLOURS["compact"], "bounded"),
-                                        (unbounded, KIND_COLOURS["unbounded"], "unbounded")):
+            for mask, colour, label in (
+                (bounded, KIND_COLOURS["compact"], "bounded"),
+                (unbounded, KIND_COLOURS["unbounded"], "unbounded"),
+            ):
                 if mask.any():
-                    ax.hist(active[mask], bins=bins, histtype="step", color=colour,
-                            linestyle=style, linewidth=1.5, label=f"{label} ({who})")
+                    ax.hist(
+                        active[mask],
+                        bins=bins,
+                        histtype="step",
+                        color=colour,
+                        linestyle=style,
+                        linewidth=1.5,
+                        label=f"{label} ({who})",
+                    )
     ax.axvspan(723, 784, color="#fff0b3", zorder=0, label="the paper's strip 723-784")
     n = entry["input_dim"]
     ax.axvline(n, color="k", linestyle=":", label=f"input dimension {n}")
     accuracy = entry["training"].get("test_accuracy")
-    ax.set_title(f"{entry.get('data_name', entry['data'])}: {len(samples):,} test samples"
-                 + (f", test accuracy {accuracy:.1%}" if accuracy is not None else ""), fontsize=9)
+    ax.set_title(
+        f"{entry.get('data_name', entry['data'])}: {len(samples):,} test samples"
+        + (f", test accuracy {accuracy:.1%}" if accuracy is not None else ""),
+        fontsize=9,
+    )
     ax.set_xlabel("number of active units (positive outputs)")
     ax.set_ylabel("samples")
     ax.legend(fontsize=7)
@@ -203,12 +230,18 @@ def plot_fig4(result: dict[str, Any], path: Path) -> None:
     one panel per data set trained."""
     entries = _fig4_entries(result)
     fig, axes = _subplots(1, len(entries), figsize=(7 * len(entries), 4.6), squeeze=False)
-    for ax, entry in zip(axes[0], entries):
+    for ax, entry in zip(axes[0], entries, strict=True):
         _fig4_axes(ax, entry)
-    changes = "; ".join(f"{e.get('data_name', e['data'])}: {e['recipe_change']}"
-                        for e in entries if e.get("recipe_change"))
-    _save(fig, path, "Figure 4: preimages of the 3500-unit first layer of the MLP of Table 2, "
-                     "exact engine (solid) and the paper's Algorithm 1 (dashed)", changes)
+    changes = "; ".join(
+        f"{e.get('data_name', e['data'])}: {e['recipe_change']}" for e in entries if e.get("recipe_change")
+    )
+    _save(
+        fig,
+        path,
+        "Figure 4: preimages of the 3500-unit first layer of the MLP of Table 2, "
+        "exact engine (solid) and the paper's Algorithm 1 (dashed)",
+        changes,
+    )
 
 
 def _overlap(active: np.ndarray, bounded: np.ndarray) -> tuple[float, float] | None:
@@ -223,24 +256,32 @@ def _fig4_sentence(entry: dict[str, Any]) -> str:
     active = np.array([s["n_active"] for s in samples])
     bounded = np.array([s["kind"] in ("singleton", "compact") for s in samples])
     both = _overlap(active, bounded)
-    strip = (f"both kinds occur between {both[0]:.0f} and {both[1]:.0f} active units" if both
-             else "no active count shows both kinds")
-    text = (f"{entry.get('data_name', entry['data'])}: {bounded.sum()} of {len(samples)} samples "
-            f"bounded and {(~bounded).sum()} unbounded by the exact engine "
-            f"(active units {active.min() if active.size else '-'}-"
-            f"{active.max() if active.size else '-'}); {strip}")
+    strip = (
+        f"both kinds occur between {both[0]:.0f} and {both[1]:.0f} active units"
+        if both
+        else "no active count shows both kinds"
+    )
+    text = (
+        f"{entry.get('data_name', entry['data'])}: {bounded.sum()} of {len(samples)} samples "
+        f"bounded and {(~bounded).sum()} unbounded by the exact engine "
+        f"(active units {active.min() if active.size else '-'}-"
+        f"{active.max() if active.size else '-'}); {strip}"
+    )
     comparison = entry.get("comparison")
     if comparison:
         reasons = "; ".join(f"{n} x {r}" for r, n in comparison["reasons"].items())
-        text += (f"; Algorithm 1 {', '.join(f'{n} {k}' for k, n in comparison['paper'].items() if n)}"
-                 f"; {comparison['disagreements']} disagreements in kind "
-                 f"({comparison['bounded_disagreements']} on boundedness)"
-                 + (f": {reasons}" if reasons else ""))
+        text += (
+            f"; Algorithm 1 {', '.join(f'{n} {k}' for k, n in comparison['paper'].items() if n)}"
+            f"; {comparison['disagreements']} disagreements in kind "
+            f"({comparison['bounded_disagreements']} on boundedness)" + (f": {reasons}" if reasons else "")
+        )
     checked = [s["direction_check"] for s in samples if "direction_check" in s]
     if checked:
-        text += (f"; every unbounded verdict's direction d was rechecked: max|A_pos d| <= "
-                 f"{max(c['max_abs_active'] for c in checked):.2g}, max(A_zero d) <= "
-                 f"{max(c['max_inactive'] for c in checked):.2g}")
+        text += (
+            f"; every unbounded verdict's direction d was rechecked: max|A_pos d| <= "
+            f"{max(c['max_abs_active'] for c in checked):.2g}, max(A_zero d) <= "
+            f"{max(c['max_inactive'] for c in checked):.2g}"
+        )
     if entry.get("recipe_change"):
         text += f" ({entry['recipe_change']})"
     return text
@@ -253,7 +294,9 @@ def summary_fig4(result: dict[str, Any]) -> tuple[str, str]:
         "The paper's MNIST network has about 784 active units per test sample; all samples with at "
         "least 784 are bounded, and bounded and unbounded preimages meet in a strip from 723 to "
         "784, below which preimages are unbounded (decided by Algorithm 1, Appendix A3).",
-        "Here " + ". ".join(_fig4_sentence(e) for e in entries) + "."
+        "Here "
+        + ". ".join(_fig4_sentence(e) for e in entries)
+        + "."
         + (f" Conclusion: {conclusion}" if conclusion else ""),
     )
 
@@ -316,21 +359,35 @@ def plot_fig5(result: dict[str, Any], path: Path) -> None:
     paper = result.get("paper_loss_layer", 5)
     for ax in axes:
         ax.axvspan(2 * paper - 1.5, 2 * paper + 0.5, color="0.92", zorder=0)
-    axes[1].text(2 * paper - 0.5, axes[1].get_ylim()[1], f"the paper's layer {paper}", ha="center",
-                 va="bottom", fontsize=7, color="0.35")
+    axes[1].text(
+        2 * paper - 0.5,
+        axes[1].get_ylim()[1],
+        f"the paper's layer {paper}",
+        ha="center",
+        va="bottom",
+        fontsize=7,
+        color="0.35",
+    )
     axes[0].set_ylabel("output units")
     axes[1].set_ylabel("non-zero singular values")
     axes[2].set_ylabel("condition number")
     layers = result["wide"]["layers"]
-    axes[2].set_xticks([_layer_number(layer) for layer in layers],
-                       [f"{_layer_number(layer)}: {_layer_role(layer)}" for layer in layers],
-                       rotation=60, ha="right", fontsize=7)
+    axes[2].set_xticks(
+        [_layer_number(layer) for layer in layers],
+        [f"{_layer_number(layer)}: {_layer_role(layer)}" for layer in layers],
+        rotation=60,
+        ha="right",
+        fontsize=7,
+    )
     axes[2].set_xlabel("layer, numbered as the paper's legend (a convolution and its ReLU count separately)")
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
-    _save(fig, path, "Figure 5: WideCIFAR vs ThinCIFAR, output units, rank and condition of the "
-                     "Jacobian up to each layer",
-          _samples_note(result["wide"] | {"setting": result.get("setting", {})}))
+    _save(
+        fig,
+        path,
+        "Figure 5: WideCIFAR vs ThinCIFAR, output units, rank and condition of the Jacobian up to each layer",
+        _samples_note(result["wide"] | {"setting": result.get("setting", {})}),
+    )
 
 
 def _decay_axes(ax, layers: list[dict[str, Any]]) -> None:
@@ -338,8 +395,12 @@ def _decay_axes(ax, layers: list[dict[str, Any]]) -> None:
     for colour, layer in zip(colours, layers, strict=True):
         values = np.asarray(layer["singular_values"])
         values = values[values > 0]
-        ax.semilogy(np.arange(1, values.size + 1), values, color=colour,
-                    label=f"layer {_block(layer)} (after {_layer_role(layer)})")
+        ax.semilogy(
+            np.arange(1, values.size + 1),
+            values,
+            color=colour,
+            label=f"layer {_block(layer)} (after {_layer_role(layer)})",
+        )
     ax.set_xlabel("index of singular value (descending)")
     ax.set_ylabel("singular value (median over samples)")
     ax.legend(fontsize=7)
@@ -348,8 +409,13 @@ def _decay_axes(ax, layers: list[dict[str, Any]]) -> None:
 def plot_fig6(result: dict[str, Any], path: Path) -> None:
     fig, ax = _subplots(figsize=(8, 5))
     _decay_axes(ax, result["decay"])
-    _save(fig, path, "Figure 6: decay of singular values over WideCIFAR's layers 1-6 (convolution and "
-                     "ReLU; spectrum after each ReLU)", _samples_note(result))
+    _save(
+        fig,
+        path,
+        "Figure 6: decay of singular values over WideCIFAR's layers 1-6 (convolution and "
+        "ReLU; spectrum after each ReLU)",
+        _samples_note(result),
+    )
 
 
 def _effect_and_decay(result: dict[str, Any], path: Path, title: str) -> None:
@@ -360,9 +426,14 @@ def _effect_and_decay(result: dict[str, Any], path: Path, title: str) -> None:
             layer = pair[key]
             values = np.asarray(layer["singular_values"])
             values = values[values > 0]
-            left.semilogy(np.arange(1, values.size + 1), values, style, color=colours[(2 * n + m) % 4],
-                          label=f"legend {_layer_number(layer)}: {_layer_role(layer)} "
-                                f"({key} the ReLU of layer {_block(pair['after'])})")
+            left.semilogy(
+                np.arange(1, values.size + 1),
+                values,
+                style,
+                color=colours[(2 * n + m) % 4],
+                label=f"legend {_layer_number(layer)}: {_layer_role(layer)} "
+                f"({key} the ReLU of layer {_block(pair['after'])})",
+            )
     left.set_xlabel("index of singular value (descending)")
     left.set_ylabel("singular value (median over samples)")
     left.set_title("just before and after a ReLU", fontsize=10)
@@ -373,13 +444,15 @@ def _effect_and_decay(result: dict[str, Any], path: Path, title: str) -> None:
 
 
 def plot_fig8(result: dict[str, Any], path: Path) -> None:
-    _effect_and_decay(result, path, "Figure 8: effect of ReLU on the singular values of WideCIFAR, "
-                                     "layers 2 and 5")
+    _effect_and_decay(
+        result, path, "Figure 8: effect of ReLU on the singular values of WideCIFAR, layers 2 and 5"
+    )
 
 
 def plot_fig10(result: dict[str, Any], path: Path) -> None:
-    _effect_and_decay(result, path, "Figure 10: ThinCIFAR, effect of ReLU in layers 2 and 5, and decay "
-                                    "over the layers")
+    _effect_and_decay(
+        result, path, "Figure 10: ThinCIFAR, effect of ReLU in layers 2 and 5, and decay over the layers"
+    )
 
 
 def plot_fig11(result: dict[str, Any], path: Path) -> None:
@@ -419,15 +492,23 @@ def summary_fig5(result: dict[str, Any]) -> tuple[str, str]:
 def _around(layers: list[dict[str, Any]], block: int) -> str:
     """ " ThinCIFAR has 758 after ReLU 4 and 597 after ReLU 5 (condition ...)." or ""."""
     roles = {layer.get("role"): layer for layer in layers}
-    before, conv, after = (roles.get(f"ReLU {block - 1}"), roles.get(f"conv {block}"),
-                           roles.get(f"ReLU {block}"))
+    before, conv, after = (
+        roles.get(f"ReLU {block - 1}"),
+        roles.get(f"conv {block}"),
+        roles.get(f"ReLU {block}"),
+    )
     if before is None or conv is None or after is None:
         return ""
-    cond = ("" if conv["condition"] is None or after["condition"] is None else
-            f"; its condition number goes from {conv['condition']:.3g} at conv {block} to "
-            f"{after['condition']:.3g} after ReLU {block}")
-    return (f" ThinCIFAR keeps a median of {before['rank']:g} non-zero singular values after ReLU "
-            f"{block - 1} and {after['rank']:g} after ReLU {block}{cond}.")
+    cond = (
+        ""
+        if conv["condition"] is None or after["condition"] is None
+        else f"; its condition number goes from {conv['condition']:.3g} at conv {block} to "
+        f"{after['condition']:.3g} after ReLU {block}"
+    )
+    return (
+        f" ThinCIFAR keeps a median of {before['rank']:g} non-zero singular values after ReLU "
+        f"{block - 1} and {after['rank']:g} after ReLU {block}{cond}."
+    )
 
 
 def _decay_sentence(decay: list[dict[str, Any]]) -> str:
@@ -439,16 +520,21 @@ def _decay_sentence(decay: list[dict[str, Any]]) -> str:
         return values.max(), values.min()
 
     (f_hi, f_lo), (l_hi, l_lo) = top_bottom(first), top_bottom(last)
-    return (f"from layer {_block(first)} to layer {_block(last)} (after the ReLU) the largest singular "
-            f"value goes from {f_hi:.3g} to {l_hi:.3g} and the smallest non-zero one from {f_lo:.3g} "
-            f"to {l_lo:.3g}")
+    return (
+        f"from layer {_block(first)} to layer {_block(last)} (after the ReLU) the largest singular "
+        f"value goes from {f_hi:.3g} to {l_hi:.3g} and the smallest non-zero one from {f_lo:.3g} "
+        f"to {l_lo:.3g}"
+    )
 
 
 def summary_fig6(result: dict[str, Any]) -> tuple[str, str]:
     last = result["decay"][-1]
     n = result.get("input_dim")
-    zeros = "" if not n else (f"; layer {_block(last)} keeps a median of {last['rank']:g} non-zero "
-                              f"singular values of {n:,}")
+    zeros = (
+        ""
+        if not n
+        else (f"; layer {_block(last)} keeps a median of {last['rank']:g} non-zero singular values of {n:,}")
+    )
     return (
         "The paper shows, over WideCIFAR's convolutional layers 1-6 (after each ReLU), the largest "
         "singular value growing while the small ones decrease significantly, and zero singular "
@@ -462,33 +548,44 @@ def _effect_sentence(result: dict[str, Any]) -> str:
     for pair in result["effect"]:
         b = np.asarray(pair["before"]["singular_values"])
         a = np.asarray(pair["after"]["singular_values"])
-        parts.append(f"the ReLU of layer {_block(pair['after'])} (legend {_layer_number(pair['after'])}) "
-                     f"keeps {np.count_nonzero(a > 0)} of {np.count_nonzero(b > 0)} non-zero singular "
-                     f"values, smallest {b[b > 0].min():.3g} -> {a[a > 0].min():.3g}")
+        parts.append(
+            f"the ReLU of layer {_block(pair['after'])} (legend {_layer_number(pair['after'])}) "
+            f"keeps {np.count_nonzero(a > 0)} of {np.count_nonzero(b > 0)} non-zero singular "
+            f"values, smallest {b[b > 0].min():.3g} -> {a[a > 0].min():.3g}"
+        )
     return "; ".join(parts)
 
 
 def summary_fig8(result: dict[str, Any]) -> tuple[str, str]:
-    return ("The paper shows WideCIFAR's spectra just before and after the ReLU of layer 2 (legend 3 "
-            "and 4) and of layer 5 (legend 9 and 10); Appendix A5 adds that even the largest "
-            "singular value after ReLU is below 2.5, and that ReLU acts more strongly in ThinCIFAR "
-            "(Figure 10), which has fewer remaining rows.",
-            f"Here {_effect_sentence(result)}.")
+    return (
+        "The paper shows WideCIFAR's spectra just before and after the ReLU of layer 2 (legend 3 "
+        "and 4) and of layer 5 (legend 9 and 10); Appendix A5 adds that even the largest "
+        "singular value after ReLU is below 2.5, and that ReLU acts more strongly in ThinCIFAR "
+        "(Figure 10), which has fewer remaining rows.",
+        f"Here {_effect_sentence(result)}.",
+    )
 
 
 def summary_fig10(result: dict[str, Any]) -> tuple[str, str]:
-    return ("The paper shows a stronger effect of ReLU in ThinCIFAR's layer 2 than in WideCIFAR's, "
-            "explained by fewer remaining rows, and singular values decaying over the layers.",
-            f"Here {_effect_sentence(result)}; {_decay_sentence(result['decay'])}.")
+    return (
+        "The paper shows a stronger effect of ReLU in ThinCIFAR's layer 2 than in WideCIFAR's, "
+        "explained by fewer remaining rows, and singular values decaying over the layers.",
+        f"Here {_effect_sentence(result)}; {_decay_sentence(result['decay'])}.",
+    )
 
 
 def summary_fig11(result: dict[str, Any]) -> tuple[str, str]:
-    change = f" The network is Figure 4's ({result['recipe_change']})." \
-        if result.get("recipe_change") else " The network is Figure 4's."
-    return ("The paper shows, for the MLP of Section 2.2 (Figure 4's network), the effect of ReLU "
-            "in its two hidden layers (legend 1-2 and 3-4) and the decay of the singular values "
-            "over the layers; the second ReLU keeps only its active rows of a 784-wide map.",
-            f"Here {_effect_sentence(result)}; {_decay_sentence(result['decay'])}.{change}")
+    change = (
+        f" The network is Figure 4's ({result['recipe_change']})."
+        if result.get("recipe_change")
+        else " The network is Figure 4's."
+    )
+    return (
+        "The paper shows, for the MLP of Section 2.2 (Figure 4's network), the effect of ReLU "
+        "in its two hidden layers (legend 1-2 and 3-4) and the decay of the singular values "
+        "over the layers; the second ReLU keeps only its active rows of a 784-wide map.",
+        f"Here {_effect_sentence(result)}; {_decay_sentence(result['decay'])}.{change}",
+    )
 
 
 # --- Figure 9 ----------------------------------------------------------------------------------
@@ -506,28 +603,38 @@ def plot_fig9(result: dict[str, Any], path: Path) -> None:
     if c_star is not None and np.isfinite(c_star):
         ax.axvline(c_star, color="0.5", linestyle=":", label=f"c* = {c_star:.3g} (all M satisfy (3))")
     if result.get("sigma_max_after"):
-        ax.axvline(result["sigma_max_after"], color="tab:green", linestyle="--",
-                   label=f"largest singular value after the ReLU = {result['sigma_max_after']:.3g}")
+        ax.axvline(
+            result["sigma_max_after"],
+            color="tab:green",
+            linestyle="--",
+            label=f"largest singular value after the ReLU = {result['sigma_max_after']:.3g}",
+        )
     ax.set_xlabel("constant c of condition (3) of Lemma 9")
     ax.set_ylabel("number of remaining rows")
     ax.legend(fontsize=8)
     where = f"layer 4 (ReLU 4, legend {result.get('paper_layer', result['layer'] + 1)})"
-    _save(fig, path, f"Figure 9: Lemma 9's condition (3) at WideCIFAR's {where}, one test sample",
-          _samples_note(result))
+    _save(
+        fig,
+        path,
+        f"Figure 9: Lemma 9's condition (3) at WideCIFAR's {where}, one test sample",
+        _samples_note(result),
+    )
 
 
 def summary_fig9(result: dict[str, Any]) -> tuple[str, str]:
     c_star = result["c_star"]
     units = result.get("units", result["remaining"] + result["removed"])
-    return ("The paper takes WideCIFAR's layer 4 at one CIFAR-10 test sample: all M = 5,120 remaining "
-            "rows satisfy condition (3) only from c of about 6, while even the largest singular "
-            "value after ReLU is below 2.5, so the bound of Lemma 9 is far off in this redundant "
-            "situation.",
-            f"Here, at the same layer (layer 4: convolution 4 and its ReLU, legend "
-            f"{result.get('paper_layer', result['layer'] + 1)}, chosen because the paper's Figure 9 "
-            f"uses it), the ReLU keeps M = {result['remaining']:,} of {units:,} rows at one sample; "
-            f"all satisfy (3) from c* = {c_star:.3g}, and the non-zero singular values after the ReLU "
-            f"lie between {result['sigma_min_after']:.3g} and {result['sigma_max_after']:.3g}.")
+    return (
+        "The paper takes WideCIFAR's layer 4 at one CIFAR-10 test sample: all M = 5,120 remaining "
+        "rows satisfy condition (3) only from c of about 6, while even the largest singular "
+        "value after ReLU is below 2.5, so the bound of Lemma 9 is far off in this redundant "
+        "situation.",
+        f"Here, at the same layer (layer 4: convolution 4 and its ReLU, legend "
+        f"{result.get('paper_layer', result['layer'] + 1)}, chosen because the paper's Figure 9 "
+        f"uses it), the ReLU keeps M = {result['remaining']:,} of {units:,} rows at one sample; "
+        f"all satisfy (3) from c* = {c_star:.3g}, and the non-zero singular values after the ReLU "
+        f"lie between {result['sigma_min_after']:.3g} and {result['sigma_max_after']:.3g}.",
+    )
 
 
 # --- Figures 7 / 12 and 7x ---------------------------------------------------------------------
@@ -543,26 +650,38 @@ def plot_fig7(result: dict[str, Any], path: Path) -> None:
     examples = result["examples"]
     fig, axes = _subplots(len(examples), 3, figsize=(6.5, 2.2 * len(examples)), squeeze=False)
     for row, ex in zip(axes, examples, strict=True):
-        for ax, key, title in zip(row, ("source", "target", "found"),
-                                  (f"source {ex['source_label']} ({ex['source_active_units']} active)",
-                                   f"target {ex['target_label']}",
-                                   f"found: |dF| = {ex['feature_max_abs_diff']:.1e}"), strict=True):
+        for ax, key, title in zip(
+            row,
+            ("source", "target", "found"),
+            (
+                f"source {ex['source_label']} ({ex['source_active_units']} active)",
+                f"target {ex['target_label']}",
+                f"found: |dF| = {ex['feature_max_abs_diff']:.1e}",
+            ),
+            strict=True,
+        ):
             ax.imshow(_image(ex[key]), cmap="gray", vmin=0, vmax=1)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-    _save(fig, path, f"Figures 7/12: identical first-layer features ({result['units']} ReLUs) of the "
-                f"Table 1 MLP", result["data"])
+    _save(
+        fig,
+        path,
+        f"Figures 7/12: identical first-layer features ({result['units']} ReLUs) of the Table 1 MLP",
+        result["data"],
+    )
 
 
 def summary_fig7(result: dict[str, Any]) -> tuple[str, str]:
     ex = result["examples"]
     worst = max(e["feature_max_abs_diff"] for e in ex)
     dist = [e["input_l2_distance"] for e in ex]
-    return ("The paper finds, inside the preimage of a '3' and a '4' under the first layer, inputs "
-            "that look like a '6' or a '4' and have exactly the same 100 first-layer features.",
-            f"Here {len(ex)} source/target pairs give inputs with first-layer features equal to "
-            f"within {worst:.1e} (solver precision), at L2 distance {min(dist):.2f} to "
-            f"{max(dist):.2f} from their sources.")
+    return (
+        "The paper finds, inside the preimage of a '3' and a '4' under the first layer, inputs "
+        "that look like a '6' or a '4' and have exactly the same 100 first-layer features.",
+        f"Here {len(ex)} source/target pairs give inputs with first-layer features equal to "
+        f"within {worst:.1e} (solver precision), at L2 distance {min(dist):.2f} to "
+        f"{max(dist):.2f} from their sources.",
+    )
 
 
 def plot_fig7x(result: dict[str, Any], path: Path) -> None:
@@ -596,32 +715,57 @@ def plot_fig7x(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("depth whose features are kept")
     ax.set_ylabel("distance")
     ax.legend(fontsize=7)
-    _save(fig, path, "Figure 7x: identical features at deeper layers of the Table 1 MLP", result["data"],
-          dpi=100)
+    _save(
+        fig,
+        path,
+        "Figure 7x: identical features at deeper layers of the Table 1 MLP",
+        result["data"],
+        dpi=100,
+    )
 
 
 def summary_fig7x(result: dict[str, Any]) -> tuple[str, str]:
     rows = result["rows"]
     proven = sum(1 for r in rows if r["mode"] == "exact" and r["proven"])
     exact = sum(1 for r in rows if r["mode"] == "exact")
-    worst = max((r["feature_max_abs_diff"] for r in rows if r["feature_max_abs_diff"] is not None),
-                default=float("nan"))
-    return ("The paper keeps only first-layer features identical and calls the multi-layer case open.",
-            f"Here {len(rows)} searches keep the features of layers 1, 2, 5 and the logits (largest "
-            f"feature difference {worst:.1e}); {proven} of {exact} exact searches were proven "
-            f"optimal within the time limit.")
+    worst = max(
+        (r["feature_max_abs_diff"] for r in rows if r["feature_max_abs_diff"] is not None),
+        default=float("nan"),
+    )
+    return (
+        "The paper keeps only first-layer features identical and calls the multi-layer case open.",
+        f"Here {len(rows)} searches keep the features of layers 1, 2, 5 and the logits (largest "
+        f"feature difference {worst:.1e}); {proven} of {exact} exact searches were proven "
+        f"optimal within the time limit.",
+    )
 
 
 # --- index ------------------------------------------------------------------------------------
 
 PLOTTERS: dict[str, Callable[[dict[str, Any], Path], None]] = {
-    "fig1": plot_fig1, "fig4": plot_fig4, "fig5": plot_fig5, "fig6": plot_fig6, "fig7": plot_fig7,
-    "fig7x": plot_fig7x, "fig8": plot_fig8,
-    "fig9": plot_fig9, "fig10": plot_fig10, "fig11": plot_fig11}
+    "fig1": plot_fig1,
+    "fig4": plot_fig4,
+    "fig5": plot_fig5,
+    "fig6": plot_fig6,
+    "fig7": plot_fig7,
+    "fig7x": plot_fig7x,
+    "fig8": plot_fig8,
+    "fig9": plot_fig9,
+    "fig10": plot_fig10,
+    "fig11": plot_fig11,
+}
 SUMMARIES: dict[str, Callable[[dict[str, Any]], tuple[str, str]]] = {
-    "fig1": summary_fig1, "fig4": summary_fig4, "fig5": summary_fig5, "fig6": summary_fig6,
-    "fig7": summary_fig7, "fig7x": summary_fig7x,
-    "fig8": summary_fig8, "fig9": summary_fig9, "fig10": summary_fig10, "fig11": summary_fig11}
+    "fig1": summary_fig1,
+    "fig4": summary_fig4,
+    "fig5": summary_fig5,
+    "fig6": summary_fig6,
+    "fig7": summary_fig7,
+    "fig7x": summary_fig7x,
+    "fig8": summary_fig8,
+    "fig9": summary_fig9,
+    "fig10": summary_fig10,
+    "fig11": summary_fig11,
+}
 
 
 #: The paper's figure number and a one-line subject, heading each section of the index.
@@ -638,60 +782,80 @@ HEADINGS: dict[str, tuple[str, str]] = {
     "fig11": ("Figure 11", "effect of ReLU and decay of singular values, MLP of Table 2"),
 }
 
-_EFFECT_AXES = ("Left: x is the index of a singular value (descending), y the singular value (median "
-                "over samples, log scale), just before (solid) and just after (dashed) the ReLU of "
-                "the layers shown; legend numbers count a ReLU as its own layer, as the paper's do. "
-                "Right: the same axes, the spectrum after the ReLU of every {what}. Zero singular "
-                "values are not drawn.")
+_EFFECT_AXES = (
+    "Left: x is the index of a singular value (descending), y the singular value (median "
+    "over samples, log scale), just before (solid) and just after (dashed) the ReLU of "
+    "the layers shown; legend numbers count a ReLU as its own layer, as the paper's do. "
+    "Right: the same axes, the spectrum after the ReLU of every {what}. Zero singular "
+    "values are not drawn."
+)
 
 #: What the axes of each figure are (the caption under the image).
 CAPTIONS: dict[str, str] = {
-    "fig1": ("Three panels over the input plane (x and y: the two input coordinates): the network's "
-             "prediction with the training points; the kind of the first layer's preimage of each "
-             "point's features; the condition number of the first layer's linearisation there."),
-    "fig4": ("x: number of active units (positive outputs of the 3,500-unit first layer) of a test "
-             "sample; y: number of test samples; one curve per kind of preimage of that layer."),
-    "fig5": ("x: layer, numbered as the paper's legend (a convolution and its ReLU count separately; "
-             "tick labels name the module; shaded: the paper's layer 5). Top: output units (log "
-             "scale). Middle: median number of non-zero singular values of the Jacobian of the "
-             "network up to that layer, with the input dimension dotted. Bottom: median condition "
-             "number (largest over smallest non-zero singular value, log scale)."),
-    "fig6": ("x: index of a singular value (descending); y: singular value of the Jacobian up to the "
-             "layer, median over samples (log scale); one curve per layer 1-6 (a convolution and "
-             "its ReLU, after the ReLU). Zero singular values are not drawn, so a shorter curve "
-             "means fewer non-zero singular values."),
-    "fig7": ("Each row: a source image, a target image of another class, and the input found in the "
-             "source's first-layer preimage nearest the target (grey levels, 0 black to 1 white)."),
-    "fig7x": ("Top rows: source, target and the inputs found that keep the features of deeper layers; "
-              "bottom: x the layer whose features are kept, y the largest L1 move inside the box."),
+    "fig1": (
+        "Three panels over the input plane (x and y: the two input coordinates): the network's "
+        "prediction with the training points; the kind of the first layer's preimage of each "
+        "point's features; the condition number of the first layer's linearisation there."
+    ),
+    "fig4": (
+        "x: number of active units (positive outputs of the 3,500-unit first layer) of a test "
+        "sample; y: number of test samples; one curve per kind of preimage of that layer."
+    ),
+    "fig5": (
+        "x: layer, numbered as the paper's legend (a convolution and its ReLU count separately; "
+        "tick labels name the module; shaded: the paper's layer 5). Top: output units (log "
+        "scale). Middle: median number of non-zero singular values of the Jacobian of the "
+        "network up to that layer, with the input dimension dotted. Bottom: median condition "
+        "number (largest over smallest non-zero singular value, log scale)."
+    ),
+    "fig6": (
+        "x: index of a singular value (descending); y: singular value of the Jacobian up to the "
+        "layer, median over samples (log scale); one curve per layer 1-6 (a convolution and "
+        "its ReLU, after the ReLU). Zero singular values are not drawn, so a shorter curve "
+        "means fewer non-zero singular values."
+    ),
+    "fig7": (
+        "Each row: a source image, a target image of another class, and the input found in the "
+        "source's first-layer preimage nearest the target (grey levels, 0 black to 1 white)."
+    ),
+    "fig7x": (
+        "Top rows: source, target and the inputs found that keep the features of deeper layers; "
+        "bottom: x the layer whose features are kept, y the largest L1 move inside the box."
+    ),
     "fig8": _EFFECT_AXES.format(what="convolutional layer (1-6)"),
-    "fig9": ("x: the constant c of condition (3) of Lemma 9; y: how many remaining rows a_i satisfy "
-             "|<a_i, a_k>| <= c ||a_k|| / sqrt(M) for the removed row a_k that the most rows satisfy. "
-             "Red: all M remaining rows; dotted: c*, the smallest c at which all satisfy it (Lemma "
-             "9's bound on the smallest singular value); green dashed: the largest singular value "
-             "after the ReLU."),
+    "fig9": (
+        "x: the constant c of condition (3) of Lemma 9; y: how many remaining rows a_i satisfy "
+        "|<a_i, a_k>| <= c ||a_k|| / sqrt(M) for the removed row a_k that the most rows satisfy. "
+        "Red: all M remaining rows; dotted: c*, the smallest c at which all satisfy it (Lemma "
+        "9's bound on the smallest singular value); green dashed: the largest singular value "
+        "after the ReLU."
+    ),
     "fig10": _EFFECT_AXES.format(what="convolutional layer (1-6)"),
     "fig11": _EFFECT_AXES.format(what="hidden layer"),
 }
 
-QUICK_NOTE = ("Quick mode: fewer samples (3 instead of 50 for the spectra) and training epochs than "
-              "the paper, and the CNNs on 3x16x16 inputs; every figure says so. Run with --full for "
-              "the paper's counts.")
+QUICK_NOTE = (
+    "Quick mode: fewer samples (3 instead of 50 for the spectra) and training epochs than "
+    "the paper, and the CNNs on 3x16x16 inputs; every figure says so. Run with --full for "
+    "the paper's counts."
+)
 
 #: Rows of the setting tables in this order (results.json stores keys sorted); others follow.
 _SETTING_ORDER = ("mode", "data", "input shape", "training", "test accuracy", "samples")
 
 _VERDICT_CLASS = {"reproduced": "ok", "not reproduced": "bad", "not testable": "na"}
 
-_CSS = ("body{font-family:sans-serif;max-width:1150px;margin:auto;padding:0 1em;line-height:1.4}"
-        "img{max-width:100%;border:1px solid #ddd}section{margin:2.5em 0}"
-        "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:4px 7px;"
-        "vertical-align:top;text-align:left}th{background:#f3f3f3}"
-        ".ok{background:#d8f0d8}.bad{background:#f6d5d5}.na{background:#ececec;color:#555}"
-        ".verdict{font-weight:bold;white-space:nowrap}.quick{background:#fff4cc;padding:6px 10px;"
-        "border-left:4px solid #e0b000}.tag{font-size:60%;background:#fff4cc;padding:2px 6px;"
-        "vertical-align:middle;margin-left:.6em}.row{display:flex;gap:1.5em;align-items:flex-start}"
-        ".row>div{flex:1}.row>table{flex:0 0 38%}figcaption{color:#333;font-size:92%}")
+_CSS = (
+    "body{font-family:sans-serif;max-width:1150px;margin:auto;padding:0 1em;line-height:1.4}"
+    "img{max-width:100%;border:1px solid #ddd}section{margin:2.5em 0}"
+    "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:4px 7px;"
+    "vertical-align:top;text-align:left}th{background:#f3f3f3}"
+    ".ok{background:#d8f0d8}.bad{background:#f6d5d5}.na{background:#ececec;color:#555}"
+    ".verdict{font-weight:bold;white-space:nowrap}.quick{background:#fff4cc;padding:6px 10px;"
+    "border-left:4px solid #e0b000}.tag{font-size:60%;background:#fff4cc;padding:2px 6px;"
+    "vertical-align:middle;margin-left:.6em}.row{display:flex;gap:1.5em;align-items:flex-start}"
+    ".row>div{flex:1}.row>table{flex:0 0 38%}figcaption{color:#333;font-size:92%}"
+)
 
 
 def _claims_table(claims: Sequence[Mapping[str, Any]]) -> str:
@@ -704,15 +868,20 @@ def _claims_table(claims: Sequence[Mapping[str, Any]]) -> str:
         figure = str(c.get("figure", ""))
         name = HEADINGS.get(figure, (figure, ""))[0]
         verdict = str(c.get("verdict", ""))
-        rows.append(f"<tr><td><a href='#{html.escape(figure)}'>{html.escape(name)}</a></td>"
-                    f"<td>{html.escape(str(c.get('claim', '')))}</td>"
-                    f"<td class='verdict {_VERDICT_CLASS.get(verdict, 'na')}'>{html.escape(verdict)}</td>"
-                    f"<td>{html.escape(str(c.get('evidence', '')))}</td></tr>")
+        rows.append(
+            f"<tr><td><a href='#{html.escape(figure)}'>{html.escape(name)}</a></td>"
+            f"<td>{html.escape(str(c.get('claim', '')))}</td>"
+            f"<td class='verdict {_VERDICT_CLASS.get(verdict, 'na')}'>{html.escape(verdict)}</td>"
+            f"<td>{html.escape(str(c.get('evidence', '')))}</td></tr>"
+        )
     summary = ", ".join(f"{n} {v}" for v, n in counts.items())
-    return ("<h2 id='claims'>Claims of the paper, checked on this run</h2>"
-            f"<p>{html.escape(summary)}. Each verdict is computed from this run's results.json.</p>"
-            "<table class='claims'><tr><th>figure</th><th>claim</th><th>verdict</th><th>evidence</th></tr>"
-            + "".join(rows) + "</table>")
+    return (
+        "<h2 id='claims'>Claims of the paper, checked on this run</h2>"
+        f"<p>{html.escape(summary)}. Each verdict is computed from this run's results.json.</p>"
+        "<table class='claims'><tr><th>figure</th><th>claim</th><th>verdict</th><th>evidence</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _setting_table(result: Mapping[str, Any]) -> str:
@@ -724,8 +893,11 @@ def _setting_table(result: Mapping[str, Any]) -> str:
     paper, run = setting.get("paper") or {}, setting.get("run") or {}
     keys = list(paper) + [k for k in run if k not in paper]
     keys.sort(key=lambda k: _SETTING_ORDER.index(k) if k in _SETTING_ORDER else len(_SETTING_ORDER))
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(paper.get(k, '-')))}</td>"
-                   f"<td>{html.escape(str(run.get(k, '-')))}</td></tr>" for k in keys)
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(paper.get(k, '-')))}</td>"
+        f"<td>{html.escape(str(run.get(k, '-')))}</td></tr>"
+        for k in keys
+    )
     return f"<table class='setting'><tr><th></th><th>paper</th><th>this run</th></tr>{rows}</table>"
 
 
@@ -733,16 +905,23 @@ def _section(key: str, result: dict[str, Any], out: Path, quick: bool) -> str:
     number, subject = HEADINGS.get(key, (key, ""))
     heading = f"{number} - {subject}" if subject else number
     tag = "<span class='tag'>quick mode</span>" if quick else ""
-    image = (f"<img src='{key}.png' alt='{html.escape(heading)}'>" if (out / f"{key}.png").exists()
-             else "<p><i>(the figure's image is missing: rerun the figure)</i></p>")
+    image = (
+        f"<img src='{key}.png' alt='{html.escape(heading)}'>"
+        if (out / f"{key}.png").exists()
+        else "<p><i>(the figure's image is missing: rerun the figure)</i></p>"
+    )
     try:
         paper, ours = SUMMARIES[key](result)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         paper, ours = "", f"(this result cannot be summarised: {type(exc).__name__}: {exc})"
-    text = (f"<div><figcaption>{html.escape(CAPTIONS.get(key, ''))}</figcaption>"
-            f"<p><b>Paper:</b> {html.escape(paper)}</p><p><b>This run:</b> {html.escape(ours)}</p></div>")
-    return (f"<section id='{html.escape(key)}'><h2>{html.escape(heading)}{tag}</h2><figure>{image}"
-            f"</figure><div class='row'>{text}{_setting_table(result)}</div></section>")
+    text = (
+        f"<div><figcaption>{html.escape(CAPTIONS.get(key, ''))}</figcaption>"
+        f"<p><b>Paper:</b> {html.escape(paper)}</p><p><b>This run:</b> {html.escape(ours)}</p></div>"
+    )
+    return (
+        f"<section id='{html.escape(key)}'><h2>{html.escape(heading)}{tag}</h2><figure>{image}"
+        f"</figure><div class='row'>{text}{_setting_table(result)}</div></section>"
+    )
 
 
 def write_figure(key: str, result: dict[str, Any], out: Path) -> Path:
@@ -758,16 +937,20 @@ def write_index(results: dict[str, Any], out: Path, *, title: str = "reluinv rep
     finding next to this run's."""
     meta = results.get("meta", {})
     quick = meta.get("mode") == "quick"
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>{html.escape(title)}</title><link rel='icon' href='data:,'>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><link rel='icon' href='data:,'>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     if meta.get("description"):
         parts.append(f"<p>{html.escape(meta['description'])}</p>")
     if quick:
         parts.append(f"<p class='quick'>{html.escape(QUICK_NOTE)}</p>")
     parts.append(_claims_table(results.get("claims", [])))
-    for key in sorted((k for k in results if k in PLOTTERS and isinstance(results[k], Mapping)),
-                      key=_figure_order):
+    for key in sorted(
+        (k for k in results if k in PLOTTERS and isinstance(results[k], Mapping)), key=_figure_order
+    ):
         parts.append(_section(key, results[key], out, quick))
     parts.append("</body></html>")
     path = out / "index.html"

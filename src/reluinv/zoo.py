@@ -18,6 +18,8 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 __all__ = ["mlp_table1", "mlp_table2", "thin_cifar", "toy_circles", "wide_cifar", "ARCHITECTURES"]
@@ -74,7 +76,7 @@ def toy_circles(hidden: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 2))
 
 
-ARCHITECTURES = {
+ARCHITECTURES: dict[str, Callable[..., nn.Sequential]] = {
     "mlp_table1": mlp_table1,
     "mlp_table2": mlp_table2,
     "wide_cifar": wide_cifar,

@@ -81,8 +81,19 @@ __all__ = ["KINDS", "add_analyze_parser", "analyze", "format_summary"]
 KINDS = ("singleton", "compact", "unbounded", "empty")
 _FORMAT = "reluinv-analysis/1"
 
-_PREIMAGE_COLUMNS = ("sample", "layer", "name", "units", "input_dim", "active", "kind",
-                     "rank_active_rows", "nullity", "margin", "near_tolerance")
+_PREIMAGE_COLUMNS = (
+    "sample",
+    "layer",
+    "name",
+    "units",
+    "input_dim",
+    "active",
+    "kind",
+    "rank_active_rows",
+    "nullity",
+    "margin",
+    "near_tolerance",
+)
 _SPECTRUM_COLUMNS = ("jacobian_rank", "condition", "sigma_max", "sigma_min_nonzero")
 
 
@@ -172,29 +183,37 @@ def analyze(
     fingerprint = _fingerprint(plain, batch, [layer.index for layer in analysed], spectra)
     store = work / f"analysis-{fingerprint}.jsonl"
     try:
-        results = executor.run(sample_fn, list(batch), shared=shared, store=store,
-                               progress=progress, desc="analyze")
+        results = executor.run(
+            sample_fn, list(batch), shared=shared, store=store, progress=progress, desc="analyze"
+        )
     finally:
         _PREPARED.clear()
         clear_cache()
     result = _collect(results, analysed, spectra)
-    result.update({
-        "format": _FORMAT,
-        "input_shape": list(batch.shape[1:]),
-        "samples": int(batch.shape[0]),
-        "spectra": spectra,
-        "device": str(torch_device),
-        "provenance": dict(provenance or {}),
-    })
-    files = {"csv": str(out_dir / "analysis.csv"), "json": str(out_dir / "analysis.json"),
-             "store": str(store), "plots": []}
+    result.update(
+        {
+            "format": _FORMAT,
+            "input_shape": list(batch.shape[1:]),
+            "samples": int(batch.shape[0]),
+            "spectra": spectra,
+            "device": str(torch_device),
+            "provenance": dict(provenance or {}),
+        }
+    )
+    files = {
+        "csv": str(out_dir / "analysis.csv"),
+        "json": str(out_dir / "analysis.json"),
+        "store": str(store),
+        "plots": [],
+    }
     result["files"] = files
     _write_csv(out_dir / "analysis.csv", result["rows"], spectra)
     if plots:
         from .. import report  # matplotlib only when plots are asked for
 
-        files["plots"] = report.plot_analysis(out_dir, result["layers"], spectra,
-                                              input_dim=math.prod(batch.shape[1:]))
+        files["plots"] = report.plot_analysis(
+            out_dir, result["layers"], spectra, input_dim=math.prod(batch.shape[1:])
+        )
     _write_json(out_dir / "analysis.json", result)
     return result
 
@@ -228,16 +247,21 @@ def _graph_setup(
     analysed = []
     for layer in chosen:
         described = describe_graph_layer(plain, batch[0], layer)
-        analysed.append(_Layer(index=layer.index, name=layer.name, units=layer.out_dim,
-                               input_dim=described["input_dim"], feeds_from=described["feeds_from"],
-                               affine_modules=()))
+        analysed.append(
+            _Layer(
+                index=layer.index,
+                name=layer.name,
+                units=layer.out_dim,
+                input_dim=described["input_dim"],
+                feeds_from=described["feeds_from"],
+                affine_modules=(),
+            )
+        )
     shared = {"layers": [(layer.index, layer.name) for layer in chosen]}
     return plain, analysed, shared, analyze_graph_sample
 
 
-def _chain_for_inputs(
-    plain: nn.Module, modules: list[nn.Module], input_shape: tuple[int, ...]
-) -> list[Step]:
+def _chain_for_inputs(plain: nn.Module, modules: list[nn.Module], input_shape: tuple[int, ...]) -> list[Step]:
     requirement = _input_requirement(modules)
     if requirement is not None and not requirement[1](input_shape):
         raise ValueError(
@@ -248,8 +272,15 @@ def _chain_for_inputs(
     try:
         return as_chain(plain, input_shape, device="cpu")
     except ValueError as exc:
-        stateful = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                    nn.AlphaDropout)
+        stateful = (
+            nn.BatchNorm1d,
+            nn.BatchNorm2d,
+            nn.Dropout,
+            nn.Dropout1d,
+            nn.Dropout2d,
+            nn.Dropout3d,
+            nn.AlphaDropout,
+        )
         supported = all(type(m).__name__ in SUPPORTED_MODULES for m in modules)
         if supported and not any(m.training for m in modules if isinstance(m, stateful)):
             # Every module is supported, so it is the shape that does not fit somewhere inside.
@@ -260,8 +291,18 @@ def _chain_for_inputs(
 def _input_requirement(modules: Sequence[nn.Module]) -> tuple[str, Callable[[tuple[int, ...]], bool]] | None:
     """What the first shape-fixing module wants of one sample: (description, test), or None."""
     flattened = False
-    shape_preserving = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                        nn.AlphaDropout, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh)
+    shape_preserving = (
+        nn.Identity,
+        nn.Dropout,
+        nn.Dropout1d,
+        nn.Dropout2d,
+        nn.Dropout3d,
+        nn.AlphaDropout,
+        nn.ReLU,
+        nn.LeakyReLU,
+        nn.ELU,
+        nn.Tanh,
+    )
     for module in modules:
         if isinstance(module, shape_preserving):
             continue
@@ -322,9 +363,16 @@ def _analysed_layers(chain: Sequence[Step], layers: Sequence[int] | None) -> lis
         block = _feeding_block(chain, index)
         start = block[0].index if block else index
         feeds_from = "the network input" if start == 0 else f"the output of module {chain[start - 1].name}"
-        out.append(_Layer(index=index, name=chain[index].name, units=chain[index].out_dim,
-                          input_dim=chain[start].in_dim if block else chain[index].in_dim,
-                          feeds_from=feeds_from, affine_modules=tuple(s.name for s in block)))
+        out.append(
+            _Layer(
+                index=index,
+                name=chain[index].name,
+                units=chain[index].out_dim,
+                input_dim=chain[start].in_dim if block else chain[index].in_dim,
+                feeds_from=feeds_from,
+                affine_modules=tuple(s.name for s in block),
+            )
+        )
     return out
 
 
@@ -456,15 +504,25 @@ def _collect(results: Sequence[SampleResult], analysed: Sequence[_Layer], spectr
         assert sample.result is not None  # an ok sample carries its result
         for entry in sample.result["layers"]:
             layer = by_index[int(entry["layer"])]
-            row: dict[str, Any] = {"sample": sample.key, "layer": layer.index, "name": layer.name,
-                                   "units": layer.units, "input_dim": layer.input_dim}
+            row: dict[str, Any] = {
+                "sample": sample.key,
+                "layer": layer.index,
+                "name": layer.name,
+                "units": layer.units,
+                "input_dim": layer.input_dim,
+            }
             row.update({key: entry[key] for key in _PREIMAGE_COLUMNS if key in entry and key not in row})
             if spectra:
-                row.update({key: _as_float(entry[key]) if key != "jacobian_rank" else entry[key]
-                            for key in _SPECTRUM_COLUMNS})
+                row.update(
+                    {
+                        key: _as_float(entry[key]) if key != "jacobian_rank" else entry[key]
+                        for key in _SPECTRUM_COLUMNS
+                    }
+                )
             rows.append(row)
-    summaries = [_summarise(layer, [r for r in rows if r["layer"] == layer.index], spectra)
-                 for layer in analysed]
+    summaries = [
+        _summarise(layer, [r for r in rows if r["layer"] == layer.index], spectra) for layer in analysed
+    ]
     return {"layers": summaries, "rows": rows, "failed": failed}
 
 
@@ -497,13 +555,15 @@ def _summarise(layer: _Layer, rows: Sequence[Mapping[str, Any]], spectra: bool) 
     }
     if spectra:
         conditions = [r["condition"] for r in rows]
-        summary.update({
-            "median_jacobian_rank": _median([r["jacobian_rank"] for r in rows]),
-            "median_condition": _median(conditions),
-            "samples_without_condition": sum(math.isnan(v) for v in conditions),
-            "median_sigma_max": _median([r["sigma_max"] for r in rows]),
-            "median_sigma_min_nonzero": _median([r["sigma_min_nonzero"] for r in rows]),
-        })
+        summary.update(
+            {
+                "median_jacobian_rank": _median([r["jacobian_rank"] for r in rows]),
+                "median_condition": _median(conditions),
+                "samples_without_condition": sum(math.isnan(v) for v in conditions),
+                "median_sigma_max": _median([r["sigma_max"] for r in rows]),
+                "median_sigma_min_nonzero": _median([r["sigma_min_nonzero"] for r in rows]),
+            }
+        )
     return summary
 
 
@@ -611,24 +671,48 @@ def add_analyze_parser(subparsers: Any) -> argparse.ArgumentParser:
             "an interrupted run resumes from OUT/work/."
         ),
     )
-    parser.add_argument("model", metavar="MODEL",
-                        help="a TorchScript file (scripted or traced nn.Sequential), a torch.export "
-                             "archive (.pt2), or module:function that builds the nn.Module (the current "
-                             "folder is importable; any torch.fx-traceable model: residual, pooling, ...)")
-    parser.add_argument("--inputs", required=True, metavar="FILE",
-                        help="samples of shape (N, *input_shape): .npy, .npz (array 'inputs' or the "
-                             "first one) or .pt (a tensor)")
-    parser.add_argument("--weights", default=None, metavar="FILE",
-                        help="state dict (torch.save(model.state_dict(), FILE)) to load into MODEL")
-    parser.add_argument("--layers", nargs="+", type=_layer_indices, default=None, metavar="INDEX",
-                        help="module indices of the ReLUs to analyse, in the flattened Sequential "
-                             "(e.g. 1 3 or 1,3; default: every ReLU); for other models, layer names "
-                             "(module paths such as layer1.0.relu) or positions among the layers")
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a TorchScript file (scripted or traced nn.Sequential), a torch.export "
+        "archive (.pt2), or module:function that builds the nn.Module (the current "
+        "folder is importable; any torch.fx-traceable model: residual, pooling, ...)",
+    )
+    parser.add_argument(
+        "--inputs",
+        required=True,
+        metavar="FILE",
+        help="samples of shape (N, *input_shape): .npy, .npz (array 'inputs' or the "
+        "first one) or .pt (a tensor)",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="state dict (torch.save(model.state_dict(), FILE)) to load into MODEL",
+    )
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        type=_layer_indices,
+        default=None,
+        metavar="INDEX",
+        help="module indices of the ReLUs to analyse, in the flattened Sequential "
+        "(e.g. 1 3 or 1,3; default: every ReLU); for other models, layer names "
+        "(module paths such as layer1.0.relu) or positions among the layers",
+    )
     parser.add_argument("--out", default="reluinv-analysis", metavar="DIR", help="output folder")
-    parser.add_argument("--no-spectra", action="store_true",
-                        help="skip the Jacobian spectra (preimages only; faster on large inputs)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="where forward passes and spectra run (preimages are LPs on the CPU)")
+    parser.add_argument(
+        "--no-spectra",
+        action="store_true",
+        help="skip the Jacobian spectra (preimages only; faster on large inputs)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where forward passes and spectra run (preimages are LPs on the CPU)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_executor_options(parser)
     parser.set_defaults(run=_run_analyze)
@@ -658,9 +742,19 @@ def _run_analyze(args: argparse.Namespace) -> int:
     with _naming(args.inputs):
         inputs = load_inputs(args.inputs)
     provenance = {"model": str(args.model), "weights": args.weights, "inputs": str(args.inputs)}
-    result = analyze(model, inputs, out=args.out, layers=layers, spectra=not args.no_spectra,
-                     backend=executor.backend, workers=executor.workers, scheduler=executor.scheduler,
-                     device=args.device, progress=not args.no_progress, provenance=provenance)
+    result = analyze(
+        model,
+        inputs,
+        out=args.out,
+        layers=layers,
+        spectra=not args.no_spectra,
+        backend=executor.backend,
+        workers=executor.workers,
+        scheduler=executor.scheduler,
+        device=args.device,
+        progress=not args.no_progress,
+        provenance=provenance,
+    )
     print(format_summary(result))
     files = result["files"]
     print(f"wrote {files['csv']}, {files['json']}" + "".join(f", {p}" for p in files["plots"]))

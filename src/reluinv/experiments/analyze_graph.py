@@ -55,8 +55,9 @@ def chosen_graph_layers(
     except RuntimeError as exc:
         raise ValueError(f"{misfit}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     if not net.layers:
-        raise ValueError("the model has no activation or max-pool layers; there is no layer preimage to "
-                         "analyse")
+        raise ValueError(
+            "the model has no activation or max-pool layers; there is no layer preimage to analyse"
+        )
     if layers is None:
         return list(net.layers)
     listing = ", ".join(f"{layer.index}:{layer.name}" for layer in net.layers)
@@ -65,8 +66,7 @@ def chosen_graph_layers(
         found = [
             layer
             for layer in net.layers
-            if layer.name == wanted
-            or (_is_index(wanted) and layer.index == wanted)
+            if layer.name == wanted or (_is_index(wanted) and layer.index == wanted)
         ]
         if not found:
             raise ValueError(f"layer {wanted!r} is not a layer of the model; its layers are {listing}")

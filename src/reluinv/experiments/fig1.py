@@ -79,14 +79,23 @@ def why_no_unbounded(weight: np.ndarray) -> bool:
 
 def _seed_plane(config: RunConfig, seed: int, points: np.ndarray, data) -> dict[str, Any]:
     recipe = (quick_recipe if config.quick else paper_recipe)("toy_circles", seed=seed)
-    model, info = trained("toy_circles", *data, config, recipe=recipe)
-    codes = grid_kinds(model[0], points)
+    train_set, test_set = data
+    model, info = trained("toy_circles", train_set, test_set, config, recipe=recipe)
+    first = model[0]
+    assert isinstance(first, torch.nn.Linear)  # zoo.toy_circles: Linear, ReLU, Linear
+    codes = grid_kinds(first, points)
     share = {kind: float(np.mean(codes == code)) for kind, code in KIND_CODES.items()}
-    weight = model[0].weight.detach().double().numpy()
-    return {"seed": seed, "test_accuracy": info["test_accuracy"], "share": share,
-            "all_three": all(share[k] > 0 for k in PAPER_KINDS),
-            "rows_omnidirectional": why_no_unbounded(weight),
-            "model": model, "info": info, "codes": codes}
+    weight = first.weight.detach().double().numpy()
+    return {
+        "seed": seed,
+        "test_accuracy": info["test_accuracy"],
+        "share": share,
+        "all_three": all(share[k] > 0 for k in PAPER_KINDS),
+        "rows_omnidirectional": why_no_unbounded(weight),
+        "model": model,
+        "info": info,
+        "codes": codes,
+    }
 
 
 def run(config: RunConfig) -> dict[str, Any]:
@@ -96,33 +105,54 @@ def run(config: RunConfig) -> dict[str, Any]:
     axis = np.linspace(-extent, extent, side)
     xx, yy = np.meshgrid(axis, axis)
     points = np.stack([xx.ravel(), yy.ravel()], axis=1)
-    planes = [_seed_plane(config, seed, points, data)
-              for seed in range(config.samples(QUICK_SEEDS, FULL_SEEDS))]
+    planes = [
+        _seed_plane(config, seed, points, data) for seed in range(config.samples(QUICK_SEEDS, FULL_SEEDS))
+    ]
     chosen = next((p for p in planes if p["all_three"]), planes[0])
-    rule = ("the first seed (in seed order) whose plane shows all three kinds: unbounded, compact "
-            "and singleton")
+    rule = (
+        "the first seed (in seed order) whose plane shows all three kinds: unbounded, compact and singleton"
+    )
     if not chosen["all_three"]:
         omni = sum(p["rows_omnidirectional"] for p in planes)
-        rule = (f"no seed of {len(planes)} shows all three kinds, so seed 0 is shown; {omni} of "
-                f"them have omnidirectional first-layer rows (0 inside the hull of the three "
-                f"normals), where by Theorem 4 no point of the plane has an unbounded preimage")
-    return {**_plane(chosen, points, side), "training": chosen["info"],
-            "grid": {"side": side, "extent": extent}, "kind_codes": KIND_CODES,
-            "seed": chosen["seed"], "rule": rule,
-            "seeds": [{k: p[k] for k in ("seed", "test_accuracy", "share", "all_three",
-                                         "rows_omnidirectional")} for p in planes],
-            "train_points": data[0].images[:400].tolist(),
-            "train_labels": data[0].labels[:400].tolist(),
-            "setting": {"paper": {"mode": "full", "data": "two circles (synthetic)",
-                                  "input shape": "2", "training": "not given",
-                                  "test accuracy": "not stated", "samples": "one network, the plane"},
-                        "run": {"mode": "quick" if config.quick else "full",
-                                "data": data[1].source, "input shape": "2",
-                                "training": f"Adam lr 1e-2, full batch, "
-                                            f"{chosen['info']['epochs']} epochs, seeds 0-"
-                                            f"{len(planes) - 1}; seed {chosen['seed']} shown",
-                                "test accuracy": f"{chosen['info']['test_accuracy']:.1%}",
-                                "samples": f"{side}x{side} grid per seed"}}}
+        rule = (
+            f"no seed of {len(planes)} shows all three kinds, so seed 0 is shown; {omni} of "
+            f"them have omnidirectional first-layer rows (0 inside the hull of the three "
+            f"normals), where by Theorem 4 no point of the plane has an unbounded preimage"
+        )
+    return {
+        **_plane(chosen, points, side),
+        "training": chosen["info"],
+        "grid": {"side": side, "extent": extent},
+        "kind_codes": KIND_CODES,
+        "seed": chosen["seed"],
+        "rule": rule,
+        "seeds": [
+            {k: p[k] for k in ("seed", "test_accuracy", "share", "all_three", "rows_omnidirectional")}
+            for p in planes
+        ],
+        "train_points": data[0].images[:400].tolist(),
+        "train_labels": data[0].labels[:400].tolist(),
+        "setting": {
+            "paper": {
+                "mode": "full",
+                "data": "two circles (synthetic)",
+                "input shape": "2",
+                "training": "not given",
+                "test accuracy": "not stated",
+                "samples": "one network, the plane",
+            },
+            "run": {
+                "mode": "quick" if config.quick else "full",
+                "data": data[1].source,
+                "input shape": "2",
+                "training": f"Adam lr 1e-2, full batch, "
+                f"{chosen['info']['epochs']} epochs, seeds 0-"
+                f"{len(planes) - 1}; seed {chosen['seed']} shown",
+                "test accuracy": f"{chosen['info']['test_accuracy']:.1%}",
+                "samples": f"{side}x{side} grid per seed",
+            },
+        },
+    }
 
 
 def _plane(chosen: dict[str, Any], points: np.ndarray, side: int) -> dict[str, Any]:
@@ -134,10 +164,12 @@ def _plane(chosen: dict[str, Any], points: np.ndarray, side: int) -> dict[str, A
         prediction = model(torch.tensor(points, dtype=torch.float32)).argmax(1).numpy()
     active = points @ weight.T + bias > 0
     conditions = [first_layer_condition(weight, a) for a in active]
-    return {"prediction": prediction.reshape(side, side).tolist(),
-            "kind": chosen["codes"].reshape(side, side).tolist(),
-            "condition": np.array(conditions).reshape(side, side).tolist(),
-            "n_active": active.sum(1).reshape(side, side).tolist()}
+    return {
+        "prediction": prediction.reshape(side, side).tolist(),
+        "kind": chosen["codes"].reshape(side, side).tolist(),
+        "condition": np.array(conditions).reshape(side, side).tolist(),
+        "n_active": active.sum(1).reshape(side, side).tolist(),
+    }
 
 
 def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
@@ -147,11 +179,20 @@ def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     rows = []
     text = "the first layer's preimages over the plane are unbounded, compact or a single point"
     showing = [s["seed"] for s in seeds if s["all_three"]]
-    rows.append(check("fig1", text, bool(showing),
-                      f"{len(showing)} of {len(seeds)} seeds show all three kinds"
-                      + (f" (seeds {showing})" if showing else
-                         f"; {sum(s['rows_omnidirectional'] for s in seeds)} have omnidirectional "
-                         f"first-layer rows, which rules out unbounded preimages (Theorem 4)")))
+    rows.append(
+        check(
+            "fig1",
+            text,
+            bool(showing),
+            f"{len(showing)} of {len(seeds)} seeds show all three kinds"
+            + (
+                f" (seeds {showing})"
+                if showing
+                else f"; {sum(s['rows_omnidirectional'] for s in seeds)} have omnidirectional "
+                f"first-layer rows, which rules out unbounded preimages (Theorem 4)"
+            ),
+        )
+    )
     kinds = np.asarray(result["kind"])
     cond = np.asarray(result["condition"])
     codes = result["kind_codes"]
@@ -160,10 +201,16 @@ def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     if single.any():
         outside = cond[~single]
         holds = bool(np.all(outside <= 1 + 1e-9) and np.all(cond[single] > 1 + 1e-9))
-        rows.append(check("fig1", text, holds,
-                          f"shown seed {result['seed']}: condition {cond[single].min():.3g}-"
-                          f"{cond[single].max():.3g} on singleton points, at most "
-                          f"{outside.max() if outside.size else 0:.3g} elsewhere"))
+        rows.append(
+            check(
+                "fig1",
+                text,
+                holds,
+                f"shown seed {result['seed']}: condition {cond[single].min():.3g}-"
+                f"{cond[single].max():.3g} on singleton points, at most "
+                f"{outside.max() if outside.size else 0:.3g} elsewhere",
+            )
+        )
     else:
         rows.append(not_testable("fig1", text, "the shown plane has no singleton point"))
     return rows

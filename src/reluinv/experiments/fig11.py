@@ -17,14 +17,25 @@ from typing import Any
 from .claims import Claim, check, not_testable
 from .common import RunConfig
 from .fig4 import figure_model
-from .spectra_data import effect_and_decay, network_spectra, run_scope, run_setting, \
-    smallest_nonzero, too_few_samples
+from .spectra_data import (
+    effect_and_decay,
+    network_spectra,
+    run_scope,
+    run_setting,
+    smallest_nonzero,
+    too_few_samples,
+)
 
 PAIRS = [(1, 2), (3, 4)]
 
-PAPER_SETTING = {"mode": "full", "data": "MNIST test set", "input shape": "1x28x28",
-                 "training": "Adam lr 1e-3, batch 1000, 25 epochs (Keras defaults)",
-                 "test accuracy": "not stated", "samples": "50 (median)"}
+PAPER_SETTING = {
+    "mode": "full",
+    "data": "MNIST test set",
+    "input shape": "1x28x28",
+    "training": "Adam lr 1e-3, batch 1000, 25 epochs (Keras defaults)",
+    "test accuracy": "not stated",
+    "samples": "50 (median)",
+}
 
 
 def run(config: RunConfig) -> dict[str, Any]:
@@ -33,14 +44,19 @@ def run(config: RunConfig) -> dict[str, Any]:
     run_side = run_setting(config, [result], f"{result['samples']} (median)")
     if note:
         run_side["training"] += f"; {note} (as Figure 4)"
-    return {**effect_and_decay(result, PAIRS), "recipe_change": note,
-            "setting": {"paper": PAPER_SETTING, "run": run_side}}
+    return {
+        **effect_and_decay(result, PAIRS),
+        "recipe_change": note,
+        "setting": {"paper": PAPER_SETTING, "run": run_side},
+    }
 
 
 def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     """Figure 11's claims over the stored result (see the module docstring)."""
-    c1 = ("the second ReLU (layer 2, legend 3 and 4) removes singular values: fewer non-zero "
-          "singular values after it than before")
+    c1 = (
+        "the second ReLU (layer 2, legend 3 and 4) removes singular values: fewer non-zero "
+        "singular values after it than before"
+    )
     c2 = "the smallest non-zero singular value decays from layer 1 to layer 2"
     why = too_few_samples(result)
     if why:
@@ -49,10 +65,18 @@ def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     before, after = result["effect"][1]["before"], result["effect"][1]["after"]
     first, last = result["decay"][0], result["decay"][-1]
     return [
-        check("fig11", c1, after["rank"] < before["rank"],
-              f"median non-zero singular values {before['rank']:g} before and {after['rank']:g} "
-              f"after the second ReLU ({scope})"),
-        check("fig11", c2, smallest_nonzero(last) < smallest_nonzero(first),
-              f"smallest non-zero singular value {smallest_nonzero(first):.3g} after ReLU 1, "
-              f"{smallest_nonzero(last):.3g} after ReLU 2 ({scope})"),
+        check(
+            "fig11",
+            c1,
+            after["rank"] < before["rank"],
+            f"median non-zero singular values {before['rank']:g} before and {after['rank']:g} "
+            f"after the second ReLU ({scope})",
+        ),
+        check(
+            "fig11",
+            c2,
+            smallest_nonzero(last) < smallest_nonzero(first),
+            f"smallest non-zero singular value {smallest_nonzero(first):.3g} after ReLU 1, "
+            f"{smallest_nonzero(last):.3g} after ReLU 2 ({scope})",
+        ),
     ]

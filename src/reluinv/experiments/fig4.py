@@ -42,16 +42,22 @@ def classify_sample(layer: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
 
     With ``layer["paper_algorithm"]`` true, the paper's Algorithm 1 decides the same output too
     (``paper_kind``, ``paper_lp_status``), as the paper ran it for this MLP: active rows assumed
-    linearly independent (Section 4), so ">= 784 active" is "singleton" without an SVD.  An unbounded verdict carries ``direction_check``: for
-    its unit direction ``d``, ``max|A_pos d|`` (should be 0) and ``max(A_zero d)`` (should be
-    <= 0), recomputed here from the layer, so a reader sees the direction was checked.
+    linearly independent (Section 4), so ">= 784 active" is "singleton" without an SVD.  An
+    unbounded verdict carries ``direction_check``: for its unit direction ``d``, ``max|A_pos d|``
+    (should be 0) and ``max(A_zero d)`` (should be <= 0), recomputed here from the layer, so a
+    reader sees the direction was checked.
     """
     A, b = layer["weight"], layer["bias"]
     x = np.asarray(image, dtype=np.float64).reshape(-1)
     y = np.maximum(A @ x + b, 0.0)
     r = preimage(A, b, y)
-    out: dict[str, Any] = {"n_active": r.n_active, "kind": r.kind, "rank": r.rank,
-                           "nullity": r.nullity, "margin": r.margin}
+    out: dict[str, Any] = {
+        "n_active": r.n_active,
+        "kind": r.kind,
+        "rank": r.rank,
+        "nullity": r.nullity,
+        "margin": r.margin,
+    }
     if r.kind == "unbounded" and r.direction is not None:
         d = r.direction
         positive = y > 0
@@ -90,11 +96,14 @@ def fig4_model(config: RunConfig, train_set, test_set, images: np.ndarray):
     # The paper's network has about 784 active units per sample; on the data at hand the recipe
     # may land elsewhere.  The smallest change that moves the counts is where the first layer's
     # biases start; it is recorded in the results and on the figure.
-    note = (f"with the paper's recipe the active counts span {int(counts.min())}-"
-            f"{int(counts.max())}, not across {input_dim}; first-layer biases now start at "
-            f"{FIRST_BIAS_INIT}")
-    model, info = trained("mlp_table2", train_set, test_set, config,
-                          recipe=recipe.replace(first_bias_init=FIRST_BIAS_INIT))
+    note = (
+        f"with the paper's recipe the active counts span {int(counts.min())}-"
+        f"{int(counts.max())}, not across {input_dim}; first-layer biases now start at "
+        f"{FIRST_BIAS_INIT}"
+    )
+    model, info = trained(
+        "mlp_table2", train_set, test_set, config, recipe=recipe.replace(first_bias_init=FIRST_BIAS_INIT)
+    )
     return model, {**info, "paper_recipe_active": plain}, note
 
 
@@ -126,17 +135,34 @@ def _scan(config: RunConfig, train_set: Dataset, test_set: Dataset) -> dict[str,
     test = _scanned(config, test_set)
     model, info, note = fig4_model(config, train_set, test_set, test.images)
     counts = active_counts(model, test.images)
-    layer = {"weight": model[1].weight.detach().double().numpy(),
-             "bias": model[1].bias.detach().double().numpy(), "paper_algorithm": True}
+    layer = {
+        "weight": model[1].weight.detach().double().numpy(),
+        "bias": model[1].bias.detach().double().numpy(),
+        "paper_algorithm": True,
+    }
     name = f"fig4-{train_set.name}-{info['recipe']['epochs']}-{len(test)}-{info['recipe']['first_bias_init']}"
-    results = config.run(classify_sample, {i: test.images[i].reshape(-1) for i in range(len(test))},
-                         shared=layer, name=name, desc=f"fig4 preimages ({train_set.name})")
-    samples = [r.result if r.ok else {"n_active": int(counts[i]), "kind": "failed",
-                                      "paper_kind": "failed", "error": r.error}
-               for i, r in enumerate(results)]
-    entry = {"data": test.source, "data_name": train_set.name, "training": info,
-             "recipe_change": note, "input_dim": int(np.prod(test.input_shape)),
-             "n_samples": len(test), "samples": samples}
+    results = config.run(
+        classify_sample,
+        {i: test.images[i].reshape(-1) for i in range(len(test))},
+        shared=layer,
+        name=name,
+        desc=f"fig4 preimages ({train_set.name})",
+    )
+    samples = [
+        r.result
+        if r.ok
+        else {"n_active": int(counts[i]), "kind": "failed", "paper_kind": "failed", "error": r.error}
+        for i, r in enumerate(results)
+    ]
+    entry = {
+        "data": test.source,
+        "data_name": train_set.name,
+        "training": info,
+        "recipe_change": note,
+        "input_dim": int(np.prod(test.input_shape)),
+        "n_samples": len(test),
+        "samples": samples,
+    }
     entry["comparison"] = compare(samples, entry["input_dim"])
     return entry
 
@@ -151,21 +177,28 @@ def run(config: RunConfig) -> dict[str, Any]:
 
 
 def _setting(config: RunConfig, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    changes = "".join(f"; {e['data_name']}: {e['recipe_change']}" for e in entries
-                      if e["recipe_change"])
+    changes = "".join(f"; {e['data_name']}: {e['recipe_change']}" for e in entries if e["recipe_change"])
     return {
-        "paper": {"mode": "full", "data": "MNIST test set", "input shape": "1x28x28",
-                  "training": "Adam lr 1e-3, batch 1000, 25 epochs (Keras defaults: "
-                              "Glorot-uniform weights, zero biases)",
-                  "test accuracy": "not stated", "samples": "10,000 (MNIST test set)"},
-        "run": {"mode": "quick" if config.quick else "full",
-                "data": "; ".join(e["data"] for e in entries), "input shape": "1x28x28",
-                "training": f"Adam lr 1e-3, batch 1000, {entries[-1]['training']['epochs']} epochs, "
-                            f"Glorot-uniform weights, zero biases"
-                            + (" (quick mode)" if config.quick else "") + changes,
-                "test accuracy": ", ".join(f"{e['data_name']} {e['training']['test_accuracy']:.1%}"
-                                           for e in entries),
-                "samples": ", ".join(f"{e['data_name']} {e['n_samples']:,}" for e in entries)},
+        "paper": {
+            "mode": "full",
+            "data": "MNIST test set",
+            "input shape": "1x28x28",
+            "training": "Adam lr 1e-3, batch 1000, 25 epochs (Keras defaults: "
+            "Glorot-uniform weights, zero biases)",
+            "test accuracy": "not stated",
+            "samples": "10,000 (MNIST test set)",
+        },
+        "run": {
+            "mode": "quick" if config.quick else "full",
+            "data": "; ".join(e["data"] for e in entries),
+            "input shape": "1x28x28",
+            "training": f"Adam lr 1e-3, batch 1000, {entries[-1]['training']['epochs']} epochs, "
+            f"Glorot-uniform weights, zero biases" + (" (quick mode)" if config.quick else "") + changes,
+            "test accuracy": ", ".join(
+                f"{e['data_name']} {e['training']['test_accuracy']:.1%}" for e in entries
+            ),
+            "samples": ", ".join(f"{e['data_name']} {e['n_samples']:,}" for e in entries),
+        },
     }
 
 
@@ -173,12 +206,12 @@ def _setting(config: RunConfig, entries: list[dict[str, Any]]) -> dict[str, Any]
 
 _REASONS = {
     ("unbounded", "compact"): "0 lies on the boundary of the hull of A-bar's rows: the LP tests the "
-                              "closed hull (Appendix A3 assumes no boundary case), the engine "
-                              "found a direction d with A_pos d = 0, A_zero d <= 0",
+    "closed hull (Appendix A3 assumes no boundary case), the engine "
+    "found a direction d with A_pos d = 0, A_zero d <= 0",
     ("singleton", "compact"): "a singleton pinned by tight inequalities (Theorem 4 ii): "
-                              "Algorithm 1 never uses b",
+    "Algorithm 1 never uses b",
     ("compact", "unbounded"): "the LP found no point of the hull (infeasible or solver failure) "
-                              "where the engine certified omnidirectionality",
+    "where the engine certified omnidirectionality",
     ("empty", "singleton"): "no input produces this output; Algorithm 1 has no empty case",
     ("empty", "compact"): "no input produces this output; Algorithm 1 has no empty case",
     ("empty", "unbounded"): "no input produces this output; Algorithm 1 has no empty case",
@@ -196,10 +229,17 @@ def compare(samples: list[dict[str, Any]], input_dim: int) -> dict[str, Any]:
     """Counts of both verdicts, their disagreements with reasons, and the strip statistics."""
     done = [(i, s) for i, s in enumerate(samples) if s["kind"] != "failed" and "paper_kind" in s]
     kinds = sorted({s["kind"] for _, s in done} | {s["paper_kind"] for _, s in done})
-    disagreements = [{"index": i, "n_active": s["n_active"], "kind": s["kind"],
-                      "paper_kind": s["paper_kind"],
-                      "reason": _reason(s["kind"], s["paper_kind"], s.get("paper_lp_status"))}
-                     for i, s in done if s["kind"] != s["paper_kind"]]
+    disagreements = [
+        {
+            "index": i,
+            "n_active": s["n_active"],
+            "kind": s["kind"],
+            "paper_kind": s["paper_kind"],
+            "reason": _reason(s["kind"], s["paper_kind"], s.get("paper_lp_status")),
+        }
+        for i, s in done
+        if s["kind"] != s["paper_kind"]
+    ]
     reasons: dict[str, int] = {}
     for d in disagreements:
         reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
@@ -214,8 +254,9 @@ def compare(samples: list[dict[str, Any]], input_dim: int) -> dict[str, Any]:
         "exact": {k: sum(1 for _, s in done if s["kind"] == k) for k in kinds},
         "paper": {k: sum(1 for _, s in done if s["paper_kind"] == k) for k in kinds},
         "disagreements": len(disagreements),
-        "bounded_disagreements": sum(1 for d in disagreements
-                                     if (d["kind"] in BOUNDED) != (d["paper_kind"] in BOUNDED)),
+        "bounded_disagreements": sum(
+            1 for d in disagreements if (d["kind"] in BOUNDED) != (d["paper_kind"] in BOUNDED)
+        ),
         "reasons": reasons,
         "examples": disagreements[:20],
         "active_min": int(active.min()) if active.size else None,
@@ -239,12 +280,14 @@ def conclude(entries: list[dict[str, Any]]) -> dict[str, Any]:
       not on another.
     """
     stats = [(e["data_name"], e["comparison"], e["recipe_change"]) for e in entries]
-    lines = [f"{name}: {c['decided']} samples, active {c['active_min']}-{c['active_max']}, "
-             f"{c['below_strip']} below {PAPER_STRIP[0]}; unbounded below the input dimension: "
-             f"engine {c['exact_unbounded_below_input']}, Algorithm 1 "
-             f"{c['paper_unbounded_below_input']}; boundedness disagreements "
-             f"{c['bounded_disagreements']}" + (f"; recipe change: {change}" if change else "")
-             for name, c, change in stats]
+    lines = [
+        f"{name}: {c['decided']} samples, active {c['active_min']}-{c['active_max']}, "
+        f"{c['below_strip']} below {PAPER_STRIP[0]}; unbounded below the input dimension: "
+        f"engine {c['exact_unbounded_below_input']}, Algorithm 1 "
+        f"{c['paper_unbounded_below_input']}; boundedness disagreements "
+        f"{c['bounded_disagreements']}" + (f"; recipe change: {change}" if change else "")
+        for name, c, change in stats
+    ]
     factors: list[str] = []
     if any(c["bounded_disagreements"] for _, c, _ in stats):
         factors.append("algorithm")
@@ -252,51 +295,80 @@ def conclude(entries: list[dict[str, Any]]) -> dict[str, Any]:
     keras_above = all(r is not None and r[0] >= PAPER_STRIP[0] for r in plain)
     if keras_above or all(c["below_strip"] == 0 for _, c, _ in stats):
         factors.append("training")
-    lines += [f"{e['data_name']}: with the paper's recipe the active counts span {r[0]}-{r[1]}"
-              for e, r in zip(entries, plain) if r is not None]
-    unbounded_on = [name for name, c, _ in stats
-                    if c["exact_unbounded_below_input"] + c["paper_unbounded_below_input"] > 0]
+    lines += [
+        f"{e['data_name']}: with the paper's recipe the active counts span {r[0]}-{r[1]}"
+        for e, r in zip(entries, plain, strict=True)
+        if r is not None
+    ]
+    unbounded_on = [
+        name
+        for name, c, _ in stats
+        if c["exact_unbounded_below_input"] + c["paper_unbounded_below_input"] > 0
+    ]
     if 0 < len(unbounded_on) < len(stats):
         factors.append("data")
-    return {"factors": factors, "evidence": lines,
-            "text": _conclusion_text(factors, stats, unbounded_on, plain)}
+    return {
+        "factors": factors,
+        "evidence": lines,
+        "text": _conclusion_text(factors, stats, unbounded_on, plain),
+    }
 
 
 def _conclusion_text(factors: list[str], stats, unbounded_on: list[str], plain) -> str:
     names = [name for name, _, _ in stats]
     below = sum(c["below_strip"] for _, c, _ in stats)
-    verdict = (f" Unbounded preimages below the input dimension occur on {', '.join(unbounded_on)}."
-               if unbounded_on else
-               f" With {below} samples below {PAPER_STRIP[0]} active units analysed, neither "
-               f"algorithm finds an unbounded preimage below the input dimension on any data set: "
-               f"the paper's unbounded strip is not reproduced.")
+    verdict = (
+        f" Unbounded preimages below the input dimension occur on {', '.join(unbounded_on)}."
+        if unbounded_on
+        else f" With {below} samples below {PAPER_STRIP[0]} active units analysed, neither "
+        f"algorithm finds an unbounded preimage below the input dimension on any data set: "
+        f"the paper's unbounded strip is not reproduced."
+    )
     parts = []
     if "algorithm" in factors:
         n = sum(c["bounded_disagreements"] for _, c, _ in stats)
-        parts.append(f"the algorithm: Algorithm 1 and the exact engine disagree on boundedness "
-                     f"for {n} samples")
+        parts.append(
+            f"the algorithm: Algorithm 1 and the exact engine disagree on boundedness for {n} samples"
+        )
     if "training" in factors:
-        spans = ", ".join(f"{name} {r[0]}-{r[1]}" for (name, _, _), r in zip(stats, plain)
-                          if r is not None)
-        parts.append(f"the training: with the paper's Keras-default recipe the active counts "
-                     f"stay above {PAPER_STRIP[0]} ({spans}), so every preimage is a singleton "
-                     f"and the strip cannot appear" if spans else
-                     f"the training: no sample falls below {PAPER_STRIP[0]} active units")
+        spans = ", ".join(
+            f"{name} {r[0]}-{r[1]}" for (name, _, _), r in zip(stats, plain, strict=True) if r is not None
+        )
+        parts.append(
+            f"the training: with the paper's Keras-default recipe the active counts "
+            f"stay above {PAPER_STRIP[0]} ({spans}), so every preimage is a singleton "
+            f"and the strip cannot appear"
+            if spans
+            else f"the training: no sample falls below {PAPER_STRIP[0]} active units"
+        )
     if "data" in factors:
-        parts.append(f"the data: unbounded preimages below the input dimension on "
-                     f"{', '.join(unbounded_on)} only")
+        parts.append(
+            f"the data: unbounded preimages below the input dimension on {', '.join(unbounded_on)} only"
+        )
     if parts:
-        return (f"On {', '.join(names)}, explained by " + "; ".join(parts) + "."
-                + ("" if "algorithm" in factors else " The literal Algorithm 1 agrees with the "
-                   "exact engine on boundedness for every sample.") + verdict)
+        return (
+            f"On {', '.join(names)}, explained by "
+            + "; ".join(parts)
+            + "."
+            + (
+                ""
+                if "algorithm" in factors
+                else " The literal Algorithm 1 agrees with the exact engine on boundedness for every sample."
+            )
+            + verdict
+        )
     if unbounded_on:
-        return (f"On {', '.join(names)}, both algorithms find unbounded preimages below the input "
-                f"dimension on every data set: the strip reproduces, and neither the algorithm, "
-                f"the training nor the data is needed to explain it.")
-    return (f"On {', '.join(names)}, neither the algorithm, the training nor the data explains the "
-            f"strip: {below} samples lie below {PAPER_STRIP[0]} active units, and both the exact "
-            f"engine and the literal Algorithm 1 call every sample below the input dimension "
-            f"bounded. The paper's unbounded strip is not reproduced by this setting.")
+        return (
+            f"On {', '.join(names)}, both algorithms find unbounded preimages below the input "
+            f"dimension on every data set: the strip reproduces, and neither the algorithm, "
+            f"the training nor the data is needed to explain it."
+        )
+    return (
+        f"On {', '.join(names)}, neither the algorithm, the training nor the data explains the "
+        f"strip: {below} samples lie below {PAPER_STRIP[0]} active units, and both the exact "
+        f"engine and the literal Algorithm 1 call every sample below the input dimension "
+        f"bounded. The paper's unbounded strip is not reproduced by this setting."
+    )
 
 
 # --- claims ---------------------------------------------------------------------------------------
@@ -317,8 +389,14 @@ def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     above = [s for s in samples if s["n_active"] >= n]
     if above:
         singles = sum(s["kind"] == "singleton" for s in above)
-        rows.append(check("fig4", text, singles == len(above),
-                          f"{singles} of {len(above)} such samples are singletons (exact engine)"))
+        rows.append(
+            check(
+                "fig4",
+                text,
+                singles == len(above),
+                f"{singles} of {len(above)} such samples are singletons (exact engine)",
+            )
+        )
     else:
         rows.append(not_testable("fig4", text, f"no scanned sample has >= {n} active units"))
     text = f"unbounded preimages occur below {low} active units"
@@ -326,21 +404,39 @@ def claims(result: dict[str, Any], meta: dict[str, Any]) -> list[Claim]:
     if below:
         exact = sum(s["kind"] == "unbounded" for s in below)
         paper = sum(s.get("paper_kind") == "unbounded" for s in below)
-        rows.append(check("fig4", text, exact > 0,
-                          f"{exact} of {len(below)} samples below {low} are unbounded by the "
-                          f"exact engine, {paper} by the literal Algorithm 1; "
-                          f"{result['conclusion']['text']}"))
+        rows.append(
+            check(
+                "fig4",
+                text,
+                exact > 0,
+                f"{exact} of {len(below)} samples below {low} are unbounded by the "
+                f"exact engine, {paper} by the literal Algorithm 1; "
+                f"{result['conclusion']['text']}",
+            )
+        )
     else:
-        rows.append(not_testable("fig4", text, f"no scanned sample has fewer than {low} active "
-                                 f"units (range {min(s['n_active'] for s in samples)}-"
-                                 f"{max(s['n_active'] for s in samples)})"))
+        rows.append(
+            not_testable(
+                "fig4",
+                text,
+                f"no scanned sample has fewer than {low} active "
+                f"units (range {min(s['n_active'] for s in samples)}-"
+                f"{max(s['n_active'] for s in samples)})",
+            )
+        )
     text = "Algorithm 1 (Appendix A3) decides whether a preimage is finite"
     decided = [s for s in samples if "paper_kind" in s and s["paper_kind"] != "failed"]
     if decided:
         wrong = sum((s["kind"] in BOUNDED) != (s["paper_kind"] in BOUNDED) for s in decided)
-        rows.append(check("fig4", text, wrong == 0,
-                          f"it agrees with the exact engine on boundedness for "
-                          f"{len(decided) - wrong} of {len(decided)} samples"))
+        rows.append(
+            check(
+                "fig4",
+                text,
+                wrong == 0,
+                f"it agrees with the exact engine on boundedness for "
+                f"{len(decided) - wrong} of {len(decided)} samples",
+            )
+        )
     else:
         rows.append(not_testable("fig4", text, "Algorithm 1 did not run on this result"))
     return rows

@@ -56,8 +56,9 @@ def paper_finite_preimage(A: Any, y: Any, *, assume_full_rank: bool = False) -> 
     if A.ndim != 2 or not np.all(np.isfinite(A)):
         raise ValueError(f"A must be a finite 2-d array, got shape {A.shape}")
     if y.shape != (A.shape[0],) or not np.all(np.isfinite(y)) or np.any(y < 0):
-        raise ValueError(f"y must be a finite non-negative vector of length {A.shape[0]}, "
-                         f"got shape {y.shape}")
+        raise ValueError(
+            f"y must be a finite non-negative vector of length {A.shape[0]}, got shape {y.shape}"
+        )
     n = A.shape[1]
     positive = y > 0
     A_pos = A[positive]

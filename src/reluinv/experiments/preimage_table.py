@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..data import load_embedded_digits
 from ..preimage import layer_preimage
@@ -18,30 +19,41 @@ from ..train import quick_recipe, train
 KINDS = ("singleton", "compact", "unbounded", "empty")
 
 
-def preimage_table(*, samples: int = 60, cache_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+def preimage_table(
+    *, samples: int = 60, cache_dir: str | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Train (or load) the quick Table 2 MLP on the embedded digits and classify the preimage of
     its first ReLU layer at ``samples`` test digits (Theorem 4)."""
     train_set = load_embedded_digits("train")
     test_set = load_embedded_digits("test", limit=samples)
-    model, info = train(quick_recipe("mlp_table2"), train_set, test_set=test_set,
-                        cache_dir=cache_dir, progress=progress)
+    model, info = train(
+        quick_recipe("mlp_table2"), train_set, test_set=test_set, cache_dir=cache_dir, progress=progress
+    )
     layer = model[1]
+    assert isinstance(layer, torch.nn.Linear)  # Table 2: Flatten, then the 3500-unit layer
     rows = []
     for index, image in enumerate(test_set.images):
         start = time.perf_counter()
         r = layer_preimage(layer, image.reshape(-1))
-        rows.append({
-            "index": index,
-            "label": int(test_set.labels[index]),
-            "n_active": r.n_active,
-            "rank": r.rank,
-            "nullity": r.nullity,
-            "kind": r.kind,
-            "margin": r.margin,
-            "seconds": time.perf_counter() - start,
-        })
-    return {"model": "mlp_table2 (quick recipe)", "test_accuracy": info.test_accuracy,
-            "input_dim": int(layer.in_features), "units": int(layer.out_features), "samples": rows}
+        rows.append(
+            {
+                "index": index,
+                "label": int(test_set.labels[index]),
+                "n_active": r.n_active,
+                "rank": r.rank,
+                "nullity": r.nullity,
+                "kind": r.kind,
+                "margin": r.margin,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+    return {
+        "model": "mlp_table2 (quick recipe)",
+        "test_accuracy": info.test_accuracy,
+        "input_dim": int(layer.in_features),
+        "units": int(layer.out_features),
+        "samples": rows,
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -64,11 +76,18 @@ def format_table(result: dict[str, Any]) -> str:
         counts = " | ".join(f"{sum(r['kind'] == k for r in band):>9}" for k in KINDS)
         med = float(np.median([r["seconds"] for r in band]))
         lines.append(f"{label:>16} | {counts} | {med:8.3f}")
-    lines += ["", f"{'digit':>5} {'label':>5} {'active':>6} {'rank':>5} {'nullity':>7} {'kind':>10} {'margin':>9}"]
+    lines += [
+        "",
+        f"{'digit':>5} {'label':>5} {'active':>6} {'rank':>5} {'nullity':>7} {'kind':>10} {'margin':>9}",
+    ]
     for r in sorted(rows, key=lambda r: r["n_active"])[:: max(1, len(rows) // 8)]:
-        lines.append(f"{r['index']:>5} {r['label']:>5} {r['n_active']:>6} {r['rank']:>5} "
-                     f"{r['nullity']:>7} {r['kind']:>10} {r['margin']:>9.2e}")
+        lines.append(
+            f"{r['index']:>5} {r['label']:>5} {r['n_active']:>6} {r['rank']:>5} "
+            f"{r['nullity']:>7} {r['kind']:>10} {r['margin']:>9.2e}"
+        )
     lines.append("")
-    lines.append(f"Inputs with at least {n} linearly independent active rows are singletons "
-                 f"(Theorem 4 i); below, the inactive rows decide between compact and unbounded.")
+    lines.append(
+        f"Inputs with at least {n} linearly independent active rows are singletons "
+        f"(Theorem 4 i); below, the inactive rows decide between compact and unbounded."
+    )
     return "\n".join(lines)
