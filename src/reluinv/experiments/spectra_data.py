@@ -246,7 +246,13 @@ def too_few_samples(result: dict[str, Any]) -> str | None:
 
 def run_scope(result: dict[str, Any], meta: dict[str, Any]) -> str:
     """The run's scope, said in every claim's evidence: samples, input shape, epochs, data kind."""
-    data = "CIFAR-10" if result.get("data", "").startswith("CIFAR-10") else "stand-in data"
+    source = str(result.get("data", ""))
+    if source.startswith("CIFAR-10"):
+        data = "CIFAR-10"
+    elif result.get("architecture") == "mlp_table2":
+        data = source or "the MLP's data"  # the MLP runs on the digits or IDX images themselves
+    else:
+        data = "stand-in data"
     return (
         f"{meta.get('mode', '?')} run, {result['samples']} samples of {data} at "
         f"{result.get('input_shape', '?')}, {result['training']['epochs']} epochs"
