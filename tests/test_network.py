@@ -19,9 +19,6 @@ from reluinv.network import (
     linearize,
 )
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -155,7 +152,7 @@ def test_dense_steps_reproduce_the_modules():
     net = every_module_net()
     chain = as_chain(net, (2, 8, 8))
     h = torch.randn(1, 2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
-    for step, module in zip(chain, flatten_modules(net)):
+    for step, module in zip(chain, flatten_modules(net), strict=True):
         expected = copy.deepcopy(module).double()(h)
         if isinstance(step, AffineStep):
             W, c = step.dense()
@@ -179,7 +176,9 @@ def test_linear_dense_is_the_weight():
 
 def test_grouped_strided_conv_matches_jacrev():
     torch.manual_seed(9)
-    net = nn.Sequential(nn.Conv2d(4, 6, 3, stride=(2, 1), padding="valid", groups=2, dilation=1), nn.ReLU()).eval()
+    net = nn.Sequential(
+        nn.Conv2d(4, 6, 3, stride=(2, 1), padding="valid", groups=2, dilation=1), nn.ReLU()
+    ).eval()
     x = torch.randn(4, 9, 7)
     J, _ = linearize(net, x)
     np.testing.assert_allclose(J, _reference_jacobian(net, x), atol=1e-14)
@@ -205,7 +204,9 @@ def test_sequentials_beyond_the_chain_go_through_the_graph():
     # linearize takes them through reluinv.graph: Sigmoid is refused there (by module path),
     # MaxPool2d is supported there.
     with pytest.raises(ValueError, match=r"module '1' \(Sigmoid\) is not supported"):
-        linearize(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Sigmoid(), nn.Flatten()), torch.zeros(1, 4, 4))
+        linearize(
+            nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Sigmoid(), nn.Flatten()), torch.zeros(1, 4, 4)
+        )
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Flatten()).eval()
     x = torch.randn(1, 4, 4)
@@ -226,14 +227,18 @@ def test_wrong_shapes_are_refused():
         linearize(net, torch.zeros(2, 1, 8, 8))
     with pytest.raises(ValueError, match=r"x must have shape \(C, H, W\)"):
         linearize(net, torch.zeros(64))
-    with pytest.raises(ValueError, match=r"module 0 \(Conv2d\) cannot take a per-sample input of shape \(3, 8, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"module 0 \(Conv2d\) cannot take a per-sample input of shape \(3, 8, 8\)"
+    ):
         linearize(net, torch.zeros(3, 8, 8))
     with pytest.raises(ValueError, match=r"module 13 \(Linear\) cannot take"):
         linearize(net, torch.zeros(1, 12, 12))
     mlp = zoo.mlp_table1(in_features=6, width=4, depth=1, classes=2).eval()
     with pytest.raises(ValueError, match=r"module 1 \(Linear\) cannot take"):
         linearize(mlp, np.zeros(5))
-    with pytest.raises(ValueError, match=r"x must be one sample of shape \(2,\) or \(1, 2\) for module Linear"):
+    with pytest.raises(
+        ValueError, match=r"x must be one sample of shape \(2,\) or \(1, 2\) for module Linear"
+    ):
         linearize(zoo.toy_circles(), np.zeros((3, 2)))
 
 
@@ -255,7 +260,6 @@ def test_bad_upto_and_model_are_refused():
         as_chain(nn.Sequential(nn.Flatten(start_dim=0)), (3,))
 
 
-@cuda
 @pytest.mark.cuda
 def test_linearize_on_cuda_matches_cpu():
     net = every_module_net()

@@ -7,6 +7,7 @@ pre-activation; a max-pool gathers a tangent at its argmax.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ def _f64(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
 
 def _conv(module: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Conv1d/Conv2d with float64 parameters, padding modes included (as ``_ConvNd.forward``)."""
-    conv: Any = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
+    conv: Callable[..., torch.Tensor] = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
     if module.padding_mode == "zeros":
         return conv(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
     if isinstance(module.padding, str):
@@ -70,7 +71,8 @@ class _Affine:
             view = (1, -1) + (1,) * (x.dim() - 2)
             out = x * self.weight.reshape(view)
             return out + self.bias.reshape(view) if offset else out
-        return module(x)  # pooling, flatten, identity, dropout (eval): linear, no offset
+        linear: torch.Tensor = module(x)  # pooling, flatten, identity, dropout (eval): linear, no offset
+        return linear
 
 
 @dataclass
@@ -127,7 +129,7 @@ def _activation_from_module(module: nn.Module, device: torch.device) -> _Activat
     return _Activation("tanh")
 
 
-def _activation_from_call(kind: str, args: tuple, kwargs: dict) -> _Activation:
+def _activation_from_call(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Activation:
     def arg(i: int, name: str, default: Any) -> Any:
         return args[i] if len(args) > i else kwargs.get(name, default)
 
@@ -186,7 +188,7 @@ def _maxpool_from_module(module: nn.Module) -> _MaxPool:
     return _MaxPool(fn, {p: getattr(module, p) for p in _MAXPOOL_PARAMS[fn]})
 
 
-def _maxpool_from_call(fn: str, args: tuple, kwargs: dict) -> _MaxPool:
+def _maxpool_from_call(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _MaxPool:
     names = _MAXPOOL_PARAMS[fn]
     params = dict(zip(names, args[1:], strict=False))
     params.update({k: v for k, v in kwargs.items() if k in names})

@@ -585,7 +585,9 @@ class GraphNet:
                 f"{node.where}: {_op_name(n)} failed on inputs of shape {shapes}: {exc}"
             ) from exc
 
-    def _apply(self, node: _Node, mode: str, args: tuple, kwargs: dict, record: bool) -> Any:
+    def _apply(
+        self, node: _Node, mode: str, args: tuple[Any, ...], kwargs: dict[str, Any], record: bool
+    ) -> Any:
         n, role, name = node.fx_node, node.role, node.fx_node.name
         if role in ("meta", "structural"):
             return _call(n, args, kwargs)
@@ -641,7 +643,8 @@ class GraphNet:
         target = node or self.output
         for name, value in self.evaluate("tangent", {self.input: tangents}, targets={target}):
             if name == target:
-                return value
+                pushed: torch.Tensor = value
+                return pushed
         raise AssertionError(f"node {target} was not evaluated")  # pragma: no cover
 
     def jacobian(self, node: str | None = None, *, chunk_bytes: int = 1 << 30) -> np.ndarray:
@@ -691,7 +694,7 @@ _INPLACE: dict[Any, Any] = {
 }
 
 
-def _call(n: fx.Node, args: tuple, kwargs: dict) -> Any:
+def _call(n: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if n.op == "call_method":
         return getattr(args[0], str(n.target))(*args[1:], **kwargs)
     return _INPLACE.get(n.target, n.target)(*args, **kwargs)

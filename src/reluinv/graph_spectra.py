@@ -25,7 +25,7 @@ it runs :func:`reluinv.lanczos.golub_kahan` on ``v -> J v`` (a tangent pass) and
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,7 +103,12 @@ def _dense(net: GraphNet, columns: NDArray[np.intp], rank_rtol: float | None) ->
     return out
 
 
-def _operator(net: GraphNet, layer: Layer, columns: torch.Tensor, rows: torch.Tensor):
+_Map = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _operator(net: GraphNet, layer: Layer, columns: torch.Tensor, rows: torch.Tensor) -> tuple[_Map, _Map]:
+    """``(v -> J v, u -> J^T u)`` for the block of ``layer``'s Jacobian on ``rows`` x ``columns``."""
+
     def forward(v: torch.Tensor) -> torch.Tensor:
         full = torch.zeros(net.in_dim, dtype=torch.float64, device=net.device)
         full[columns] = v

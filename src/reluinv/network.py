@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -153,6 +153,13 @@ class AffineStep:
     def out_dim(self) -> int:
         return math.prod(self.out_shape)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float64 weight (a per-channel scale for batch norm); only steps with one have it."""
+        if self._weight is None:
+            raise AssertionError(f"step {self.name} has no weight")  # pragma: no cover
+        return self._weight
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """The affine map ``W x + c`` on a batch."""
         return self._run(x, with_offset=True)
@@ -172,11 +179,11 @@ class AffineStep:
         if self.is_identity or isinstance(module, nn.AvgPool2d):
             return self._run(v, with_offset=False)
         if isinstance(module, nn.Linear):
-            return F.linear(v, self._weight.abs())
+            return F.linear(v, self.weight.abs())
         if isinstance(module, nn.Conv2d):
-            return _conv2d(module, v, self._weight.abs(), None)
+            return _conv2d(module, v, self.weight.abs(), None)
         view = (1, -1) + (1,) * (v.dim() - 2)
-        return v * self._weight.abs().reshape(view)
+        return v * self.weight.abs().reshape(view)
 
     def dense(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """``(W, c)`` as numpy float64 arrays of shapes ``(out_dim, in_dim)`` and ``(out_dim,)``.
@@ -186,8 +193,7 @@ class AffineStep:
         needs ``in_dim * out_dim * 8`` bytes; for large convolutions use :meth:`apply_linear`.
         """
         if isinstance(self.module, nn.Linear) and len(self.in_shape) == 1:
-            assert self._weight is not None
-            W = self._weight.detach().cpu().numpy().copy()
+            W = self.weight.detach().cpu().numpy().copy()
         elif self.is_identity:
             W = np.eye(self.in_dim)
         else:
@@ -211,16 +217,17 @@ class AffineStep:
             return x.reshape(x.shape[0], *self.out_shape)
         bias = self._bias if with_offset else None
         if isinstance(module, nn.Linear):
-            return F.linear(x, self._weight, bias)
+            return F.linear(x, self.weight, bias)
         if isinstance(module, nn.Conv2d):
-            return _conv2d(module, x, self._weight, bias)
+            return _conv2d(module, x, self.weight, bias)
         if isinstance(module, nn.AvgPool2d):
-            return module(x)  # linear with no offset; the divisor depends on position only
+            pooled: torch.Tensor = module(x)
+            return pooled  # linear with no offset; the divisor depends on position only
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             # Per-channel scale and shift, broadcast over the trailing (length or spatial) axes.
             view = (1, -1) + (1,) * (x.dim() - 2)
-            out = x * self._weight.reshape(view)
-            return out + self._bias.reshape(view) if with_offset else out
+            out = x * self.weight.reshape(view)
+            return out + bias.reshape(view) if bias is not None else out
         raise AssertionError(f"unhandled affine module {type(module).__name__}")  # pragma: no cover
 
 
@@ -256,6 +263,11 @@ class ActivationStep:
     def in_shape(self) -> tuple[int, ...]:
         return self.shape
 
+    def _parameter(self, value: float | None, what: str) -> float:
+        if value is None:
+            raise AssertionError(f"{self.kind} step {self.name} has no {what}")  # pragma: no cover
+        return value
+
     @property
     def out_shape(self) -> tuple[int, ...]:
         return self.shape
@@ -273,9 +285,9 @@ class ActivationStep:
         if self.kind == "relu":
             return torch.relu(z)
         if self.kind == "leaky_relu":
-            return F.leaky_relu(z, self.negative_slope)
+            return F.leaky_relu(z, self._parameter(self.negative_slope, "negative_slope"))
         if self.kind == "elu":
-            return F.elu(z, self.alpha)
+            return F.elu(z, self._parameter(self.alpha, "alpha"))
         return torch.tanh(z)
 
     def slope(self, z: torch.Tensor) -> torch.Tensor:
@@ -283,9 +295,11 @@ class ActivationStep:
         if self.kind == "relu":
             return (z > 0).to(z.dtype)
         if self.kind == "leaky_relu":
-            return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.negative_slope))
+            slope = self._parameter(self.negative_slope, "negative_slope")
+            return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, slope))
         if self.kind == "elu":
-            return torch.where(z > 0, torch.ones_like(z), self.alpha * torch.exp(z))
+            alpha = self._parameter(self.alpha, "alpha")
+            return torch.where(z > 0, torch.ones_like(z), alpha * torch.exp(z))
         return 1.0 - torch.tanh(z) ** 2
 
 
@@ -328,15 +342,19 @@ def _unsupported(index: int, module: nn.Module, why: str = "is not supported") -
 def _check_module(index: int, module: nn.Module) -> None:
     if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d)):
         raise _unsupported(
-            index, module, "is not supported: max pooling selects inputs by comparison, which this "
+            index,
+            module,
+            "is not supported: max pooling selects inputs by comparison, which this "
             "chain of affine maps and pointwise activations does not model; use strided convolutions "
-            "or AvgPool2d"
+            "or AvgPool2d",
         )
     if type(module) in _ACTIVATION_KINDS or isinstance(module, _AFFINE_TYPES):
         if isinstance(module, _DROPOUT_TYPES + (nn.BatchNorm1d, nn.BatchNorm2d)) and module.training:
             raise _unsupported(
-                index, module, "is in training mode (random or batch-dependent, so the network has no "
-                "fixed linear regions); call model.eval() first"
+                index,
+                module,
+                "is in training mode (random or batch-dependent, so the network has no "
+                "fixed linear regions); call model.eval() first",
             )
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.running_mean is None:
             raise _unsupported(index, module, "has no running statistics (track_running_stats=False)")
@@ -344,13 +362,18 @@ def _check_module(index: int, module: nn.Module) -> None:
     raise _unsupported(index, module)
 
 
-def _conv2d(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+def _conv2d(
+    module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     # Same arithmetic as Conv2d.forward, with float64 copies of the parameters.
     if module.padding_mode == "zeros":
+        # torch types string and tuple padding as separate overloads, so each is passed as itself.
+        if isinstance(module.padding, str):
+            return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
         return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
     if isinstance(module.padding, str):
         pads: list[int] = []
-        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation)):
+        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation), strict=True):
             total = 0 if module.padding == "valid" else d * (k - 1)
             pads += [total // 2, total - total // 2]
     else:
@@ -359,36 +382,57 @@ def _conv2d(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor | None, bia
     return F.conv2d(padded, weight, bias, module.stride, 0, module.dilation, module.groups)
 
 
+@overload
+def _float64(t: torch.Tensor, device: torch.device) -> torch.Tensor: ...
+@overload
+def _float64(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None: ...
 def _float64(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.detach().to(device=device, dtype=torch.float64)
+
+
+def _activation_parameters(module: nn.Module) -> tuple[float | None, float | None]:
+    """``(negative_slope, alpha)`` of an activation module, as :class:`ActivationStep` stores them."""
+    if isinstance(module, nn.ReLU):
+        return 0.0, None
+    if isinstance(module, nn.LeakyReLU):
+        return float(module.negative_slope), None
+    if isinstance(module, nn.ELU):
+        return None, float(module.alpha)
+    return None, None
+
+
+def _batch_norm_scale_shift(
+    index: int, module: nn.BatchNorm1d | nn.BatchNorm2d, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode batch norm as ``x * scale + shift`` per channel, in float64."""
+    if module.running_mean is None or module.running_var is None:
+        raise _unsupported(index, module, "has no running statistics (track_running_stats=False)")
+    mean = _float64(module.running_mean, device)
+    var = _float64(module.running_var, device)
+    gamma = _float64(module.weight, device) if module.affine else torch.ones_like(mean)
+    beta = _float64(module.bias, device) if module.affine else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + module.eps)
+    return scale, beta - mean * scale
 
 
 def _make_step(index: int, module: nn.Module, in_shape: tuple[int, ...], device: torch.device) -> Step:
     kind = _ACTIVATION_KINDS.get(type(module))
     if kind is not None:
-        return ActivationStep(
-            index=index,
-            module=module,
-            kind=kind,
-            shape=in_shape,
-            negative_slope=0.0 if kind == "relu" else float(module.negative_slope) if kind == "leaky_relu" else None,
-            alpha=float(module.alpha) if kind == "elu" else None,
-        )
-    weight = bias = None
+        negative_slope, alpha = _activation_parameters(module)
+        return ActivationStep(index, module, kind, in_shape, negative_slope, alpha)
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
     identity = isinstance(module, (nn.Flatten, nn.Identity) + _DROPOUT_TYPES)
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         weight, bias = _float64(module.weight, device), _float64(module.bias, device)
     elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        mean = _float64(module.running_mean, device)
-        var = _float64(module.running_var, device)
-        gamma = _float64(module.weight, device) if module.affine else torch.ones_like(mean)
-        beta = _float64(module.bias, device) if module.affine else torch.zeros_like(mean)
-        weight = gamma / torch.sqrt(var + module.eps)
-        bias = beta - mean * weight
+        weight, bias = _batch_norm_scale_shift(index, module, device)
     if isinstance(module, nn.Flatten):
         start = module.start_dim if module.start_dim >= 0 else module.start_dim + len(in_shape) + 1
         if start < 1:
-            raise _unsupported(index, module, f"would flatten the batch dimension (start_dim={module.start_dim})")
+            raise _unsupported(
+                index, module, f"would flatten the batch dimension (start_dim={module.start_dim})"
+            )
     probe = AffineStep(index, module, in_shape, in_shape, device, identity, weight, bias)
     if identity and not isinstance(module, nn.Flatten):
         return probe
@@ -406,7 +450,9 @@ def _make_step(index: int, module: nn.Module, in_shape: tuple[int, ...], device:
     return AffineStep(index, module, in_shape, tuple(out.shape[1:]), device, identity, weight, bias)
 
 
-def as_chain(model: nn.Module, input_shape: Sequence[int], *, device: torch.device | str | None = None) -> list[Step]:
+def as_chain(
+    model: nn.Module, input_shape: Sequence[int], *, device: torch.device | str | None = None
+) -> list[Step]:
     """The chain of steps of ``model`` for per-sample inputs of shape ``input_shape``.
 
     Section 3.1: on a linear region the network is ``A^L D_{I^{L-1}} ... D_{I^1} A^1``; here each
@@ -567,7 +613,9 @@ def feeding_map(chain: Sequence[Step], stop: int) -> tuple[NDArray[np.float64], 
 # --------------------------------------------------------------------------------------------
 
 
-def forward_trace(chain: Sequence[Step], sample: torch.Tensor) -> Iterator[tuple[Step, torch.Tensor, torch.Tensor]]:
+def forward_trace(
+    chain: Sequence[Step], sample: torch.Tensor
+) -> Iterator[tuple[Step, torch.Tensor, torch.Tensor]]:
     """Yield ``(step, input, output)`` for each step on the batched sample ``sample[None]``.
 
     For an activation step ``input`` is the pre-activation ``z`` (shape ``(1, *step.shape)``).
@@ -589,7 +637,9 @@ def slopes(chain: Sequence[Step], sample: torch.Tensor) -> dict[int, torch.Tenso
     }
 
 
-def push_tangents(chain: Sequence[Step], slope_by_index: dict[int, torch.Tensor], tangents: torch.Tensor) -> torch.Tensor:
+def push_tangents(
+    chain: Sequence[Step], slope_by_index: dict[int, torch.Tensor], tangents: torch.Tensor
+) -> torch.Tensor:
     """Apply the masked linear network (the Jacobian chain of Definition 7) to a batch.
 
     ``tangents`` has shape ``(b, *chain[0].in_shape)``; ``slope_by_index`` comes from
@@ -633,7 +683,9 @@ def activation_pattern(model: nn.Module, x: Any) -> dict[int, NDArray[np.intp]]:
     return pattern
 
 
-def linearize(model: nn.Module, x: Any, *, upto: int | None = None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def linearize(
+    model: nn.Module, x: Any, *, upto: int | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """The affine map ``F(x') = J x' + c`` of the network on the linear region of ``x``.
 
     Section 3.1 / Definition 7: on the region ``P`` containing ``x`` a ReLU network equals
@@ -670,7 +722,6 @@ def linearize(model: nn.Module, x: Any, *, upto: int | None = None) -> tuple[NDA
         if isinstance(upto, bool) or not isinstance(upto, (int, np.integer)) or not 0 <= upto <= len(chain):
             raise ValueError(f"upto must be an integer in [0, {len(chain)}], got {upto!r}")
         chain = chain[: int(upto)]
-    in_dim = sample.numel()
     trace = list(forward_trace(chain, sample))
     output = trace[-1][2] if trace else sample.reshape(1, *sample.shape)
     slope_by_index = {s.index: s.slope(z) for s, z, _ in trace if isinstance(s, ActivationStep)}
@@ -719,7 +770,10 @@ def jacobian_matrix(
 
 
 def pull_cotangents(
-    chain: Sequence[Step], slope_by_index: dict[int, torch.Tensor], zero: torch.Tensor, cotangents: torch.Tensor
+    chain: Sequence[Step],
+    slope_by_index: dict[int, torch.Tensor],
+    zero: torch.Tensor,
+    cotangents: torch.Tensor,
 ) -> torch.Tensor:
     """``cotangents @ J`` for a batch of flattened cotangents (rows), via one backward pass each."""
     with torch.enable_grad():
