@@ -17,3 +17,14 @@ def one_thread():
     with threadpool_limits(1):
         yield
     torch.set_num_threads(previous)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` (registered in pyproject.toml) are skipped where no CUDA device is
+    present; the marker is the only place that condition is stated."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

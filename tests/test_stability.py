@@ -24,9 +24,6 @@ from reluinv.stability import (
     staircase_r,
 )
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -407,7 +404,6 @@ def test_thin_cifar_spectra_match_lapack():
             np.testing.assert_allclose(layer.singular_values, reference, atol=1e-8 * reference[0])
 
 
-@cuda
 @pytest.mark.cuda
 def test_cuda_spectra_match_cpu():
     net = _small_cnn(14)
@@ -422,7 +418,6 @@ def test_cuda_spectra_match_cpu():
         assert a.rank == b.rank
 
 
-@cuda
 @pytest.mark.cuda
 def test_cuda_lanczos_matches_cpu():
     net = _small_cnn(15)
