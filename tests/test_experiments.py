@@ -157,7 +157,6 @@ def test_fig6_spectra_record_their_device_and_a_missing_gpu_is_a_clear_error(tin
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_reproduce_spectra_on_cuda_match_the_cpu(tiny):
     """``--device cuda``: the figures' per-sample spectra equal the CPU ones to 1e-8 relative."""
     from reluinv.experiments.spectra_data import sample_spectra
