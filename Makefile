@@ -25,7 +25,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
-test: setup
+test: lint
 	$(PY) -m pytest -q
 
 test-all: setup
