@@ -141,6 +141,10 @@ def nets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_long_analysis(nets: Path, out: Path, *options: str, **env: str) -> subprocess.Popen[str]:
     """``reluinv analyze`` of LONG_RUN_SAMPLES samples in a session of its own, once it has
     stored a few results (so that a run is truly in progress)."""
@@ -165,6 +169,9 @@ def start_long_analysis(nets: Path, out: Path, *options: str, **env: str) -> sub
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        # A shell's background job inherits an ignored SIGINT (POSIX), and so would the run: give
+        # it the default disposition, as in an interactive terminal, so that Ctrl-C is tested.
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 120
     while stored_lines(out) < 3:
