@@ -31,8 +31,9 @@ from reluinv.cli import main
 SRC = str(Path(reluinv.__file__).resolve().parents[1])
 #: How long the processes of a killed run may take to disappear.
 CLEANUP_S = 8.0
-#: Interrupted and stopped runs need a run in progress: this many samples of NETS' "small".
-LONG_RUN_SAMPLES = 400
+#: Interrupted and stopped runs need a run in progress: this many samples of NETS' "wide", so that
+#: the run is still going when a test stops it even on a quiet machine (400 could all finish first).
+LONG_RUN_SAMPLES = 4000
 
 NETS = textwrap.dedent("""
     import torch
