@@ -36,31 +36,9 @@ from torch import nn
 from .graph import GraphNet, Layer, prepare_graph
 from .jacobian_svd import singular_values
 from .lanczos import golub_kahan
-from .layer_spectrum import LayerSpectrum, rank_tolerance
+from .layer_spectrum import LayerSpectrum, input_columns, rank_tolerance
 
 __all__ = ["graph_spectra"]
-
-
-def _columns(in_shape: tuple[int, ...], window: Sequence[int] | None) -> NDArray[np.intp]:
-    """Flat indices of the varying inputs; pixel-major for images (the staircase order)."""
-    if len(in_shape) != 3:
-        if window is not None:
-            raise ValueError(f"window needs an image input of shape (C, H, W), got input shape {in_shape}")
-        return np.arange(math.prod(in_shape), dtype=np.intp)
-    channels, height, width = in_shape
-    index = np.arange(channels * height * width, dtype=np.intp).reshape(channels, height, width)
-    if window is not None:
-        try:
-            top, left, win_h, win_w = (int(v) for v in window)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"window must be (top, left, height, width), got {window!r}") from exc
-        if win_h < 1 or win_w < 1 or top < 0 or left < 0 or top + win_h > height or left + win_w > width:
-            raise ValueError(
-                f"window (top={top}, left={left}, height={win_h}, width={win_w}) must lie inside the "
-                f"{height} x {width} input and be non-empty"
-            )
-        index = index[:, top : top + win_h, left : left + win_w]
-    return np.ascontiguousarray(index.transpose(1, 2, 0)).reshape(-1)
 
 
 def _spectrum(
@@ -210,7 +188,7 @@ def graph_spectra(
     if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     _, net = prepare_graph(model, x)
-    columns = _columns(net.in_shape, window)
+    columns = input_columns(net.in_shape, window)
     if method == "lanczos":
         return _lanczos(net, columns, int(k), rank_rtol, float(lanczos_tol), int(max_steps))
     return _dense(net, columns, rank_rtol)

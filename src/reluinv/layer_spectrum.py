@@ -8,6 +8,7 @@ by the spectra, by :func:`reluinv.check_lemma8` and by :func:`reluinv.lemmas.lem
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ from numpy.typing import NDArray
 
 from .network import AffineStep, Step
 
-__all__ = ["LayerSpectrum", "jacobian_unchanged", "rank_tolerance", "spectrum_from_values"]
+__all__ = ["LayerSpectrum", "input_columns", "jacobian_unchanged", "rank_tolerance", "spectrum_from_values"]
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -114,3 +115,27 @@ def jacobian_unchanged(step: Step, slope: torch.Tensor | None) -> bool:
     if isinstance(step, AffineStep):
         return step.is_identity
     return step.kind == "relu" and slope is not None and bool((slope != 0).all())
+
+
+def input_columns(in_shape: tuple[int, ...], window: Sequence[int] | None) -> NDArray[np.intp]:
+    """Flat indices of the varying input coordinates (all, or those of ``window`` = (top, left,
+    height, width) for a (C, H, W) image), pixel-major for images: the column order of every prefix
+    Jacobian, chain or graph (see :func:`reluinv.jacobian_svd.staircase_r`)."""
+    if len(in_shape) != 3:
+        if window is not None:
+            raise ValueError(f"window needs an image input of shape (C, H, W), got input shape {in_shape}")
+        return np.arange(math.prod(in_shape), dtype=np.intp)
+    channels, height, width = in_shape
+    index = np.arange(channels * height * width, dtype=np.intp).reshape(channels, height, width)
+    if window is not None:
+        try:
+            top, left, win_h, win_w = (int(v) for v in window)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"window must be (top, left, height, width), got {window!r}") from exc
+        if win_h < 1 or win_w < 1 or top < 0 or left < 0 or top + win_h > height or left + win_w > width:
+            raise ValueError(
+                f"window (top={top}, left={left}, height={win_h}, width={win_w}) must lie inside the "
+                f"{height} x {width} input and be non-empty"
+            )
+        index = index[:, top : top + win_h, left : left + win_w]
+    return np.ascontiguousarray(index.transpose(1, 2, 0)).reshape(-1)

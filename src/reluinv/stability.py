@@ -54,6 +54,7 @@ from .jacobian_svd import relu_pair_singular_values, singular_values, staircase_
 from .lanczos import Bidiagonalisation, golub_kahan, lanczos_spectra
 from .layer_spectrum import (
     LayerSpectrum,
+    input_columns,
     jacobian_unchanged,
     rank_tolerance,
     spectrum_from_values,
@@ -114,28 +115,6 @@ class ReluEffect:
 # --------------------------------------------------------------------------------------------
 # Prefix Jacobians in one pass
 # --------------------------------------------------------------------------------------------
-
-
-def _input_columns(in_shape: tuple[int, ...], window: Sequence[int] | None) -> NDArray[np.intp]:
-    """Flat indices of the varying input coordinates, pixel-major for images (see staircase_r)."""
-    if len(in_shape) != 3:
-        if window is not None:
-            raise ValueError(f"window needs an image input of shape (C, H, W), got input shape {in_shape}")
-        return np.arange(math.prod(in_shape), dtype=np.intp)
-    channels, height, width = in_shape
-    index = np.arange(channels * height * width, dtype=np.intp).reshape(channels, height, width)
-    if window is not None:
-        try:
-            top, left, win_h, win_w = (int(v) for v in window)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"window must be (top, left, height, width), got {window!r}") from exc
-        if win_h < 1 or win_w < 1 or top < 0 or left < 0 or top + win_h > height or left + win_w > width:
-            raise ValueError(
-                f"window (top={top}, left={left}, height={win_h}, width={win_w}) must lie inside the "
-                f"{height} x {width} input and be non-empty"
-            )
-        index = index[:, top : top + win_h, left : left + win_w]
-    return np.ascontiguousarray(index.transpose(1, 2, 0)).reshape(-1)
 
 
 def _basis(columns: NDArray[np.intp], in_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -300,7 +279,7 @@ def spectra(
         )
     sample, chain = prepare_input(model, x)
     in_shape = tuple(sample.shape)
-    columns = _input_columns(in_shape, window)
+    columns = input_columns(in_shape, window)
     slope_by_index = slopes(chain, sample)
     device = sample.device
     if method == "lanczos":
