@@ -27,15 +27,20 @@ def _conv(module: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     conv: Callable[..., torch.Tensor] = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
     if module.padding_mode == "zeros":
         return conv(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+    padded = F.pad(x, explicit_padding(module), mode=module.padding_mode)
+    return conv(padded, weight, bias, module.stride, 0, module.dilation, module.groups)
+
+
+def explicit_padding(module: Any) -> tuple[int, ...]:
+    """A convolution's padding as ``F.pad`` amounts (last axis first, each side), for the
+    non-zero padding modes that pad before convolving; "same" puts the odd pixel at the end."""
     if isinstance(module.padding, str):
         pads: list[int] = []
         for k, d in zip(reversed(module.kernel_size), reversed(module.dilation), strict=True):
             total = 0 if module.padding == "valid" else d * (k - 1)
             pads += [total // 2, total - total // 2]
-    else:
-        pads = [p for p in reversed(module.padding) for _ in range(2)]
-    padded = F.pad(x, tuple(pads), mode=module.padding_mode)
-    return conv(padded, weight, bias, module.stride, 0, module.dilation, module.groups)
+        return tuple(pads)
+    return tuple(p for p in reversed(module.padding) for _ in range(2))
 
 
 class _Affine:

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
+from ._graph_ops import explicit_padding
 from ._validate import as_finite_array
 
 __all__ = [
@@ -371,14 +372,7 @@ def _conv2d(
         if isinstance(module.padding, str):
             return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
         return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
-    if isinstance(module.padding, str):
-        pads: list[int] = []
-        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation), strict=True):
-            total = 0 if module.padding == "valid" else d * (k - 1)
-            pads += [total // 2, total - total // 2]
-    else:
-        pads = [p for p in reversed(module.padding) for _ in range(2)]
-    padded = F.pad(x, tuple(pads), mode=module.padding_mode)
+    padded = F.pad(x, explicit_padding(module), mode=module.padding_mode)
     return F.conv2d(padded, weight, bias, module.stride, 0, module.dilation, module.groups)
 
 
