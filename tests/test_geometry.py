@@ -135,3 +135,27 @@ def test_decision_is_the_same_at_every_scale(s):
             cert = omnidirectional_certificate(B)
             assert cert.omnidirectional == expected
             check_certificate(A, cert)  # the certificate is about unit rows
+
+
+@pytest.mark.parametrize("n", [2, 5, 40])
+@pytest.mark.parametrize("many", [False, True])
+def test_direction_from_the_nearest_hull_point(n, many):
+    """Rows (1/2, +-e_j / 2) and random mixtures of them: their hull lies in x_0 = 1/2 and its
+    point nearest 0 is (1/2, 0, ..., 0).  With at most 2n rows (all in the first subset) the
+    direction is exactly -e_0 with margin 1/2; with more, any strict direction is right, and no
+    direction can have a margin above the hull's distance from 0, 1/2."""
+    from reluinv.geometry import RowSource, omni_lazy
+
+    rng = np.random.default_rng(n)
+    corners = np.hstack([np.full((2 * (n - 1), 1), 0.5), 0.5 * np.vstack([np.eye(n - 1), -np.eye(n - 1)])])
+    rows = np.vstack([corners, rng.dirichlet(np.ones(corners.shape[0]), size=8 * n if many else 2) @ corners])
+    rows = rows[rng.permutation(rows.shape[0])]
+    cert = omni_lazy(RowSource.from_rows(rows), rtol=1e-9)
+    assert not cert.omnidirectional
+    assert "nearest 0" in cert.reason
+    products = rows @ cert.direction
+    assert cert.margin == pytest.approx(-products.max(), rel=1e-12)
+    assert 0 < cert.margin <= 0.5 + 1e-9
+    if not many:  # 2n rows
+        assert np.allclose(cert.direction, -np.eye(n)[0], atol=1e-8)
+        assert cert.margin == pytest.approx(0.5, rel=1e-8)
