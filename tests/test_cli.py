@@ -203,6 +203,7 @@ OPTION_FAULTS = [
     pytest.param(["reproduce", "--limit", "-1"], ["--limit", "got -1"], id="limit-negative"),
     pytest.param(["reproduce", "--limit", "many"], ["--limit", "'many'"], id="limit-not-a-number"),
     pytest.param(["reproduce", "--epochs", "0"], ["--epochs"], id="epochs-0"),
+    pytest.param(["reproduce", "--algorithm1-samples", "0"], ["--algorithm1-samples", "got 0"], id="alg1-0"),
     pytest.param(["reproduce", "fig99"], ["fig99"], id="unknown-figure"),
     pytest.param(["reproduce", "--backend", "threads"], ["--backend", "threads"], id="unknown-backend"),
     pytest.param(["reproduce", "--workers", "0"], ["workers"], id="workers-0"),

@@ -189,6 +189,34 @@ def test_compare_counts_disagreements_with_their_reasons():
     assert any("Theorem 4 ii" in r for r in c["reasons"])
 
 
+def test_compare_counts_the_engine_on_every_sample_and_algorithm1_on_its_subset():
+    plain = {"n_active": 500, "kind": "unbounded"}  # Algorithm 1 did not run on it
+    failed = {**_sample(400, "unbounded"), "paper_kind": "failed"}
+    c = fig4.compare([_sample(800, "singleton"), plain, failed, _sample(700, "unbounded", "compact")], 784)
+    assert (c["decided"], c["algorithm1_decided"]) == (4, 2)
+    assert c["exact"]["unbounded"] == 3 and c["paper"] == {"compact": 1, "singleton": 1, "unbounded": 0}
+    assert c["below_strip"] == 3 and c["exact_unbounded_below_strip"] == 3
+    assert c["paper_unbounded_below_strip"] == 0 and c["disagreements"] == 1
+
+
+@pytest.mark.parametrize(
+    ("quick", "wanted", "expected"),
+    [(True, None, 40), (False, None, 40), (True, 7, 7), (False, 7, 7), (False, 100, 40)],
+)
+def test_algorithm1_subset(quick, wanted, expected, monkeypatch):
+    from reluinv.experiments.common import RunConfig
+
+    monkeypatch.setattr(fig4, "ALGORITHM1_SAMPLES_FULL", 50)
+    config = RunConfig(quick=quick, algorithm1_samples=wanted)
+    chosen, rule = fig4.algorithm1_subset(config, 40)
+    assert chosen.size == expected and np.all(np.diff(chosen) > 0) and chosen.max() < 40
+    again, _ = fig4.algorithm1_subset(config, 40)
+    assert np.array_equal(chosen, again)  # seeded: a rerun resumes the same subset
+    assert (f"{expected:,} of the 40" in rule) if expected < 40 else rule == "all 40 scanned samples"
+    full_default = fig4.algorithm1_subset(RunConfig(quick=False), 400)[0]
+    assert full_default.size == 50 and len(set(full_default.tolist())) == 50
+
+
 def test_conclusion_names_no_factor_when_everything_is_bounded():
     verdict = fig4.conclude([_entry("digits", [_sample(600, "compact"), _sample(800, "singleton")])])
     assert verdict["factors"] == []

@@ -88,6 +88,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         limit=args.limit,
         epochs=args.epochs,
         device=device,
+        algorithm1_samples=args.algorithm1_samples,
     )
     for key in figures:
         _figure(key, config, force=args.force)
@@ -188,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="cap every training at N >= 1 epochs (a smoke run, like --limit)",
+    )
+    rep.add_argument(
+        "--algorithm1-samples",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="Figure 4: how many scanned samples the paper's literal Algorithm 1 also decides, a "
+        "seeded random subset (default: all in quick mode, 500 in full mode)",
     )
     rep.add_argument(
         "--device",

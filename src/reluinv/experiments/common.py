@@ -47,6 +47,9 @@ class RunConfig:
         epochs: caps every training's epochs (for tests and smoke runs); None: the recipe's.
         device: where the per-sample spectra run (``"cpu"`` or ``"cuda"``); training, preimages
             and invariance searches stay on the CPU.
+        algorithm1_samples: how many of Figure 4's scanned samples the literal Algorithm 1 also
+            decides (a seeded random subset); None: the mode's default (all in quick mode,
+            :data:`.fig4.ALGORITHM1_SAMPLES_FULL` in full mode, where its LP costs seconds per sample).
     """
 
     quick: bool = True
@@ -58,6 +61,7 @@ class RunConfig:
     limit: int | None = None
     epochs: int | None = None
     device: str = "cpu"
+    algorithm1_samples: int | None = None
 
     def samples(self, quick: int, full: int) -> int:
         count = quick if self.quick else full
@@ -202,6 +206,7 @@ class Setting:
     limit: int | None
     data_dir: str | None
     epochs: int | None = None
+    algorithm1_samples: int | None = None
 
     @classmethod
     def of(cls, config: RunConfig) -> Setting:
@@ -211,12 +216,14 @@ class Setting:
             limit=config.limit,
             data_dir=data_dir,
             epochs=config.epochs,
+            algorithm1_samples=config.algorithm1_samples,
         )
 
     def describe(self) -> str:
         limit = "no --limit" if self.limit is None else f"--limit {self.limit}"
         epochs = "" if self.epochs is None else f", --epochs {self.epochs}"
-        return f"{self.mode} mode, {limit}{epochs}, data {self.data_dir or 'embedded'}"
+        alg1 = "" if self.algorithm1_samples is None else f", --algorithm1-samples {self.algorithm1_samples}"
+        return f"{self.mode} mode, {limit}{epochs}{alg1}, data {self.data_dir or 'embedded'}"
 
 
 def figure_path(out: Path, key: str) -> Path:

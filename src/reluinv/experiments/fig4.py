@@ -1,11 +1,13 @@
 """Figure 4: over the test set, how many samples have bounded and how many unbounded preimages
 under the 3500-unit ReLU layer of the MLP of Table 2, against the number of active units.
 
-Every test image is decided twice on the same layer: by the exact engine, :func:`reluinv.preimage`
-(Theorem 4, with certificates), and by the paper's literal Algorithm 1 (Appendix A3,
-:mod:`.paper_algorithm`, a default HiGHS LP on the closed convex hull).  Each sample keeps both
-verdicts (``kind`` and ``paper_kind``); every disagreement is counted with its reason, and every
-unbounded verdict of the engine carries the residuals of its direction.
+Every test image is decided by the exact engine, :func:`reluinv.preimage` (Theorem 4, with
+certificates), and the same images by the paper's literal Algorithm 1 (Appendix A3,
+:mod:`.paper_algorithm`, a default HiGHS LP on the closed convex hull): all of them in quick mode,
+a seeded random :data:`ALGORITHM1_SAMPLES_FULL` in full mode (its LP takes seconds per sample;
+``--algorithm1-samples`` sets the count).  Those samples keep both verdicts (``kind`` and
+``paper_kind``); every disagreement is counted with its reason, and every unbounded verdict of
+the engine carries the residuals of its direction.
 
 The MLP is trained as the paper's setting would have (Keras defaults: Glorot-uniform weights,
 zero biases, Adam, 25 epochs; quick mode: 10 epochs) on the embedded digits and, when
@@ -35,6 +37,11 @@ FIRST_BIAS_INIT = -0.5
 #: The paper's Figure 4: bounded and unbounded preimages meet between these active counts.
 PAPER_STRIP = (723, 784)
 BOUNDED = ("singleton", "compact")
+#: Full mode: how many scanned samples the literal Algorithm 1 also decides (a seeded random
+#: subset; its LP takes 2-15 s per Fashion-MNIST sample, about 10 CPU-hours for all 10,000).
+ALGORITHM1_SAMPLES_FULL = 500
+#: Seed of that subset.
+ALGORITHM1_SEED = 0
 
 
 def classify_sample(layer: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
@@ -67,11 +74,34 @@ def classify_sample(layer: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
             "max_inactive": float((A[~positive] @ d).max(initial=-np.inf)),
         }
     if layer.get("paper_algorithm"):
-        with single_blas_pool():
-            paper = paper_finite_preimage(A, y, assume_full_rank=True)
-        out["paper_kind"] = paper["paper_kind"]
-        out["paper_lp_status"] = paper["lp_status"]
+        out.update(algorithm1_sample(layer, image))
     return out
+
+
+def algorithm1_sample(layer: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
+    """The paper's Algorithm 1 on the first layer's output at one flattened image, as the paper
+    ran it for this MLP (active rows assumed independent, Section 4): ``paper_kind`` and
+    ``paper_lp_status`` (module-level for workers)."""
+    A, b = layer["weight"], layer["bias"]
+    x = np.asarray(image, dtype=np.float64).reshape(-1)
+    with single_blas_pool():
+        paper = paper_finite_preimage(A, np.maximum(A @ x + b, 0.0), assume_full_rank=True)
+    return {"paper_kind": paper["paper_kind"], "paper_lp_status": paper["lp_status"]}
+
+
+def algorithm1_subset(config: RunConfig, scanned: int) -> tuple[np.ndarray, str]:
+    """Indices of the scanned samples Algorithm 1 also decides, and the rule in words.
+
+    All of them unless ``--algorithm1-samples`` (or full mode's :data:`ALGORITHM1_SAMPLES_FULL`)
+    asks for fewer; then a random subset drawn with :data:`ALGORITHM1_SEED`, in index order.
+    """
+    wanted = config.algorithm1_samples
+    if wanted is None:
+        wanted = scanned if config.quick else ALGORITHM1_SAMPLES_FULL
+    if wanted >= scanned:
+        return np.arange(scanned), f"all {scanned:,} scanned samples"
+    chosen = np.sort(np.random.default_rng(ALGORITHM1_SEED).choice(scanned, size=wanted, replace=False))
+    return chosen, f"{wanted:,} of the {scanned:,} scanned samples, drawn at random (seed {ALGORITHM1_SEED})"
 
 
 def active_counts(model: torch.nn.Sequential, images: np.ndarray) -> np.ndarray:
@@ -138,7 +168,6 @@ def _scan(config: RunConfig, train_set: Dataset, test_set: Dataset) -> dict[str,
     layer = {
         "weight": model[1].weight.detach().double().numpy(),
         "bias": model[1].bias.detach().double().numpy(),
-        "paper_algorithm": True,
     }
     name = f"fig4-{train_set.name}-{info['recipe']['epochs']}-{len(test)}-{info['recipe']['first_bias_init']}"
     results = config.run(
@@ -149,11 +178,19 @@ def _scan(config: RunConfig, train_set: Dataset, test_set: Dataset) -> dict[str,
         desc=f"fig4 preimages ({train_set.name})",
     )
     samples = [
-        r.result
-        if r.ok
-        else {"n_active": int(counts[i]), "kind": "failed", "paper_kind": "failed", "error": r.error}
+        r.result if r.ok else {"n_active": int(counts[i]), "kind": "failed", "error": r.error}
         for i, r in enumerate(results)
     ]
+    subset, rule = algorithm1_subset(config, len(test))
+    paper = config.run(
+        algorithm1_sample,
+        {int(i): test.images[i].reshape(-1) for i in subset},
+        shared=layer,
+        name=f"{name}-algorithm1",
+        desc=f"fig4 Algorithm 1 ({train_set.name})",
+    )
+    for i, r in zip(subset, paper, strict=True):
+        samples[i].update(r.result if r.ok else {"paper_kind": "failed", "paper_error": r.error})
     entry = {
         "data": test.source,
         "data_name": train_set.name,
@@ -161,6 +198,7 @@ def _scan(config: RunConfig, train_set: Dataset, test_set: Dataset) -> dict[str,
         "recipe_change": note,
         "input_dim": int(np.prod(test.input_shape)),
         "n_samples": len(test),
+        "algorithm1_samples": rule,
         "samples": samples,
     }
     entry["comparison"] = compare(samples, entry["input_dim"])
@@ -197,7 +235,10 @@ def _setting(config: RunConfig, entries: list[dict[str, Any]]) -> dict[str, Any]
             "test accuracy": ", ".join(
                 f"{e['data_name']} {e['training']['test_accuracy']:.1%}" for e in entries
             ),
-            "samples": ", ".join(f"{e['data_name']} {e['n_samples']:,}" for e in entries),
+            "samples": ", ".join(
+                f"{e['data_name']} {e['n_samples']:,} (Algorithm 1: {e['algorithm1_samples']})"
+                for e in entries
+            ),
         },
     }
 
@@ -226,9 +267,14 @@ def _reason(kind: str, paper_kind: str, lp_status: Any) -> str:
 
 
 def compare(samples: list[dict[str, Any]], input_dim: int) -> dict[str, Any]:
-    """Counts of both verdicts, their disagreements with reasons, and the strip statistics."""
-    done = [(i, s) for i, s in enumerate(samples) if s["kind"] != "failed" and "paper_kind" in s]
-    kinds = sorted({s["kind"] for _, s in done} | {s["paper_kind"] for _, s in done})
+    """Counts of both verdicts, their disagreements with reasons, and the strip statistics.
+
+    The exact engine's numbers cover every decided sample; Algorithm 1's, and the disagreements,
+    the samples it decided too (all of them unless ``--algorithm1-samples`` chose a subset).
+    """
+    engine = [(i, s) for i, s in enumerate(samples) if s["kind"] != "failed"]
+    both = [(i, s) for i, s in engine if s.get("paper_kind", "failed") != "failed"]
+    kinds = sorted({s["kind"] for _, s in engine} | {s["paper_kind"] for _, s in both})
     disagreements = [
         {
             "index": i,
@@ -237,22 +283,23 @@ def compare(samples: list[dict[str, Any]], input_dim: int) -> dict[str, Any]:
             "paper_kind": s["paper_kind"],
             "reason": _reason(s["kind"], s["paper_kind"], s.get("paper_lp_status")),
         }
-        for i, s in done
+        for i, s in both
         if s["kind"] != s["paper_kind"]
     ]
     reasons: dict[str, int] = {}
     for d in disagreements:
         reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
-    active = np.array([s["n_active"] for _, s in done], dtype=int)
+    active = np.array([s["n_active"] for _, s in engine], dtype=int)
 
     def unbounded(key: str, below: int) -> int:
-        return sum(1 for _, s in done if s[key] == "unbounded" and s["n_active"] < below)
+        return sum(1 for _, s in engine if s.get(key) == "unbounded" and s["n_active"] < below)
 
     return {
-        "decided": len(done),
-        "failed": len(samples) - len(done),
-        "exact": {k: sum(1 for _, s in done if s["kind"] == k) for k in kinds},
-        "paper": {k: sum(1 for _, s in done if s["paper_kind"] == k) for k in kinds},
+        "decided": len(engine),
+        "failed": len(samples) - len(engine),
+        "algorithm1_decided": len(both),
+        "exact": {k: sum(1 for _, s in engine if s["kind"] == k) for k in kinds},
+        "paper": {k: sum(1 for _, s in both if s["paper_kind"] == k) for k in kinds},
         "disagreements": len(disagreements),
         "bounded_disagreements": sum(
             1 for d in disagreements if (d["kind"] in BOUNDED) != (d["paper_kind"] in BOUNDED)
@@ -284,7 +331,8 @@ def conclude(entries: list[dict[str, Any]]) -> dict[str, Any]:
         f"{name}: {c['decided']} samples, active {c['active_min']}-{c['active_max']}, "
         f"{c['below_strip']} below {PAPER_STRIP[0]}; unbounded below the input dimension: "
         f"engine {c['exact_unbounded_below_input']}, Algorithm 1 "
-        f"{c['paper_unbounded_below_input']}; boundedness disagreements "
+        f"{c['paper_unbounded_below_input']} (of the {c.get('algorithm1_decided', c['decided'])} "
+        f"it decided); boundedness disagreements "
         f"{c['bounded_disagreements']}" + (f"; recipe change: {change}" if change else "")
         for name, c, change in stats
     ]
