@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -52,14 +53,70 @@ def as_real_array(value: Any, name: str) -> NDArray[np.float64]:
     if np.iscomplexobj(arr) or (
         arr.dtype == object and any(isinstance(v, (complex, np.complexfloating)) for v in arr.flat)
     ):
-        raise ValueError(
-            f"{name} has complex entries; the preimage is defined over real "
-            f"numbers (pass the real part explicitly if that is what you mean)"
-        )
+        raise _complex_error(name)
     try:
         return arr.astype(np.float64, copy=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
+
+
+def _complex_error(name: str) -> ValueError:
+    return ValueError(
+        f"{name} has complex entries; the preimage is defined over real "
+        f"numbers (pass the real part explicitly if that is what you mean)"
+    )
+
+
+def as_model_input(x: Any, name: str = "x", *, samples: bool = False) -> NDArray[np.float64]:
+    """A network's input as a finite float64 NumPy array on the CPU: the one conversion behind
+    every entry point that takes an input (``linearize``, ``layer_preimage``, the graph and
+    invariance paths, loaded input files).
+
+    ``x`` is a torch tensor or array-like.  A tensor is read as its values: detached (an input
+    may carry an autograd graph; the analysis does not differentiate through it) and copied to
+    the CPU; integer tensors are converted.  ``ValueError`` naming ``name`` for complex entries,
+    boolean arrays and tensors, non-numeric input, a 0-d scalar, and NaN or infinite entries.
+
+    With ``samples=True``, ``x`` is a batch ``(N, *input_shape)`` with ``N >= 1``, and a
+    non-finite entry is reported by sample (the message reads ``name`` as a plural noun, e.g.
+    ``"inputs in 'x.npy'"``).  The result is C-contiguous.
+
+    Example::
+
+        as_model_input(torch.ones(2, 3, requires_grad=True)).dtype      # float64
+    """
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+    if torch is not None and isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise _complex_error(name)
+        if x.dtype == torch.bool:
+            raise ValueError(f"{name} must be a real tensor, got dtype {x.dtype}")
+        x = x.detach().to(device="cpu", dtype=torch.float64).numpy()
+    elif isinstance(x, np.ndarray) and x.dtype == np.bool_:
+        raise ValueError(f"{name} must be a real array, got dtype bool")
+    arr = as_real_array(x, name)
+    if samples:
+        return np.ascontiguousarray(_finite_samples(arr, name))
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must be an array with at least one dimension, got a scalar")
+    return np.ascontiguousarray(as_finite_array(arr, name))
+
+
+def _finite_samples(arr: NDArray[np.float64], name: str) -> NDArray[np.float64]:
+    if arr.ndim < 2:
+        raise ValueError(
+            f"{name} have shape {arr.shape}; they need a leading sample axis, shape (N, *input_shape)"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} hold no samples (shape {arr.shape})")
+    finite = np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"{name} contain NaN or infinite values in {bad.size} sample"
+            f"{'' if bad.size == 1 else 's'} (first: sample {int(bad[0])})"
+        )
+    return arr
 
 
 def as_bounds(lower: Any, upper: Any, n: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

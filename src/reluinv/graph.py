@@ -71,7 +71,7 @@ from ._graph_ops import (
     _maxpool_from_call,
     _maxpool_from_module,
 )
-from ._validate import as_finite_array
+from ._validate import as_model_input
 
 __all__ = ["GraphNet", "Layer", "is_chain", "prepare_graph", "trace"]
 
@@ -700,19 +700,6 @@ def _call(n: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return _INPLACE.get(n.target, n.target)(*args, **kwargs)
 
 
-def _as_tensor(x: Any, device: torch.device) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        if x.is_complex() or x.dtype == torch.bool:
-            raise ValueError(f"x must be a real tensor, got dtype {x.dtype}")
-        sample = x.detach().to(torch.float64)
-        finite = torch.isfinite(sample)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            raise ValueError(f"x contains {bad} NaN or infinite entr{'y' if bad == 1 else 'ies'}")
-        return sample
-    return torch.from_numpy(as_finite_array(x, "x")).to(device)
-
-
 def prepare_graph(model: nn.Module, x: Any) -> tuple[torch.Tensor, GraphNet]:
     """Check ``x`` and return it as one float64 sample (no batch axis) with its :class:`GraphNet`.
 
@@ -722,10 +709,11 @@ def prepare_graph(model: nn.Module, x: Any) -> tuple[torch.Tensor, GraphNet]:
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    sample = _as_tensor(x, device)
-    if sample.dim() == 0:
-        raise ValueError("x must be an array with at least one dimension, got a scalar")
+    if isinstance(x, torch.Tensor):
+        device = x.device
+    else:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    sample = torch.from_numpy(as_model_input(x, "x")).to(device)
     candidates = ([sample[0]] if sample.dim() >= 2 and sample.shape[0] == 1 else []) + [sample]
     errors: list[ValueError] = []
     for candidate in candidates:

@@ -39,6 +39,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ._validate import as_model_input
+
 __all__ = ["INPUT_SUFFIXES", "as_input_batch", "load_inputs", "load_model", "sequential_from_torchscript"]
 
 #: File name endings :func:`load_inputs` reads.
@@ -596,7 +598,7 @@ def load_inputs(path: str | os.PathLike[str]) -> NDArray[np.float64]:
     return as_input_batch(raw, source=str(path))
 
 
-def _read_array(path: Path, suffix: str) -> np.ndarray:
+def _read_array(path: Path, suffix: str) -> np.ndarray | torch.Tensor:
     if suffix in (".npy", ".npz"):
         try:
             return _read_numpy(path, suffix)
@@ -612,13 +614,7 @@ def _read_array(path: Path, suffix: str) -> np.ndarray:
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, torch.Tensor):
         raise ValueError(f"inputs file {str(path)!r} holds a {type(data).__name__}, not a tensor")
-    data = data.detach()
-    if data.is_complex() or data.dtype == torch.bool or not data.is_floating_point():
-        raise ValueError(
-            f"inputs in {str(path)!r} must be floating point, got {data.dtype}; convert (and scale) "
-            f"them as the model expects"
-        )
-    return data.to(torch.float64).numpy()
+    return data  # as_input_batch checks and converts it
 
 
 def _read_numpy(path: Path, suffix: str) -> np.ndarray:
@@ -641,32 +637,13 @@ def as_input_batch(raw: Any, *, source: str = "inputs") -> NDArray[np.float64]:
     """
     where = source
     if isinstance(raw, torch.Tensor):
-        raw = raw.detach().cpu()
-        if not raw.is_floating_point():
-            raise ValueError(
-                f"inputs in {where!r} must be floating point, got {raw.dtype}; convert (and scale) "
-                f"them as the model expects"
-            )
-        raw = raw.to(torch.float64).numpy()
-    raw = np.asarray(raw)
-    if not np.issubdtype(raw.dtype, np.floating):
+        dtype, floating = raw.dtype, raw.is_floating_point()
+    else:
+        raw = np.asarray(raw)
+        dtype, floating = raw.dtype, np.issubdtype(raw.dtype, np.floating)
+    if not floating:
         raise ValueError(
-            f"inputs in {where!r} must be floating point, got {raw.dtype}; convert (and scale) them "
+            f"inputs in {where!r} must be floating point, got {dtype}; convert (and scale) them "
             f"as the model expects"
         )
-    if raw.ndim < 2:
-        raise ValueError(
-            f"inputs in {where!r} have shape {raw.shape}; they need a leading sample axis, "
-            f"shape (N, *input_shape)"
-        )
-    if raw.shape[0] == 0:
-        raise ValueError(f"inputs in {where!r} hold no samples (shape {raw.shape})")
-    inputs = np.ascontiguousarray(raw, dtype=np.float64)
-    finite = np.isfinite(inputs.reshape(inputs.shape[0], -1)).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise ValueError(
-            f"inputs in {where!r} contain NaN or infinite values in {bad.size} sample"
-            f"{'' if bad.size == 1 else 's'} (first: sample {int(bad[0])})"
-        )
-    return inputs
+    return as_model_input(raw, f"inputs in {where!r}", samples=True)

@@ -56,7 +56,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from ._graph_ops import explicit_padding
-from ._validate import as_finite_array
+from ._validate import as_model_input
 
 __all__ = [
     "ActivationStep",
@@ -524,21 +524,8 @@ def prepare_input(model: nn.Module, x: Any) -> tuple[torch.Tensor, list[Step]]:
     modules = flatten_modules(model)
     for index, module in enumerate(modules):
         _check_module(index, module)
-    if isinstance(x, torch.Tensor):
-        if x.is_complex() or x.dtype == torch.bool:
-            raise ValueError(f"x must be a real tensor, got dtype {x.dtype}")
-        sample = x.detach().to(torch.float64)
-        finite = torch.isfinite(sample)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            raise ValueError(f"x contains {bad} NaN or infinite entr{'y' if bad == 1 else 'ies'}")
-        device = sample.device
-    else:
-        device = _model_device(modules)
-        sample = torch.from_numpy(as_finite_array(x, "x")).to(device)
-    if sample.dim() == 0:
-        raise ValueError("x must be an array with at least one dimension, got a scalar")
-    sample = _strip_batch(modules, sample)
+    device = x.device if isinstance(x, torch.Tensor) else _model_device(modules)
+    sample = _strip_batch(modules, torch.from_numpy(as_model_input(x, "x")).to(device))
     chain = as_chain(model, tuple(sample.shape), device=device)
     return sample, chain
 

@@ -48,7 +48,7 @@ from ._interior import interior_point
 from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
 from ._threads import single_blas_pool
-from ._validate import as_bounds, as_finite_array
+from ._validate import as_bounds, as_finite_array, as_model_input
 from .geometry import DEFAULT_RTOL, ZERO_ROW, OmniCertificate, RowSource, omni_lazy, row_exponents
 from .preimage_verify import CertificateError, verify_preimage
 
@@ -205,14 +205,9 @@ def layer_preimage(
     convolution the rank of the active rows is computed, not assumed (paper, Section 4).  ``x``
     may carry a leading batch dimension of 1.  ``point`` and ``direction`` are flattened inputs.
     """
-    import torch
-
-    if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(as_finite_array(x, "x"))
-    elif x.is_complex():
-        raise ValueError("x has complex entries; the preimage is defined over real numbers")
-    A, b, in_shape = affine_matrix(module, tuple(x.shape))
-    flat = as_finite_array(x.detach().cpu().double().reshape(-1).numpy(), "x")
+    sample = as_model_input(x, "x")
+    A, b, in_shape = affine_matrix(module, sample.shape)
+    flat = sample.reshape(-1)
     if flat.size != A.shape[1]:  # pragma: no cover - affine_matrix checks the shape
         raise ValueError(f"x has {flat.size} entries, the layer expects {A.shape[1]}")
     y = np.maximum(A @ flat + b, 0.0)

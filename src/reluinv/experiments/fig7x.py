@@ -11,8 +11,9 @@ from typing import Any, Literal, cast
 import numpy as np
 from torch import nn
 
+from .._validate import as_model_input
 from ..invariance import invariance_search, preimage_extent
-from ..invariance.problem import as_input_array, check_choice
+from ..invariance.problem import check_choice
 from ..invariance.search import Mode
 from ..network import flatten_modules
 from .claims import Claim, check, not_testable
@@ -79,8 +80,8 @@ def _depth_modules(model: Any, depths: Sequence[int | str]) -> tuple[list[int], 
 
 
 def _images_and_labels(test_images: Any, test_labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    images = as_input_array(test_images, "test_images")
-    labels = np.asarray(as_input_array(test_labels, "test_labels")).reshape(-1).astype(np.int64)
+    images = as_model_input(test_images, "test_images")
+    labels = as_model_input(test_labels, "test_labels").reshape(-1).astype(np.int64)
     if images.ndim < 2 or images.shape[0] != labels.size:
         raise ValueError(
             f"test_images must be (N, ...) with N = len(test_labels) = {labels.size}, "
