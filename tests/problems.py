@@ -147,13 +147,46 @@ def forward(layers, x, relu_last):
 # --- the brute-force oracle -----------------------------------------------------------------------
 
 
+def chain_dag(layers, relu_last):
+    """A chain of (W, b) as a DAG (see dag_pattern_pieces): layer k reads layer k - 1 (-1: input)."""
+    relu_layers = layers if relu_last else layers[:-1]
+    dag = [((k - 1,), np.asarray(W, float), np.asarray(b, float)) for k, (W, b) in enumerate(relu_layers)]
+    tail = None if relu_last else ((len(dag) - 1,), *map(np.asarray, layers[-1]))
+    return dag, tail
+
+
+def dag_forward(dag, tail, x):
+    """Forward pass of a DAG: ReLU layers (sources, W, b) reading their sources' outputs side by
+    side (-1: the input); the features are the last layer's output, or T u + t over the tail's
+    sources."""
+    x = np.asarray(x, float)
+    hs = []
+    for sources, W, b in dag:
+        u = np.concatenate([x if k < 0 else hs[k] for k in sources])
+        hs.append(np.maximum(W @ u + b, 0))
+    if tail is None:
+        return hs[-1]
+    sources, T, t = tail
+    return T @ np.concatenate([x if k < 0 else hs[k] for k in sources]) + t
+
+
 def pattern_pieces(layers, x, *, relu_last, lower=None, upper=None):
     """linprog keyword arguments of the piece of EVERY activation pattern (empty ones included)."""
+    dag, tail = chain_dag(layers, relu_last)
+    return dag_pattern_pieces(dag, tail, x, lower=lower, upper=upper)
+
+
+def dag_pattern_pieces(dag, tail, x, *, lower=None, upper=None):
+    """linprog keyword arguments of the piece of EVERY activation pattern of a DAG (dag_forward).
+
+    On a pattern every layer's output is an affine map of the input, h_l = J_l x + k_l, composed
+    from its sources' maps stacked: the pattern's sign constraints and "features equal those of x"
+    are linear in x.
+    """
     x = np.asarray(x, float)
     n = x.size
-    f = forward(layers, x, relu_last)
-    relu_layers = layers if relu_last else layers[:-1]
-    widths = [W.shape[0] for W, _ in relu_layers]
+    f = dag_forward(dag, tail, x)
+    widths = [W.shape[0] for _, W, _ in dag]
     lo = np.full(n, -np.inf) if lower is None else np.broadcast_to(np.asarray(lower, float), (n,))
     up = np.full(n, np.inf) if upper is None else np.broadcast_to(np.asarray(upper, float), (n,))
     bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b) for a, b in zip(lo, up, strict=True)]
@@ -162,24 +195,30 @@ def pattern_pieces(layers, x, *, relu_last, lower=None, upper=None):
         for w in widths:
             pattern.append(np.array(bits[start : start + w]))
             start += w
-        J, k = np.eye(n), np.zeros(n)
+        Js, ks = [], []
         A_ub, b_ub = [], []
-        for (W, b), s in zip(relu_layers, pattern, strict=True):
-            Z, kz = W @ J, W @ k + b
+        for (sources, W, b), s in zip(dag, pattern, strict=True):
+            J = np.vstack([np.eye(n) if k < 0 else Js[k] for k in sources])
+            k0 = np.concatenate([np.zeros(n) if k < 0 else ks[k] for k in sources])
+            Z, kz = W @ J, W @ k0 + b
             A_ub += [-Z[s], Z[~s]]  # active: z >= 0, inactive: z <= 0
             b_ub += [kz[s], -kz[~s]]
-            J, k = Z * s[:, None], kz * s
-        if not relu_last:
-            T, t = layers[-1]
-            J, k = T @ J, T @ k + t
+            Js.append(Z * s[:, None])
+            ks.append(kz * s)
+        if tail is None:
+            J, k = Js[-1], ks[-1]
+        else:
+            sources, T, t = tail
+            J = T @ np.vstack([np.eye(n) if k < 0 else Js[k] for k in sources])
+            k = T @ np.concatenate([np.zeros(n) if k < 0 else ks[k] for k in sources]) + t
         A_eq, b_eq = J, f - k  # the features on this pattern equal those of x
         zero = np.all(A_eq == 0, axis=1)
         if np.any(np.abs(b_eq[zero]) > 1e-12):
             continue
         A_eq, b_eq = A_eq[~zero], b_eq[~zero]
         yield dict(
-            A_ub=np.vstack(A_ub),
-            b_ub=np.concatenate(b_ub),
+            A_ub=np.vstack(A_ub) if A_ub else np.zeros((0, n)),
+            b_ub=np.concatenate(b_ub) if b_ub else np.zeros(0),
             A_eq=A_eq if len(b_eq) else None,
             b_eq=b_eq if len(b_eq) else None,
             bounds=bounds,
@@ -206,11 +245,21 @@ def lp(c, kw):
 
 def brute_force(layers, x, *, relu_last, lower=None, upper=None):
     """Kind of {x' in box: F(x') = F(x)}: the union of all pieces, each classified by 2n LPs."""
+    return union_kind(pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper), x)
+
+
+def brute_force_dag(dag, tail, x, *, lower=None, upper=None):
+    """brute_force for a DAG (dag_forward)."""
+    return union_kind(dag_pattern_pieces(dag, tail, x, lower=lower, upper=upper), x)
+
+
+def union_kind(all_pieces, x):
+    """Kind of the union of the pieces (linprog keyword arguments), each classified by 2n LPs."""
     x = np.asarray(x, float)
     n = x.size
     pieces = []
     unbounded = False
-    for kw in pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper):
+    for kw in all_pieces:
         if lp(np.zeros(n), kw).status == 2:
             continue
         mins, maxs = np.empty(n), np.empty(n)
@@ -259,8 +308,13 @@ def brute_force_extent(layers, x, *, relu_last, lower, upper):
 
 def brute_force_max_inner(layers, x, target, *, relu_last, lower, upper):
     """max <target, x'> over the union of all pieces (one LP per piece)."""
+    return union_max_inner(pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper), target)
+
+
+def union_max_inner(all_pieces, target):
+    """max <target, x'> over the union of the pieces (linprog keyword arguments; one LP each)."""
     best = -np.inf
-    for kw in pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper):
+    for kw in all_pieces:
         res = lp(-np.asarray(target, float), kw)
         if res.status == 0:
             best = max(best, -res.fun)

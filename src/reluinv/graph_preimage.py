@@ -40,7 +40,7 @@ from .geometry import DEFAULT_RTOL
 from .graph import GraphNet, Layer, input_name, layer_by_name, maxpool_selection, prepare_graph
 from .preimage import Preimage, preimage
 
-__all__ = ["LayerSystem", "graph_layer_preimage", "layer_system", "preimage_rows"]
+__all__ = ["LayerSystem", "graph_layer_preimage", "layer_system", "preimage_rows", "source_map"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,15 @@ class LayerSystem:
     high: float = math.inf
 
 
+def source_map(net: GraphNet, target: str) -> tuple[list[str], NDArray[np.float64], NDArray[np.float64]]:
+    """The sources of node ``target`` and the affine map from them: ``(sources, A, b)`` with
+    ``target = A u + b``, ``u`` the sources' outputs concatenated in graph order (each flattened
+    row-major).  Sources are node names: nonlinear nodes, or the model input."""
+    sources = _sources(net, target)
+    A, b = _affine_map(net, target, sources)
+    return sources, A, b
+
+
 def _sources(net: GraphNet, start: str) -> list[str]:
     """Nonlinear nodes (or the input) that reach ``start`` through affine nodes only, in graph order."""
     found, seen, todo = set(), set(), [start]
@@ -86,7 +95,9 @@ def _sources(net: GraphNet, start: str) -> list[str]:
     return [name for name in net.nodes if name in found]
 
 
-def _affine_map(net: GraphNet, target: str, sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _affine_map(
+    net: GraphNet, target: str, sources: list[str]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     shapes = [tuple(net.values[s].shape[1:]) for s in sources]
     sizes = [math.prod(s) for s in shapes]
     n = sum(sizes)
@@ -147,8 +158,7 @@ def layer_system(model: nn.Module, x: Any, layer: str | int) -> LayerSystem:
     _, net = prepare_graph(model, x)
     chosen = layer_by_name(net, layer)
     target = input_name(net.nodes[chosen.node].fx_node)
-    sources = _sources(net, target)
-    A, b = _affine_map(net, target, sources)
+    sources, A, b = source_map(net, target)
     u = np.concatenate([net.values[s].reshape(-1).cpu().numpy() for s in sources])
     names = {layer_.node: layer_.name for layer_ in net.layers}
     extra: dict[str, Any] = {}

@@ -31,16 +31,14 @@ def interval_bounds(
     start: int = 0,
     given: Bounds | None = None,
 ) -> BoundList:
-    """Interval bound propagation of ``z_l`` from the box (blocks ``start ..``), intersected with
-    ``given`` bounds where supplied."""
+    """Interval bound propagation of ``z_l`` from the box (blocks ``start ..``, each from the
+    bounds of its sources), intersected with ``given`` bounds where supplied."""
     out = list(given) if given is not None else []
-    if start == 0:
-        hl, hu = lo, up
-    else:
-        zl, zu = out[start - 1]
-        hl, hu = np.maximum(zl, 0.0), np.maximum(zu, 0.0)
+    h_lo = [np.maximum(zl, 0.0) for zl, _ in out[:start]]
+    h_up = [np.maximum(zu, 0.0) for _, zu in out[:start]]
     for l in range(start, len(net.blocks)):
-        W, c = net.blocks[l].weight, net.blocks[l].bias
+        W, c, sources = net.blocks[l].weight, net.blocks[l].bias, net.blocks[l].sources
+        hl, hu = net.gather(lo, h_lo, sources), net.gather(up, h_up, sources)
         if np.all(np.isfinite(hl)) and np.all(np.isfinite(hu)):
             centre, radius = (hl + hu) / 2, (hu - hl) / 2
             mid, spread = W @ centre + c, np.abs(W) @ radius
@@ -55,7 +53,8 @@ def interval_bounds(
             out[l] = (zl, zu)
         else:
             out.append((zl, zu))
-        hl, hu = np.maximum(zl, 0.0), np.maximum(zu, 0.0)
+        h_lo.append(np.maximum(zl, 0.0))
+        h_up.append(np.maximum(zu, 0.0))
     return out
 
 

@@ -23,6 +23,10 @@ Filler = Callable[[NDArray[np.float64], NDArray[np.float64]], None]
 class Encoding:
     """Columns and rows of ``{x' in box : F_l(x') = features}`` for given unit states.
 
+    Block ``l``'s pre-activation reads the columns of its sources (``input_cols[l]``: the input
+    columns and/or earlier blocks' ``h`` columns, side by side), so chains and DAGs share one
+    encoding.
+
     ``states[l]`` (one int8 array per variable block) holds ACTIVE, INACTIVE or FREE;
     ``bounds[l] = (lo, up)`` are valid bounds of ``z_l`` over the set (needed for free units).
     With ``integral=False`` free units get the LP relaxation.  ``box`` replaces the problem's box
@@ -60,8 +64,8 @@ class Encoding:
 
     def _add_network(self, bounds: Bounds | None) -> None:
         problem, net = self.problem, self.problem.net
-        prev = self.x_cols
         for l, blk in enumerate(net.blocks):
+            prev = net.gather(self.x_cols, self.h_cols, blk.sources)
             self.input_cols.append(prev)
             if l == len(net.blocks) - 1 and net.fixed_last:
                 y = problem.features
@@ -74,11 +78,11 @@ class Encoding:
                 if bounds is not None
                 else (np.full(blk.bias.size, -np.inf), np.full(blk.bias.size, np.inf))
             )
-            prev = self._add_block(blk, prev, self.states[l], zlo, zup)
+            self._add_block(blk, prev, self.states[l], zlo, zup)
         if net.tail is not None:
             T, t = net.tail
             f = problem.features
-            self.add_rows(T, prev, f - t, f - t)
+            self.add_rows(T, net.gather(self.x_cols, self.h_cols, net.tail_sources), f - t, f - t)
 
     # -- building -----------------------------------------------------------------------------
 

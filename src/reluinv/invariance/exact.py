@@ -178,7 +178,7 @@ class _PreimageSearch:
                 r.direction,
                 f"the piece of activation pattern #{len(self.pieces)} is unbounded "
                 f"(Theorem 4 iii on the piece): along its direction every feature at "
-                f"module {problem.net.layer} stays equal",
+                f"{problem.net.where} stays equal",
                 complete=False,
                 piece=r,
             )
@@ -389,7 +389,7 @@ ROUTES: dict[str, Callable[[_PreimageSearch], Preimage | None]] = {
 def network_preimage(
     model: Any,
     x: Any,
-    layer: int,
+    layer: int | str,
     *,
     lower: Any = None,
     upper: Any = None,
@@ -469,11 +469,7 @@ def network_preimage(
         'compact'
     """
     problem, clock = setup(
-        model,
-        x,
-        layer,
-        lower,
-        upper,
+        (model, x, layer, lower, upper),
         time_limit=time_limit,
         choices=(("strategy", strategy, tuple(ROUTES)),),
         finite_box=(
@@ -503,7 +499,7 @@ def verify_network_preimage(
     result: Preimage,
     model: Any,
     x: Any,
-    layer: int,
+    layer: int | str,
     *,
     lower: Any = None,
     upper: Any = None,
@@ -516,7 +512,7 @@ def verify_network_preimage(
     second point differs from the point, and every piece's own certificate
     (:meth:`reluinv.Preimage.verify` on its one-layer system).
     """
-    problem = make_problem(model, x, layer, lower, upper)
+    problem = make_problem((model, x, layer, lower, upper))
     cert = result.certificate
 
     def check(point: NDArray[np.float64], what: str) -> None:

@@ -43,7 +43,7 @@ class PreimageExtent:
         message: anything the numbers do not say (time limit, ...).
     """
 
-    layer: int
+    layer: int | str
     method: str
     linf: float
     linf_bound: float
@@ -87,7 +87,7 @@ class Extent(NamedTuple):
 def preimage_extent(
     model: Any,
     x: Any,
-    layer: int,
+    layer: int | str,
     *,
     lower: Any = 0.0,
     upper: Any = 1.0,
@@ -131,11 +131,7 @@ def preimage_extent(
         (0.5, 1.0, True)
     """
     problem, clock = setup(
-        model,
-        x,
-        layer,
-        lower,
-        upper,
+        (model, x, layer, lower, upper),
         time_limit=time_limit,
         choices=(("method", method, METHODS), ("tighten", tighten, TIGHTEN_CHOICES)),
         finite_box="preimage_extent needs a finite box (lower and upper finite for every input); "

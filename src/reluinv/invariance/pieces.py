@@ -55,9 +55,13 @@ def piece_system(problem: Problem, pattern: Sequence[NDArray[np.bool_]]) -> Syst
     """The piece of one full pattern as ``(A, b, y)`` of a one-layer system in input space."""
     net = problem.net
     n = problem.n
-    J, k = np.eye(n), np.zeros(n)
+    eye, zero = np.eye(n), np.zeros(n)
+    # every block's output on the piece as an affine map of the input: h_l = Js[l] x + ks[l]
+    Js: list[NDArray[np.float64]] = []
+    ks: list[NDArray[np.float64]] = []
     A_rows, b_rows, y_rows = [], [], []
     for l, blk in enumerate(net.blocks):
+        J, k = net.gather(eye, Js, blk.sources), net.gather(zero, ks, blk.sources)
         Z, kz = blk.weight @ J, blk.weight @ k + blk.bias
         if l == len(net.blocks) - 1 and net.fixed_last:
             y = problem.features
@@ -71,9 +75,11 @@ def piece_system(problem: Problem, pattern: Sequence[NDArray[np.bool_]]) -> Syst
         A_rows.append(Z * sign[:, None])
         b_rows.append(kz * sign)
         y_rows.append(np.zeros(s.size))
-        J, k = Z * s[:, None], kz * s
+        Js.append(Z * s[:, None])
+        ks.append(kz * s)
     if net.tail is not None:
         T, t = net.tail
+        J, k = net.gather(eye, Js, net.tail_sources), net.gather(zero, ks, net.tail_sources)
         E, e = T @ J, T @ k + t
         # E x + e = f written as E x + (e - f + 1) = 1 > 0: an "active" row of the one-layer system
         A_rows.append(E)
@@ -134,9 +140,10 @@ def reduce_piece(A: NDArray[np.float64], b: NDArray[np.float64], y: NDArray[np.f
 def feature_jacobian(problem: Problem) -> NDArray[np.float64]:
     """``dF_l/dx`` on x's linear region."""
     net = problem.net
-    J = np.eye(problem.n)
+    eye = np.eye(problem.n)
+    Js: list[NDArray[np.float64]] = []
     for l, blk in enumerate(net.blocks):
-        J = (blk.weight @ J) * (problem.zs[l] > 0)[:, None]
+        Js.append((blk.weight @ net.gather(eye, Js, blk.sources)) * (problem.zs[l] > 0)[:, None])
     if net.tail is not None:
-        J = net.tail[0] @ J
-    return J
+        return np.asarray(net.tail[0] @ net.gather(eye, Js, net.tail_sources), dtype=np.float64)
+    return Js[-1]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -118,29 +118,51 @@ class Clock:
 # --- the network as dense affine maps and ReLUs -----------------------------------------------------
 
 
+G = TypeVar("G", bound=np.generic)
+
+#: The source index of the model input in :attr:`ReluBlock.sources`.
+INPUT = -1
+
+
 @dataclass(frozen=True)
 class ReluBlock:
-    """``h = ReLU(weight @ h_prev + bias)``; ``module`` is the index of the ReLU module."""
+    """``h = ReLU(weight @ u + bias)`` with ``u`` the outputs of ``sources`` concatenated.
+
+    ``sources`` are indices of earlier blocks, or :data:`INPUT` for the (flattened) model input:
+    ``(l - 1,)`` in a chain, a set of layers in a graph (a residual ``relu(f(h) + x)`` reads ``h``
+    and ``x``).  ``module`` names the ReLU: its module index in a chain, its layer name
+    (:mod:`reluinv.graph`) in a graph.
+    """
 
     weight: NDArray[np.float64]
     bias: NDArray[np.float64]
-    module: int
+    module: int | str
+    sources: tuple[int, ...]
+
+
+#: Reads the features of an input point (flat float64) by a float64 forward pass of the model.
+FeatureFn = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 
 
 @dataclass(frozen=True)
 class DenseNetwork:
-    """Modules ``0 .. layer`` of a Sequential as ReLU blocks and an optional affine tail.
+    """The network up to the feature layer as ReLU blocks and an optional affine tail.
 
-    ``tail = (T, t)`` means the features are ``T h_L + t`` (h_L the last ReLU output, or the input
-    when there is no ReLU); ``tail is None`` means the features are the last ReLU output.
+    Block ``l`` reads the outputs of its :attr:`ReluBlock.sources` (earlier blocks or the input),
+    so the blocks form a DAG in topological order; in a chain block ``l`` reads block ``l - 1``.
+    ``tail = (T, t)`` means the features are ``T u + t`` with ``u`` the outputs of
+    ``tail_sources``; ``tail is None`` means the features are the last block's output.
+    ``layer`` is the caller's name of the feature layer (a module index in a chain, a layer name
+    in a graph) and ``where`` says it in words.
     """
 
-    leaves: tuple[Any, ...]
     input_shape: tuple[int, ...]
     n_inputs: int
     blocks: tuple[ReluBlock, ...]
     tail: tuple[NDArray[np.float64], NDArray[np.float64]] | None
-    layer: int
+    tail_sources: tuple[int, ...]
+    layer: int | str
+    where: str
 
     @property
     def fixed_last(self) -> bool:
@@ -152,22 +174,28 @@ class DenseNetwork:
         """Number of blocks whose post-activations are variables of the encoding."""
         return len(self.blocks) - (1 if self.fixed_last else 0)
 
+    @staticmethod
+    def gather(x: NDArray[G], hs: Sequence[NDArray[G]], sources: Sequence[int]) -> NDArray[G]:
+        """The values of ``sources`` side by side: ``x`` for the input, ``hs[k]`` for block k (one
+        array of a chain's single source is returned as it is)."""
+        parts = [x if k == INPUT else hs[k] for k in sources]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def preactivations(self, x: NDArray[np.float64]) -> list[NDArray[np.float64]]:
         """``z_l`` of every block at the flat input ``x`` (float64)."""
-        zs, h = [], x
+        zs: list[NDArray[np.float64]] = []
+        hs: list[NDArray[np.float64]] = []
         for blk in self.blocks:
-            z = blk.weight @ h + blk.bias
+            z = blk.weight @ self.gather(x, hs, blk.sources) + blk.bias
             zs.append(z)
-            h = np.maximum(z, 0.0)
+            hs.append(np.maximum(z, 0.0))
         return zs
 
     def features(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        h = x
-        for blk in self.blocks:
-            h = np.maximum(blk.weight @ h + blk.bias, 0.0)
+        hs = [np.maximum(z, 0.0) for z in self.preactivations(x)]
         if self.tail is not None:
-            h = self.tail[0] @ h + self.tail[1]
-        return h
+            return self.tail[0] @ self.gather(x, hs, self.tail_sources) + self.tail[1]
+        return hs[-1]
 
 
 def check_layer(layer: Any, n_modules: int) -> int:
@@ -180,8 +208,23 @@ def check_layer(layer: Any, n_modules: int) -> int:
     return int(layer)
 
 
-def build_network(model: Any, input_shape: tuple[int, ...], layer: int) -> DenseNetwork:
-    """Modules ``0 .. layer`` as dense float64 ReLU blocks, read through :mod:`reluinv.network`.
+def build_network(model: Any, x_arr: NDArray[np.float64], layer: Any) -> tuple[DenseNetwork, FeatureFn]:
+    """The network up to ``layer`` as dense float64 ReLU blocks, and its reference forward pass.
+
+    ``nn.Sequential`` chains (:func:`reluinv.graph.is_chain`) are read by :func:`chain_network`,
+    every other model is traced (:func:`reluinv.invariance.graph_network.graph_network`).
+    """
+    from ..graph import is_chain
+
+    if is_chain(model):
+        return chain_network(model, tuple(int(s) for s in x_arr.shape), layer)
+    from .graph_network import graph_network
+
+    return graph_network(model, x_arr, layer)
+
+
+def chain_network(model: Any, input_shape: tuple[int, ...], layer: Any) -> tuple[DenseNetwork, FeatureFn]:
+    """Modules ``0 .. layer`` of a chain as dense float64 ReLU blocks, read through :mod:`reluinv.network`.
 
     :func:`reluinv.network.as_chain` validates the whole model; :func:`reluinv.network.feeding_map`
     composes the affine steps (reshapes, convolutions, batch norms, ...) in front of each ReLU
@@ -190,7 +233,7 @@ def build_network(model: Any, input_shape: tuple[int, ...], layer: int) -> Dense
     """
     leaves = flatten_modules(model)
     layer = check_layer(layer, len(leaves))
-    chain = as_chain(model, tuple(int(s) for s in input_shape))
+    chain = as_chain(model, input_shape)
     n_inputs = int(np.prod(input_shape)) if len(input_shape) else 1
     blocks: list[ReluBlock] = []
     for step in chain[: layer + 1]:
@@ -203,13 +246,14 @@ def build_network(model: Any, input_shape: tuple[int, ...], layer: int) -> Dense
                 )
             fed = feeding_map(chain, step.index)
             weight, bias = fed if fed is not None else (np.eye(step.in_dim), np.zeros(step.in_dim))
-            blocks.append(ReluBlock(weight, bias, step.index))
+            blocks.append(ReluBlock(weight, bias, step.index, (len(blocks) - 1,)))
     tail = feeding_map(chain, layer + 1)
     if not blocks and tail is None:  # features are the (reshaped) input itself
         tail = (np.eye(n_inputs), np.zeros(n_inputs))
-    return DenseNetwork(
-        tuple(leaves), tuple(int(s) for s in input_shape), n_inputs, tuple(blocks), tail, layer
+    net = DenseNetwork(
+        input_shape, n_inputs, tuple(blocks), tail, (len(blocks) - 1,), layer, f"module {layer}"
     )
+    return net, TorchFeatures(leaves, layer, input_shape)
 
 
 class TorchFeatures:
@@ -244,7 +288,7 @@ class Problem:
     features: NDArray[np.float64]  # from the dense maps (the equality targets)
     reference: NDArray[np.float64]  # from the torch float64 forward pass
     zs: list[NDArray[np.float64]]  # pre-activations at x
-    torch_features: TorchFeatures
+    torch_features: FeatureFn
 
     @property
     def n(self) -> int:
@@ -310,12 +354,17 @@ def as_input_array(x: Any, name: str) -> NDArray[np.float64]:
     return as_finite_array(x, name)
 
 
-def make_problem(model: Any, x: Any, layer: Any, lower: Any, upper: Any) -> Problem:
-    """Validate ``(model, x, layer, box)`` and compute what every search needs."""
+#: What every search is asked about: ``(model, x, layer, lower, upper)``.
+Question = tuple[Any, Any, Any, Any, Any]
+
+
+def make_problem(question: Question) -> Problem:
+    """Validate ``(model, x, layer, lower, upper)`` and compute what every search needs."""
+    model, x, layer, lower, upper = question
     x_arr = as_input_array(x, "x")
     if x_arr.ndim == 0:
         raise ValueError("x must be an array (one input without batch dimension), got a scalar")
-    net = build_network(model, tuple(x_arr.shape), layer)
+    net, torch_features = build_network(model, x_arr, layer)
     flat = x_arr.reshape(-1).copy()
     lo, up = as_bounds(lower, upper, flat.size)
     outside = np.flatnonzero((flat < lo) | (flat > up))
@@ -326,7 +375,6 @@ def make_problem(model: Any, x: Any, layer: Any, lower: Any, upper: Any) -> Prob
             f"lower={lo[j]}, x={flat[j]}, upper={up[j]} ({outside.size} coordinates "
             f"outside); the preimage search needs x inside [lower, upper]"
         )
-    torch_features = TorchFeatures(net.leaves, net.layer, tuple(x_arr.shape))
     try:
         reference = torch_features(flat)
     except RuntimeError as exc:
@@ -361,11 +409,7 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
 
 
 def setup(
-    model: Any,
-    x: Any,
-    layer: Any,
-    lower: Any,
-    upper: Any,
+    question: Question,
     *,
     time_limit: Any,
     choices: Sequence[tuple[str, Any, Sequence[str]]] = (),
@@ -374,6 +418,7 @@ def setup(
     """The start every public search shares: the clock, the option checks, the problem, the box.
 
     Args:
+        question: ``(model, x, layer, lower, upper)`` as the caller gave them.
         choices: ``(name, value, allowed)`` for each string option, checked before anything is
             built.
         finite_box: when the call needs a finite box, the error to raise without one.
@@ -381,7 +426,7 @@ def setup(
     clock = Clock.start(time_limit)
     for name, value, allowed in choices:
         check_choice(name, value, allowed)
-    problem = make_problem(model, x, layer, lower, upper)
+    problem = make_problem(question)
     if finite_box is not None and not problem.box_finite:
         raise ValueError(finite_box)
     return problem, clock

@@ -79,7 +79,7 @@ class InvarianceResult:
     proven: bool
     status: str
     solve_time: float
-    layer: int
+    layer: int | str
     n_binaries: int = 0
     message: str = ""
 
@@ -158,7 +158,7 @@ def invariance_search(
     x: Any,
     target: Any,
     *,
-    layer: int,
+    layer: int | str,
     lower: Any = 0.0,
     upper: Any = 1.0,
     objective: Objective = "max_inner",
@@ -232,11 +232,7 @@ def invariance_search(
         (0.4, True, True)
     """
     problem, clock = setup(
-        model,
-        x,
-        layer,
-        lower,
-        upper,
+        (model, x, layer, lower, upper),
         time_limit=time_limit,
         choices=(
             ("mode", mode, MODES),
@@ -285,10 +281,12 @@ def _check_first_block(problem: Problem) -> None:
     net = problem.net
     first_relu = net.blocks[0].module if net.blocks else None
     if not (len(net.blocks) == 1 and net.tail is None):
-        hint = "" if first_relu is None else f" (the first ReLU here is module {first_relu})"
+        # a chain names modules by index, a graph names layers by module path
+        kind = "layer" if isinstance(net.layer, str) else "module"
+        hint = "" if first_relu is None else f" (the first ReLU here is {kind} {first_relu!r})"
         raise ValueError(
             f"mode='layer' is the Appendix A7 LP of the first affine + ReLU block only: layer must "
-            f"be the first ReLU module{hint}, got layer {net.layer}.  A deeper layer's one-layer "
+            f"be the first ReLU {kind}{hint}, got layer {net.layer!r}.  A deeper layer's one-layer "
             f"preimage is not an input-space answer; use mode='region' or mode='exact'"
         )
 
