@@ -3,8 +3,10 @@ preimages.
 
 For a ``torch.nn.Sequential`` ``F`` of affine modules and ReLUs (nested Sequentials are
 flattened; module indices count the flattened list) and an input ``x``, write ``F_l(x)`` for
-the output of module ``l`` ("the features at layer l").  This package answers two questions about
-the set
+the output of module ``l`` ("the features at layer l").  For any other model (residual
+additions, concatenations: whatever :mod:`reluinv.graph` traces) ``l`` is a layer of the graph,
+named by its module path (``"layer1.0.relu#2"``) or its index among the layers, or ``"output"``
+for the model output.  This package answers two questions about the set
 
     S_l(x) = { x' : lower <= x' <= upper,  F_l(x') = F_l(x) }
 
@@ -48,7 +50,13 @@ union is exactly ``S_l(x)`` (ReLU is continuous, so boundary points belong to bo
 
 The network is read through :func:`reluinv.network.as_chain` (Linear, Conv2d, Flatten,
 AvgPool2d, BatchNorm and dropout in eval mode, ...; ReLU is the only activation allowed up to the
-feature layer), consecutive affine modules composed into one dense float64 map.
+feature layer), consecutive affine modules composed into one dense float64 map.  A traced graph
+is read by :mod:`.graph_network`: the blocks are the feature layer and every ReLU layer it
+depends on, and block ``l`` reads a *set* of sources (earlier layers' outputs and/or the input,
+``z_l = W_l [h_s]_{s in sources(l)} + c_l``, the map of :func:`reluinv.graph_preimage.source_map`);
+everything below is unchanged with ``h_{l-1}`` read as "the sources of block l".  Max-pool layers
+below the features are refused (a ``ValueError`` naming the layer: max-pooling is supported by the
+one-layer :func:`reluinv.layer_preimage` only), as are activations other than ReLU.
 
 Numerics: every decision is made in float64; HiGHS runs with primal/dual feasibility tolerance
 1e-9 on LPs and 1e-7 on MILPs, relative MIP gap 1e-6 (:mod:`reluinv._lp`; the other tolerances
@@ -61,10 +69,11 @@ modules themselves, so every point returned is checked independently of the solv
 proofs, ``proven``, still rest on HiGHS).
 
 Files, one question each: :mod:`.problem` (the model as dense ReLU blocks, the box, scales,
-tolerances and time shares), :mod:`.encoding` (the MILP / LP), :mod:`.bounds` (valid bounds on
-every unit), :mod:`.search` (:func:`invariance_search`), :mod:`.pieces` and :mod:`.exact`
-(:func:`network_preimage`), :mod:`.extent` (:func:`preimage_extent`).  The figure driver of the
-extended Figure 7 lives in :mod:`reluinv.experiments.fig7x`.
+tolerances and time shares), :mod:`.graph_network` (a traced graph as those blocks),
+:mod:`.encoding` (the MILP / LP), :mod:`.bounds` (valid bounds on every unit), :mod:`.search`
+(:func:`invariance_search`), :mod:`.pieces` and :mod:`.exact` (:func:`network_preimage`),
+:mod:`.extent` (:func:`preimage_extent`).  The figure driver of the extended Figure 7 lives in
+:mod:`reluinv.experiments.fig7x`.
 """
 
 from __future__ import annotations

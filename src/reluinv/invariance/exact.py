@@ -451,7 +451,7 @@ def network_preimage(
     Args:
         model: as for :func:`invariance_search`.
         x: one input without batch dimension.
-        layer: module index whose output defines the features.
+        layer: whose output defines the features: as for :func:`invariance_search`.
         lower, upper: optional box (None = unbounded); must contain ``x``.
         time_limit: seconds; beyond it the kind is "unknown".
         strategy: "auto" (the steps above), "enumerate" (step 2 with all the time) or "milp"

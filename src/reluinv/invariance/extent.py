@@ -29,7 +29,7 @@ class PreimageExtent:
     """How far an input can move inside ``{x' in box : F_layer(x') = F_layer(x)}``.
 
     Attributes:
-        layer: module index.
+        layer: module index (chain) or layer name (traced graph), as given.
         method: "exact" (over the whole preimage, MILP) or "region" (over x's linear region only:
             a LOWER BOUND on the exact extent).
         linf, l1: the largest ``||x' - x||_inf`` / ``||x' - x||_1`` found, attained at

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .._validate import as_bounds, as_finite_array
+from .._validate import as_bounds, as_model_input
 from ..network import ActivationStep, as_chain, feeding_map, flatten_modules
 
 #: Unit states in an encoding.
@@ -342,18 +342,6 @@ class Problem:
         return float(np.max(np.abs(self.torch_features(x_prime) - self.reference), initial=0.0))
 
 
-def as_input_array(x: Any, name: str) -> NDArray[np.float64]:
-    """A torch tensor or array-like as a finite float64 array (ValueError naming ``name``)."""
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().double().numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    return as_finite_array(x, name)
-
-
 #: What every search is asked about: ``(model, x, layer, lower, upper)``.
 Question = tuple[Any, Any, Any, Any, Any]
 
@@ -361,9 +349,7 @@ Question = tuple[Any, Any, Any, Any, Any]
 def make_problem(question: Question) -> Problem:
     """Validate ``(model, x, layer, lower, upper)`` and compute what every search needs."""
     model, x, layer, lower, upper = question
-    x_arr = as_input_array(x, "x")
-    if x_arr.ndim == 0:
-        raise ValueError("x must be an array (one input without batch dimension), got a scalar")
+    x_arr = as_model_input(x, "x")
     net, torch_features = build_network(model, x_arr, layer)
     flat = x_arr.reshape(-1).copy()
     lo, up = as_bounds(lower, upper, flat.size)

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._lp import Outcome
+from .._validate import as_model_input
 from .bounds import TIGHTEN_CHOICES, preimage_bounds, states_from_bounds
 from .encoding import Encoding
 from .problem import (
@@ -25,7 +26,6 @@ from .problem import (
     Clock,
     Problem,
     TimeShares,
-    as_input_array,
     setup,
 )
 
@@ -64,7 +64,7 @@ class InvarianceResult:
         proven: True when ``objective`` is optimal for this mode's problem (MIP relative gap 1e-6).
         status: the solver's verdict ("optimal", "time_limit", "unbounded", ...).
         solve_time: wall-clock seconds of the whole call.
-        layer: the module index whose output was kept.
+        layer: the module index (chain) or layer name (traced graph) whose output was kept.
         n_binaries: binaries of the MILP ("exact"; 0 otherwise).
         message: one line on anything the numbers do not say.
     """
@@ -198,11 +198,13 @@ def invariance_search(
 
     Args:
         model: ``torch.nn.Sequential`` (nested allowed, eval mode) of modules that
-            :func:`reluinv.network.as_chain` supports, with ReLU as the only activation up to
-            ``layer``.
+            :func:`reluinv.network.as_chain` supports, or any model :mod:`reluinv.graph` traces
+            (residual additions, concatenations); ReLU must be the only activation up to ``layer``.
         x: one input, without batch dimension (e.g. shape (1, 28, 28) or (784,)).
         target: same number of entries as ``x``.
-        layer: module index (into the flattened Sequential) whose output is kept equal.
+        layer: whose output is kept equal: a module index (into the flattened Sequential) for
+            a Sequential; a layer name (module path, e.g. ``"layer1.0.relu#2"``), a layer index
+            or ``"output"`` for a traced model.
         lower, upper: box on the input (scalars or per-coordinate); must contain ``x``.
         objective: "max_inner" or "l1".
         mode: "layer", "region" or "exact".
@@ -216,10 +218,10 @@ def invariance_search(
         :class:`InvarianceResult`.
 
     Raises:
-        ValueError: a model :func:`reluinv.network.as_chain` refuses, or a non-ReLU activation up
-            to ``layer``; layer out of range; NaN/inf in ``x`` or ``target``; ``target`` of the
-            wrong size; box that excludes ``x``; unknown mode/objective; "layer" mode at a
-            deeper layer; "exact" without a finite box.
+        ValueError: a model neither :func:`reluinv.network.as_chain` nor :mod:`reluinv.graph` reads,
+            a max-pool or a non-ReLU activation up to ``layer``; layer out of range; NaN/inf in
+            ``x`` or ``target``; ``target`` of the wrong size; box that excludes ``x``; unknown
+            mode/objective; "layer" mode at a deeper layer; "exact" without a finite box.
 
     Example:
         >>> import torch
@@ -267,7 +269,7 @@ def invariance_search(
 
 
 def _check_target(target: Any, problem: Problem) -> NDArray[np.float64]:
-    target_arr = as_input_array(target, "target").reshape(-1) if np.ndim(target) else None
+    target_arr = as_model_input(target, "target").reshape(-1) if np.ndim(target) else None
     if target_arr is None or target_arr.size != problem.n:
         shape = None if target_arr is None else np.shape(target)
         raise ValueError(
