@@ -182,6 +182,18 @@ def test_unreadable_cache_file_is_retrained_with_a_warning(tmp_path, digits_trai
     assert info3.from_cache
 
 
+def test_an_unwritable_cache_warns_at_the_caller_and_keeps_the_model(tmp_path, digits_train):
+    data = digits_train.head(50)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder would go")
+    with pytest.warns(UserWarning, match="could not write the cache file") as caught:
+        model, info = train(TINIER, data, cache_dir=blocker, progress=False)
+    assert caught[0].filename == __file__  # the warning points at the call of train
+    assert info.cache_path is None and not info.from_cache and info.cache_key == cache_key(TINIER, data)
+    fresh, _ = train(TINIER, data, use_cache=False, progress=False)
+    assert _same_weights(model, fresh)
+
+
 def test_progress_bar_goes_to_stderr(capsys, digits_train):
     train(TINIER, digits_train.head(50), use_cache=False, progress=True)
     captured = capsys.readouterr()

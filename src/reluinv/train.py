@@ -450,6 +450,41 @@ def train(
                             test_set=load_embedded_digits("test"), progress=False)
         model(torch.tensor(load_embedded_digits("test").images[:5])).shape   # (5, 10)
     """
+    _check_train_args(recipe, dataset, test_set, num_threads)
+    model = _initial_model(recipe, dataset)
+    key = cache_key(recipe, dataset)
+    path = _cache_file(
+        Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(), recipe, dataset, key
+    )
+    entry = _load_cached(path, key, model) if use_cache else None
+    if entry is not None:
+        return model, _cached_info(entry, model, recipe, dataset, test_set, key=key, path=path)
+
+    started = time.perf_counter()
+    with _torch_threads(num_threads):
+        epoch_losses = _fit(model, recipe, dataset, progress=progress, device=torch.device(device))
+    train_seconds = time.perf_counter() - started
+    model.cpu().eval()
+    info = TrainingInfo(
+        recipe=recipe,
+        cache_key=key,
+        cache_path=None,
+        from_cache=False,
+        train_seconds=train_seconds,
+        epoch_losses=tuple(epoch_losses),
+        train_accuracy=evaluate(model, dataset),
+        test_accuracy=evaluate(model, test_set) if test_set is not None else None,
+        data_name=dataset.name,
+    )
+    if use_cache and _store(model, info, dataset, test_set, path):
+        info = dataclasses.replace(info, cache_path=path)
+    return model, info
+
+
+def _check_train_args(
+    recipe: Recipe, dataset: Dataset, test_set: Dataset | None, num_threads: int | None
+) -> None:
+    """The argument checks of :func:`train` (types, an empty set, a mismatched test set)."""
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
     if not isinstance(dataset, Dataset):
@@ -467,75 +502,64 @@ def train(
                 f"the training set {dataset.input_shape} and {dataset.classes}"
             )
 
-    model = _initial_model(recipe, dataset)
-    key = cache_key(recipe, dataset)
-    path = _cache_file(
-        Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(), recipe, dataset, key
-    )
 
-    entry = _load_cached(path, key, model) if use_cache else None
-    if entry is not None:
-        model.eval()
-        test_accuracy = None
-        if test_set is not None:
-            # The stored accuracy is reused only for the very test set it was measured on.
-            stored = entry.get("test_accuracy")
-            same_test = entry.get("test_fingerprint") == test_set.fingerprint
-            test_accuracy = float(stored) if same_test and stored is not None else evaluate(model, test_set)
-        return model, TrainingInfo(
-            recipe=recipe,
-            cache_key=key,
-            cache_path=path,
-            from_cache=True,
-            train_seconds=float(entry["train_seconds"]),
-            epoch_losses=tuple(float(x) for x in entry["epoch_losses"]),
-            train_accuracy=float(entry["train_accuracy"]),
-            test_accuracy=test_accuracy,
-            data_name=dataset.name,
-        )
-
-    started = time.perf_counter()
-    with _torch_threads(num_threads):
-        epoch_losses = _fit(model, recipe, dataset, progress=progress, device=torch.device(device))
-    train_seconds = time.perf_counter() - started
-    model.cpu().eval()
-    train_accuracy = evaluate(model, dataset)
-    test_accuracy = evaluate(model, test_set) if test_set is not None else None
-
-    saved_path: Path | None = None
-    if use_cache:
-        entry = {
-            "format": _CACHE_FORMAT,
-            "key": key,
-            "recipe": recipe.as_dict(),
-            "data_fingerprint": dataset.fingerprint,
-            "data_name": dataset.name,
-            "state_dict": model.state_dict(),
-            "train_seconds": train_seconds,
-            "epoch_losses": epoch_losses,
-            "train_accuracy": train_accuracy,
-            "test_accuracy": test_accuracy,
-            "test_fingerprint": test_set.fingerprint if test_set is not None else None,
-            "torch_version": str(torch.__version__),
-        }
-        try:
-            _atomic_save(entry, path)
-            saved_path = path
-        except OSError as exc:
-            # Losing the cache costs a retrain later; losing the trained model now would be worse.
-            warnings.warn(f"could not write the cache file {path} ({exc})", stacklevel=2)
-
-    return model, TrainingInfo(
+def _cached_info(
+    entry: dict[str, Any],
+    model: nn.Module,
+    recipe: Recipe,
+    dataset: Dataset,
+    test_set: Dataset | None,
+    *,
+    key: str,
+    path: Path,
+) -> TrainingInfo:
+    """The :class:`TrainingInfo` of weights loaded from the cache (``model`` set to eval mode)."""
+    model.eval()
+    test_accuracy = None
+    if test_set is not None:
+        # The stored accuracy is reused only for the very test set it was measured on.
+        stored = entry.get("test_accuracy")
+        same_test = entry.get("test_fingerprint") == test_set.fingerprint
+        test_accuracy = float(stored) if same_test and stored is not None else evaluate(model, test_set)
+    return TrainingInfo(
         recipe=recipe,
         cache_key=key,
-        cache_path=saved_path,
-        from_cache=False,
-        train_seconds=train_seconds,
-        epoch_losses=tuple(epoch_losses),
-        train_accuracy=train_accuracy,
+        cache_path=path,
+        from_cache=True,
+        train_seconds=float(entry["train_seconds"]),
+        epoch_losses=tuple(float(x) for x in entry["epoch_losses"]),
+        train_accuracy=float(entry["train_accuracy"]),
         test_accuracy=test_accuracy,
         data_name=dataset.name,
     )
+
+
+def _store(
+    model: nn.Module, info: TrainingInfo, dataset: Dataset, test_set: Dataset | None, path: Path
+) -> bool:
+    """Write the trained weights with their record to the cache file ``path``; False (with a
+    warning to the caller of :func:`train`) where the file cannot be written."""
+    entry = {
+        "format": _CACHE_FORMAT,
+        "key": info.cache_key,
+        "recipe": info.recipe.as_dict(),
+        "data_fingerprint": dataset.fingerprint,
+        "data_name": dataset.name,
+        "state_dict": model.state_dict(),
+        "train_seconds": info.train_seconds,
+        "epoch_losses": list(info.epoch_losses),
+        "train_accuracy": info.train_accuracy,
+        "test_accuracy": info.test_accuracy,
+        "test_fingerprint": test_set.fingerprint if test_set is not None else None,
+        "torch_version": str(torch.__version__),
+    }
+    try:
+        _atomic_save(entry, path)
+    except OSError as exc:
+        # Losing the cache costs a retrain later; losing the trained model now would be worse.
+        warnings.warn(f"could not write the cache file {path} ({exc})", stacklevel=3)
+        return False
+    return True
 
 
 @contextlib.contextmanager
