@@ -495,20 +495,14 @@ def _rebuild_flatten(script: Any) -> nn.Module:
     return nn.Flatten(int(settings["start_dim"]), int(settings["end_dim"]))
 
 
-def _rebuild_leaky_relu(script: Any) -> nn.Module:
-    settings = _settings(script, ("negative_slope",))
+def _rebuild_activation(script: Any, make: Callable[[float], nn.Module], setting: str, op: str) -> nn.Module:
+    """An activation with one float setting (``LeakyReLU``'s slope, ``ELU``'s alpha): the scripted
+    module's attribute, else the second argument of the traced call of ``op`` (or ``op_``)."""
+    settings = _settings(script, (setting,))
     if settings is None:
-        _, args = _graph_call(script, ("aten::leaky_relu", "aten::leaky_relu_"))
-        settings = {"negative_slope": args[1]}
-    return nn.LeakyReLU(float(settings["negative_slope"]))
-
-
-def _rebuild_elu(script: Any) -> nn.Module:
-    settings = _settings(script, ("alpha",))
-    if settings is None:
-        _, args = _graph_call(script, ("aten::elu", "aten::elu_"))
-        settings = {"alpha": args[1]}
-    return nn.ELU(float(settings["alpha"]))
+        _, args = _graph_call(script, (op, f"{op}_"))
+        settings = {setting: args[1]}
+    return make(float(settings[setting]))
 
 
 def _rebuild_dropout(script: Any) -> nn.Module:
@@ -546,8 +540,10 @@ _BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
     "AvgPool2d": _rebuild_avgpool2d,
     "Flatten": _rebuild_flatten,
     "ReLU": lambda script: nn.ReLU(),
-    "LeakyReLU": _rebuild_leaky_relu,
-    "ELU": _rebuild_elu,
+    "LeakyReLU": lambda script: _rebuild_activation(
+        script, nn.LeakyReLU, "negative_slope", "aten::leaky_relu"
+    ),
+    "ELU": lambda script: _rebuild_activation(script, nn.ELU, "alpha", "aten::elu"),
     "Tanh": lambda script: nn.Tanh(),
     "Identity": lambda script: nn.Identity(),
 }

@@ -20,6 +20,7 @@ from .claims import Claim, check, not_testable
 from .common import RunConfig, digit_data, trained
 from .fig7 import (
     FEATURE_CLAIM_TOL,
+    Example,
     closer_to_target,
     fewest_active_examples,
     first_layer_activity,
@@ -135,10 +136,7 @@ def fig7x_examples(
         lists of the per-sample shape; drop them if not needed.
     """
     images, labels = _images_and_labels(test_images, test_labels)
-    for m in modes:
-        check_choice("modes entry", m, ("layer", "region", "exact"))
-    if isinstance(n_examples, bool) or not isinstance(n_examples, (int, np.integer)) or n_examples < 1:
-        raise ValueError(f"n_examples must be a positive integer, got {n_examples!r}")
+    _check_modes_and_count(modes, n_examples)
     relus, modules = _depth_modules(model, depths)
     active = first_layer_activity(model, images, relus[0], float64=True).sum(1)
     chosen = fewest_active_examples(
@@ -165,19 +163,7 @@ def fig7x_examples(
             )
             for d, module in zip(depths, modules, strict=True)
         ]
-        examples.append(
-            {
-                "index": example.source,
-                "label": int(labels[example.source]),
-                "n_active_first_layer": example.active,
-                "target_index": tgt,
-                "target_label": int(labels[tgt]),
-                "image_shape": list(images.shape[1:]),
-                "image": x.tolist(),
-                "target": target.tolist(),
-                "depths": per_depth,
-            }
-        )
+        examples.append(_example_entry(images, labels, example, tgt, per_depth))
     return {
         "depths": list(depths),
         "modules": modules,
@@ -185,6 +171,31 @@ def fig7x_examples(
         "time_limit": time_limit,
         "box": [lower, upper],
         "examples": examples,
+    }
+
+
+def _check_modes_and_count(modes: Sequence[str], n_examples: Any) -> None:
+    for m in modes:
+        check_choice("modes entry", m, ("layer", "region", "exact"))
+    if isinstance(n_examples, bool) or not isinstance(n_examples, (int, np.integer)) or n_examples < 1:
+        raise ValueError(f"n_examples must be a positive integer, got {n_examples!r}")
+
+
+def _example_entry(
+    images: np.ndarray, labels: np.ndarray, example: Example, tgt: int, per_depth: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One example of :func:`fig7x_examples`' result: source and target with the per-depth entries."""
+    x, target = images[example.source], images[tgt]
+    return {
+        "index": example.source,
+        "label": int(labels[example.source]),
+        "n_active_first_layer": example.active,
+        "target_index": tgt,
+        "target_label": int(labels[tgt]),
+        "image_shape": list(images.shape[1:]),
+        "image": x.tolist(),
+        "target": target.tolist(),
+        "depths": per_depth,
     }
 
 
