@@ -4,6 +4,7 @@ Public API (everything else lives in topic modules)::
 
     reluinv.preimage(A, b, y, lower=None, upper=None)   # Theorem 4 / Algorithm 1, with certificates
     reluinv.layer_preimage(module, x)                   # the same for torch Linear / Conv2d
+    reluinv.preimage_batch(A, b, Y)                     # the same for many outputs of one layer
     reluinv.is_omnidirectional(A)                       # Definition 1 / Theorem 5
     reluinv.linearize(model, x, upto=None)              # (J, c) on x's linear region (Definition 7)
     reluinv.activation_pattern(model, x)                # the index sets I^l of Definition 7
@@ -18,6 +19,7 @@ from .geometry import OmniCertificate, is_omnidirectional, omnidirectional_certi
 from .invariance import InvarianceResult, invariance_search, network_preimage, preimage_extent
 from .network import activation_pattern, linearize
 from .preimage import Preimage, PreimageCertificate, layer_preimage, preimage
+from .preimage_batch import preimage_batch
 from .stability import LayerSpectrum, check_lemma8, lemma9_curve, relu_effect, spectra
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "network_preimage",
     "omnidirectional_certificate",
     "preimage",
+    "preimage_batch",
     "preimage_extent",
     "relu_effect",
     "spectra",

@@ -38,6 +38,7 @@ Tolerances, in these units: a constraint counts as satisfied when its violation 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -294,7 +295,11 @@ class _UnitInequalities:
         return np.concatenate([layer, x[self.up_idx], -x[self.lo_idx]])
 
 
-def _row_norms(A: F64) -> tuple[F64, F64, NDArray[np.int64], NDArray[np.bool_]]:
+#: ``(M, norms, shift, zero)`` of :func:`_row_norms`.
+RowNorms = tuple[F64, F64, NDArray[np.int64], NDArray[np.bool_]]
+
+
+def _row_norms(A: F64) -> RowNorms:
     """``(M, norms, shift, zero)`` with ``M_i = A_i * 2^-shift_i`` and ``norms_i = |M_i|``.
 
     The common case costs one pass over A and no copy: every squared row norm lies in
@@ -362,11 +367,23 @@ class _LayerSystem:
     Points, directions and multipliers are mapped back to the user's problem in :meth:`_result`.
     """
 
-    def __init__(self, A: F64, b: F64, y: F64, lo: F64, up: F64, rtol: float) -> None:
+    def __init__(
+        self,
+        A: F64,
+        b: F64,
+        y: F64,
+        lo: F64,
+        up: F64,
+        rtol: float,
+        row_norms: RowNorms | None = None,
+        factor: Callable[[F64, F64], EqualityFactor] = EqualityFactor,
+    ) -> None:
+        # ``row_norms`` (``_row_norms(A)``) and ``factor`` (step 1's factorisation of E x = e) let
+        # :mod:`reluinv.preimage_batch` share the first and batch the second across outputs.
         m, n = A.shape
-        self.m, self.n, self.rtol = m, n, rtol
+        self.m, self.n, self.rtol, self.factor = m, n, rtol, factor
         self.active = np.flatnonzero(y > 0)
-        M, norms, shift, self.zero_norm = _row_norms(A)
+        M, norms, shift, self.zero_norm = _row_norms(A) if row_norms is None else row_norms
         # 1/|A_i| = inv_i * 2^-shift_i
         inv = 1.0 / np.where(self.zero_norm, 1.0, norms)
         self.inv, self.shift = inv, shift
@@ -452,7 +469,7 @@ class _LayerSystem:
 
     def _factor(self) -> None:
         """One QR of A_pos^T: rank, null-space basis and a particular solution (module step 1)."""
-        f = EqualityFactor(self.E, self.e)
+        f = self.factor(self.E, self.e)
         self.r, self.rank_ratio, self.x_p, self.basis = f.rank, f.rank_ratio, f.x_p, f.basis
 
     def _farkas_from_ineq(self, lam: NDArray[np.float64], rows: NDArray[np.intp]) -> PreimageCertificate:

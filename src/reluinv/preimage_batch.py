@@ -1,0 +1,248 @@
+"""Preimages of many outputs of one ReLU layer (Theorem 4, Remark 3), sharing what the layer fixes.
+
+Figure 4 decides the preimage of ``y = ReLU(A x + b)`` for every test image under the same layer.
+:func:`preimage_batch` returns, for each row of ``Y`` (or of ``X``), the :class:`Preimage` that
+:func:`reluinv.preimage` returns for it, while doing once per batch what the layer alone decides:
+
+* the checks of ``A``, ``b`` and the box (one pass over A instead of one per sample);
+* the row norms of A and their power-of-two scaling (``preimage._row_norms``), which every
+  sample's unit rows use;
+* with ``X``, the forward pass ``ReLU(X A^T + b)`` of all samples as one matrix product.
+
+Every sample then goes through the very decision of :func:`reluinv.preimage` (``_LayerSystem``,
+with the shared row norms): on the default path (``device=None``) the results are bit for bit
+those of :func:`reluinv.preimage` on the same ``y`` (the tests compare every field).
+
+``device`` (a torch device: ``"cuda"``, ``"cpu"``) moves step 1 of Theorem 4's method, the
+factorisation of the active rows, to batched torch float64 kernels: for each group of samples
+with fewer active rows than inputs, one ``geqrf`` of the zero-padded ``A_pos^T`` (zero columns
+leave the reflectors of the real ones unchanged) and ``householder_product`` for the whole
+orthogonal factor, which holds both the particular solution's range and the null-space basis;
+for the others, one batched LU of the same ``n`` picked rows that :class:`EqualityFactor` tries.
+Rank is still certified on this machine with LAPACK's condition estimate of the returned factor
+(the rule of :mod:`reluinv._nullspace`); a factor that fails it, or a sample with no active row,
+is factorised by :class:`EqualityFactor` itself (pivoted QR).  The factors differ from LAPACK's
+in rounding only, so verdicts, ranks and nullities agree away from the tolerances and the margins
+agree to rounding.  The rest of the decision (the restriction of the inactive rows to the null
+space, the direction and LP searches) stays per sample on the CPU.  No GPU was available where
+this was written: the torch path is tested with torch on the CPU, and on CUDA by a test marked
+``cuda``.
+
+Memory: ``A``'s unit rows once (m x n float64), and on the torch path, per group of at most
+``group`` samples, ``2 * group * n * n`` float64 on the device and as much on the host (64
+samples of a 784-input layer: about 0.6 GiB each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+from numpy.typing import NDArray
+from scipy.linalg import lapack
+
+from ._nullspace import _SAFETY, EqualityFactor, ExplicitBasis
+from ._threads import single_blas_pool
+from ._validate import as_bounds, as_finite_array
+from .geometry import DEFAULT_RTOL
+from .preimage import Preimage, RowNorms, _LayerSystem, _row_norms
+
+__all__ = ["preimage_batch", "layer_outputs"]
+
+F64 = NDArray[np.float64]
+Factor = Callable[[F64, F64], EqualityFactor]
+
+#: Samples factorised together on the torch path (bounds its memory, see the module docstring).
+GROUP = 64
+
+
+def layer_outputs(A: Any, b: Any, X: Any) -> F64:
+    """``ReLU(X A^T + b)`` for inputs ``X`` (s, n): the outputs whose preimages Figure 4 decides,
+    as one matrix product (equal to ``np.maximum(A @ x + b, 0)`` per row up to the rounding of
+    the product's summation order)."""
+    A, b = _layer(A, b)
+    return _forward(A, b, _samples(X, "X", A.shape[1]))
+
+
+def preimage_batch(
+    A: Any,
+    b: Any,
+    Y: Any = None,
+    *,
+    X: Any = None,
+    lower: Any = None,
+    upper: Any = None,
+    rtol: float = DEFAULT_RTOL,
+    device: Any = None,
+    group: int = GROUP,
+) -> list[Preimage]:
+    """:func:`reluinv.preimage` of every row of ``Y`` (or of ``ReLU(X A^T + b)``) under one layer.
+
+    Args:
+        A, b: the layer, shapes (m, n) and (m,).
+        Y: layer outputs, shape (s, m), non-negative; or
+        X: layer inputs, shape (s, n) (exactly one of Y and X).
+        lower, upper, rtol: as for :func:`reluinv.preimage`, the same for every sample.
+        device: None (default): each sample's factorisation by LAPACK in this process, every
+            result bit for bit that of :func:`reluinv.preimage`; a torch device (``"cuda"``,
+            ``"cpu"``): factorisations batched in torch float64 there (module docstring).
+        group: samples per batched factorisation on the torch path.
+
+    Returns:
+        One :class:`Preimage` per sample, in order.
+
+    Raises:
+        ValueError: what :func:`reluinv.preimage` refuses (named), both or neither of Y and X,
+            rows of Y or X of the wrong length, and a non-positive ``group``.
+
+    Example:
+        >>> [r.kind for r in preimage_batch([[1, 0], [0, 1], [1, -1]], [0, 0, -1],
+        ...                                 [[1, 0, 0], [1, 1, 0]])]
+        ['singleton', 'singleton']
+    """
+    if (Y is None) == (X is None):
+        raise ValueError("give exactly one of Y (layer outputs) and X (layer inputs)")
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 1:
+        raise ValueError(f"group must be a positive integer, got {group!r}")
+    A, b = _layer(A, b)
+    m, n = A.shape
+    if X is not None:
+        Y = _forward(A, b, _samples(X, "X", n))
+    else:
+        Y = _samples(Y, "Y", m)
+        if np.any(Y < 0):
+            s, i = (int(v[0]) for v in np.nonzero(Y < 0))
+            raise ValueError(f"Y holds ReLU outputs and must be >= 0; Y[{s}, {i}] = {Y[s, i]}")
+    lo, up = as_bounds(lower, upper, n)
+    norms = _row_norms(A)
+    factors: list[Factor] = [EqualityFactor] * Y.shape[0]
+    if device is not None and Y.shape[0]:
+        factors = _torch_factors(norms, Y, device, int(group))
+    with single_blas_pool():
+        return [
+            _LayerSystem(A, b, y, lo, up, rtol, row_norms=norms, factor=f).decide()
+            for y, f in zip(Y, factors, strict=True)
+        ]
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+def _layer(A: Any, b: Any) -> tuple[F64, F64]:
+    A = as_finite_array(A, "A", ndim=2)
+    b = as_finite_array(b, "b", ndim=1)
+    if b.shape != (A.shape[0],):
+        raise ValueError(f"b must have shape ({A.shape[0]},) to match A of shape {A.shape}, got {b.shape}")
+    return A, b
+
+
+def _samples(value: Any, name: str, width: int) -> F64:
+    arr = as_finite_array(value, name)
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise ValueError(f"{name} must have shape (samples, {width}), got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def _forward(A: F64, b: F64, X: F64) -> F64:
+    Y: F64 = np.maximum(X @ A.T + b, 0.0)
+    return Y
+
+
+# --- step 1 batched in torch ------------------------------------------------------------------
+
+
+def _torch_factors(norms: RowNorms, Y: F64, device: Any, group: int) -> list[Factor]:
+    """Per sample, a factory of :class:`EqualityFactor` results from batched torch factors."""
+    import torch
+
+    dev = torch.device(device)
+    M, row_norm, _shift, zero = norms
+    unit = M * (1.0 / np.where(zero, 1.0, row_norm))[:, None]  # the rows E of _LayerSystem
+    rows = [np.flatnonzero((y > 0) & ~zero) for y in Y]
+    n = unit.shape[1]
+    out: list[Factor] = [EqualityFactor] * len(rows)
+    unit_t = torch.from_numpy(unit).to(dev)
+    order = sorted((r.size, i) for i, r in enumerate(rows) if r.size)  # similar counts together
+    for start in range(0, len(order), group):
+        chunk = [i for _, i in order[start : start + group]]
+        wide = [i for i in chunk if rows[i].size < n]
+        tall = [i for i in chunk if rows[i].size >= n]
+        if wide:
+            for i, f in zip(wide, _wide_factors(unit_t, [rows[i] for i in wide]), strict=True):
+                out[i] = f
+        if tall:
+            for i, f in zip(tall, _tall_factors(unit_t, [rows[i] for i in tall]), strict=True):
+                out[i] = f
+    return out
+
+
+def _wide_factors(unit_t: Any, rows: list[NDArray[np.intp]]) -> list[Factor]:
+    """p < n active rows: Householder QR of ``E^T`` (n x p), padded to the group's widest p."""
+    import torch
+
+    n = unit_t.shape[1]
+    width = max(r.size for r in rows)
+    Et = torch.zeros((len(rows), n, width), dtype=torch.float64, device=unit_t.device)
+    for j, r in enumerate(rows):
+        Et[j, :, : r.size] = unit_t[torch.from_numpy(r).to(unit_t.device)].T
+    qr, tau = torch.geqrf(Et)
+    V = torch.zeros((len(rows), n, n), dtype=torch.float64, device=unit_t.device)
+    V[:, :, :width] = qr
+    Q = torch.linalg.householder_product(V, tau).cpu().numpy()
+    R = qr[:, :width, :width].cpu().numpy()
+    return [_wide_factory(Q[j], R[j, : r.size, : r.size], r.size) for j, r in enumerate(rows)]
+
+
+def _wide_factory(Q: F64, R: F64, p: int) -> Factor:
+    def factor(E: F64, e: F64) -> EqualityFactor:
+        _check_rows(E, p)
+        rcond = float(lapack.dtrcon(R, norm="1", uplo="U", diag="N")[0])
+        if not rcond > _SAFETY * max(E.shape) * np.finfo(float).eps:
+            return EqualityFactor(E, e)  # rank not certified: the pivoted QR decides
+        w = scipy.linalg.solve_triangular(R, e, trans="T", lower=False, check_finite=False)
+        return _Given(Q[:, :p] @ w, p, rcond, np.ascontiguousarray(Q[:, p:]))
+
+    return factor
+
+
+def _tall_factors(unit_t: Any, rows: list[NDArray[np.intp]]) -> list[Factor]:
+    """p >= n active rows: LU of the n rows that :class:`EqualityFactor` picks, batched."""
+    import torch
+
+    n = unit_t.shape[1]
+    picks = [r[np.floor(np.linspace(0, r.size - 1, n)).astype(np.intp)] for r in rows]
+    index = torch.from_numpy(np.stack(picks)).to(unit_t.device)
+    square = unit_t[index]  # (s, n, n)
+    anorm = square.abs().sum(dim=1).amax(dim=1).cpu().numpy()
+    lu, pivots, _info = torch.linalg.lu_factor_ex(square)  # singular: dgecon refuses it
+    LU, piv = lu.cpu().numpy(), pivots.cpu().numpy().astype(np.int32) - 1
+    return [_tall_factory(LU[j], piv[j], float(anorm[j]), r.size, n) for j, r in enumerate(rows)]
+
+
+def _tall_factory(LU: F64, piv: NDArray[np.int32], anorm: float, p: int, n: int) -> Factor:
+    def factor(E: F64, e: F64) -> EqualityFactor:
+        _check_rows(E, p)
+        rcond = float(lapack.dgecon(LU, anorm, norm="1")[0])
+        if not rcond > _SAFETY * max(E.shape) * np.finfo(float).eps:
+            return EqualityFactor(E, e)  # QR of all rows, then pivoted QR, decide
+        pick = np.floor(np.linspace(0, p - 1, n)).astype(np.intp)
+        x_p = scipy.linalg.lu_solve((LU, piv), e[pick], check_finite=False)
+        return _Given(x_p, n, rcond, np.zeros((n, 0)))
+
+    return factor
+
+
+def _check_rows(E: F64, p: int) -> None:
+    if E.shape[0] != p:  # pragma: no cover - the factors are built from the same active rows
+        raise RuntimeError(f"batched factor of {p} active rows used for {E.shape[0]}")
+
+
+class _Given(EqualityFactor):
+    """An :class:`EqualityFactor` whose rank, solution and basis were computed elsewhere."""
+
+    def __init__(self, x_p: F64, rank: int, rank_ratio: float, basis: F64) -> None:
+        self.n = x_p.size
+        self.x_p, self.rank, self.rank_ratio = x_p, rank, rank_ratio
+        self.basis = ExplicitBasis(basis)
