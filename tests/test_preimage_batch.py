@@ -1,6 +1,8 @@
 """Batched preimages of one layer (Theorem 4) against reluinv.preimage per sample and the 2n-LP
 oracle, on both paths (LAPACK per sample, and batched torch factorisations)."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -123,7 +125,7 @@ def test_inputs_are_mapped_by_the_layer_first(one_thread):
 
 def counting_fallback(monkeypatch):
     """Count the per-sample factorisations the torch path falls back to."""
-    import reluinv.preimage_batch as module
+    module = importlib.import_module("reluinv.preimage_batch")  # the package exports the function
 
     calls = []
 
@@ -231,3 +233,54 @@ def test_bad_layer_raises_value_error():
         preimage_batch(np.zeros(3), np.zeros(3), np.zeros((1, 3)))
     with pytest.raises(ValueError, match="requires grad"):
         preimage_batch(torch.eye(2, requires_grad=True), np.zeros(2), np.zeros((1, 2)))
+
+
+# --- Figure 4's chunked worker --------------------------------------------------------------
+
+
+def test_figure4_chunk_records_match_the_per_sample_worker(one_thread):
+    from reluinv.experiments import fig4
+
+    rng, A, b = random_layer(20, 14, 8)
+    images = rng.standard_normal((14, 8)) * np.linspace(0.05, 3, 14)[:, None]
+    layer = {"weight": A, "bias": b - 0.5}
+    chunk = fig4.classify_batch(layer, images.astype(np.float32))["samples"]
+    assert len(chunk) == len(images)
+    kinds = set()
+    for image, got in zip(images.astype(np.float32), chunk, strict=True):
+        want = fig4.classify_sample(layer, image)
+        assert set(got) == set(want)
+        assert {k: got[k] for k in ("n_active", "kind", "rank", "nullity")} == {
+            k: want[k] for k in ("n_active", "kind", "rank", "nullity")
+        }
+        assert got["margin"] == pytest.approx(want["margin"], rel=1e-6, abs=1e-12)
+        if "direction_check" in want:
+            assert got["direction_check"]["max_abs_active"] <= 1e-9
+            assert got["direction_check"]["max_inactive"] <= 1e-9
+            assert got["direction_check"]["norm"] == pytest.approx(1.0)
+        kinds.add(got["kind"])
+    assert kinds == {"unbounded", "compact", "singleton"}  # every kind of record
+
+
+def test_figure4_chunk_keeps_the_other_verdicts_when_one_sample_fails(monkeypatch, one_thread):
+    from reluinv.experiments import fig4
+
+    real = fig4.preimage_batch
+    poison = np.full(6, 7.0)
+
+    def failing(A, b, Y, **kw):
+        if any(np.allclose(y, np.maximum(A @ poison + b, 0)) for y in Y):
+            raise ValueError("this output cannot be decided")
+        return real(A, b, Y, **kw)
+
+    monkeypatch.setattr(fig4, "preimage_batch", failing)
+    rng, A, b = random_layer(17, 30, 6)
+    images = np.vstack([rng.standard_normal((2, 6)), poison, rng.standard_normal((1, 6))])
+    chunk = fig4.classify_batch({"weight": A, "bias": b}, images)["samples"]
+    assert chunk[2] == {
+        "n_active": int(np.count_nonzero(A @ poison + b > 0)),
+        "kind": "failed",
+        "error": "ValueError: this output cannot be decided",
+    }
+    for i in (0, 1, 3):
+        assert chunk[i]["kind"] == fig4.classify_sample({"weight": A, "bias": b}, images[i])["kind"]
