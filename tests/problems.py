@@ -156,14 +156,15 @@ def chain_dag(layers, relu_last):
 
 
 def dag_forward(dag, tail, x):
-    """Forward pass of a DAG: ReLU layers (sources, W, b) reading their sources' outputs side by
-    side (-1: the input); the features are the last layer's output, or T u + t over the tail's
-    sources."""
+    """Forward pass of a DAG of layers reading their sources' outputs side by side (-1: the input):
+    a ReLU layer (sources, W, b) outputs max(W u + b, 0); a max-pool layer (sources, W, b, windows)
+    outputs max(z[w]) for every window w (indices into z = W u + b).  The features are the last
+    layer's output, or T u + t over the tail's sources."""
     x = np.asarray(x, float)
     hs = []
-    for sources, W, b in dag:
-        u = np.concatenate([x if k < 0 else hs[k] for k in sources])
-        hs.append(np.maximum(W @ u + b, 0))
+    for sources, W, b, *windows in dag:
+        z = W @ np.concatenate([x if k < 0 else hs[k] for k in sources]) + b
+        hs.append(np.array([z[w].max() for w in windows[0]]) if windows else np.maximum(z, 0))
     if tail is None:
         return hs[-1]
     sources, T, t = tail
@@ -186,21 +187,32 @@ def dag_pattern_pieces(dag, tail, x, *, lower=None, upper=None):
     x = np.asarray(x, float)
     n = x.size
     f = dag_forward(dag, tail, x)
-    widths = [W.shape[0] for _, W, _ in dag]
+    # every unit's choices: a ReLU is off or on, a max-pool output selects one unit of its window
+    choices = [
+        [list(w) for w in layer[3]] if len(layer) == 4 else [[False, True]] * layer[1].shape[0]
+        for layer in dag
+    ]
     lo = np.full(n, -np.inf) if lower is None else np.broadcast_to(np.asarray(lower, float), (n,))
     up = np.full(n, np.inf) if upper is None else np.broadcast_to(np.asarray(upper, float), (n,))
     bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b) for a, b in zip(lo, up, strict=True)]
-    for bits in itertools.product([False, True], repeat=sum(widths)):
+    for picks in itertools.product(*[c for layer in choices for c in layer]):
         pattern, start = [], 0
-        for w in widths:
-            pattern.append(np.array(bits[start : start + w]))
-            start += w
+        for layer in choices:
+            pattern.append(np.array(picks[start : start + len(layer)]))
+            start += len(layer)
         Js, ks = [], []
         A_ub, b_ub = [], []
-        for (sources, W, b), s in zip(dag, pattern, strict=True):
+        for (sources, W, b, *windows), s in zip(dag, pattern, strict=True):
             J = np.vstack([np.eye(n) if k < 0 else Js[k] for k in sources])
             k0 = np.concatenate([np.zeros(n) if k < 0 else ks[k] for k in sources])
             Z, kz = W @ J, W @ k0 + b
+            if windows:  # the selected unit is the largest of its window: z_k - z_sel <= 0
+                for w, sel in zip(windows[0], s, strict=True):
+                    A_ub += [Z[w] - Z[sel]]
+                    b_ub += [kz[sel] - kz[w]]
+                Js.append(Z[s])
+                ks.append(kz[s])
+                continue
             A_ub += [-Z[s], Z[~s]]  # active: z >= 0, inactive: z <= 0
             b_ub += [kz[s], -kz[~s]]
             Js.append(Z * s[:, None])

@@ -195,18 +195,172 @@ def test_layer_mode_is_the_first_block_only():
         invariance_search(model, x, [1.0, 0.0], layer="relu3", mode="layer", lower=0, upper=1)
 
 
-# --- what is refused ----------------------------------------------------------------------------
+# --- max-pooling, encoded exactly as ReLUs, against an argmax brute force ---------------------
 
 
-class PoolNet(nn.Module):
+class Pool1d(nn.Module):
+    """relu1 -> F.max_pool1d (overlapping windows {0,1}, {1,2}) -> relu2 with a skip from x."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.conv, self.relu = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()
-        self.pool, self.fc, self.relu2 = nn.MaxPool2d(2), nn.Linear(2 * 2 * 2, 3), nn.ReLU()
+        self.fc1, self.fc2, self.fc3, self.fc4 = (
+            nn.Linear(3, 3),
+            nn.Linear(2, 2),
+            nn.Linear(3, 2),
+            nn.Linear(2, 2),
+        )
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
 
     def forward(self, x):
-        h = self.pool(self.relu(self.conv(x)))
-        return self.relu2(self.fc(torch.flatten(h, 1)))
+        h = self.relu1(self.fc1(x)).unsqueeze(1)
+        p = torch.flatten(F.max_pool1d(h, kernel_size=2, stride=1), 1)
+        return self.fc4(self.relu2(self.fc2(p) + self.fc3(x)))
+
+
+class Pool2d(nn.Module):
+    """nn.MaxPool2d(2, stride=1) on the (1, 2, 3) input itself (windows of four), then a ReLU layer
+    with a skip from x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool, self.fc, self.skip, self.relu = (
+            nn.MaxPool2d(2, stride=1),
+            nn.Linear(2, 2),
+            nn.Linear(6, 2),
+            nn.ReLU(),
+        )
+
+    def forward(self, x):
+        return self.relu(self.fc(torch.flatten(self.pool(x), 1)) + self.skip(torch.flatten(x, 1)))
+
+
+def random_linears(model: nn.Module, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.normal_()
+                m.bias.normal_(0.0, 0.5)
+    return model.double().eval()
+
+
+def pool_dag(model: nn.Module, features: str):
+    """The oracle's DAG (max-pool layers carry their windows), written from the parameters."""
+    p = {name: t.detach().double().numpy() for name, t in model.named_parameters()}
+    if isinstance(model, Pool1d):
+        dag = [
+            ((-1,), p["fc1.weight"], p["fc1.bias"]),
+            ((0,), np.eye(3), np.zeros(3), [np.array([0, 1]), np.array([1, 2])]),
+            ((1, -1), np.hstack([p["fc2.weight"], p["fc3.weight"]]), p["fc2.bias"] + p["fc3.bias"]),
+        ]
+        depth = {"relu1": 1, "max_pool1d()": 2, "relu2": 3, "output": 3}[features]
+        tail = ((2,), p["fc4.weight"], p["fc4.bias"]) if features == "output" else None
+        return dag[:depth], tail
+    dag = [
+        ((-1,), np.eye(6), np.zeros(6), [np.array([0, 1, 3, 4]), np.array([1, 2, 4, 5])]),
+        ((0, -1), np.hstack([p["fc.weight"], p["skip.weight"]]), p["fc.bias"] + p["skip.bias"]),
+    ]
+    return (dag[:1], None) if features == "pool" else (dag, None)
+
+
+POOL_CASES = [
+    (cls, seed, features, box)
+    for cls, layers in ((Pool1d, ("max_pool1d()", "relu2", "output")), (Pool2d, ("pool", "relu")))
+    for seed in range(4)
+    for features in layers
+    for box in (None, 1.5)
+]
+
+
+@pytest.mark.parametrize("cls,seed,features,box", POOL_CASES)
+def test_max_pool_networks_match_the_argmax_brute_force(cls, seed, features, box):
+    model = random_linears(cls(), seed)
+    n = 3 if cls is Pool1d else 6
+    x = np.random.default_rng(300 + seed).uniform(-1, 1, size=n)
+    x_model = x if cls is Pool1d else x.reshape(1, 2, 3)
+    dag, tail = pool_dag(model, features)
+    with torch.no_grad():
+        out = model(torch.as_tensor(x_model)[None]).numpy().reshape(-1)
+    if features in ("output", "relu"):
+        np.testing.assert_allclose(dag_forward(dag, tail, x), out, atol=1e-12)  # the oracle is the model
+    lower, upper = (None, None) if box is None else (-box, box)
+    expected, _ = brute_force_dag(dag, tail, x, lower=lower, upper=upper)
+    r = network_preimage(model, x_model, features, lower=lower, upper=upper, time_limit=30)
+    assert r.kind == expected, (r.kind, expected, r.certificate.reason)
+    verify_network_preimage(r, model, x_model, features, lower=lower, upper=upper)
+
+
+class MaxMin(nn.Module):
+    """(max(x1, x2), max(-x1, -x2)): the preimage of x is {x, x swapped}, two points (one if
+    x1 = x2), and only the max-pool's other selection finds the second point."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 4, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[1.0, 0], [0, 1], [-1, 0], [0, -1]]))
+
+    def forward(self, x):
+        return torch.flatten(F.max_pool1d(self.fc(x).unsqueeze(1), 2), 1)
+
+
+@pytest.mark.parametrize(
+    "x,box,expected",
+    [
+        ([1.0, 0.0], None, "compact"),
+        ([0.5, 0.5], None, "singleton"),
+        ([1.0, 0.0], 3.0, "compact"),
+        ([0.5, 0.5], 3.0, "singleton"),
+    ],
+)
+def test_max_pool_with_known_answers(x, box, expected):
+    model = MaxMin().double().eval()
+    lower, upper = (None, None) if box is None else (-box, box)
+    dag = [((-1,), model.fc.weight.detach().numpy(), np.zeros(4), [np.array([0, 1]), np.array([2, 3])])]
+    assert brute_force_dag(dag, None, x, lower=lower, upper=upper)[0] == expected
+    r = network_preimage(model, x, "max_pool1d()", lower=lower, upper=upper, strategy="enumerate")
+    assert r.kind == expected
+    verify_network_preimage(r, model, x, "max_pool1d()", lower=lower, upper=upper)
+    if expected == "compact":  # the second point is the swapped input
+        second = r.certificate.second_point
+        assert second is not None and np.allclose(second, x[::-1], atol=1e-7)
+
+
+def test_search_on_a_conv_max_pool_network_keeps_its_features():
+    class PoolNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.relu = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()
+            self.pool, self.fc, self.relu2 = nn.MaxPool2d(2), nn.Linear(8, 3), nn.ReLU()
+
+        def forward(self, x):
+            h = self.pool(self.relu(self.conv(x)))
+            return self.relu2(self.fc(torch.flatten(h, 1)))
+
+    torch.manual_seed(0)
+    model = PoolNet().double().eval()
+    rng = np.random.default_rng(0)
+    x, target = rng.uniform(size=(1, 4, 4)), rng.normal(size=(1, 4, 4))
+    r = invariance_search(model, x, target, layer="relu2", mode="exact", lower=0, upper=1, time_limit=60)
+    f_x, f_new = captured(model, x, "relu2"), captured(model, r.x, "relu2")
+    assert np.abs(f_new - f_x).max() <= 1e-6 * max(1.0, np.abs(f_x).max())
+    assert np.linalg.norm(r.x - x) > 1e-3 and r.objective > float(target.reshape(-1) @ x.reshape(-1))
+
+
+def test_a_sequential_with_a_max_pool_is_traced_and_keeps_module_indices():
+    model = nn.Sequential(nn.MaxPool2d(2), nn.Flatten()).double().eval()
+    x = np.zeros((1, 2, 2))
+    # features max(x') = 0: every x' <= 0 with one coordinate at 0 (unbounded), inside a box compact
+    r = network_preimage(model, x, 1)
+    assert r.kind == "unbounded" and r.direction is not None and np.all(r.direction <= 1e-12)
+    assert network_preimage(model, x, 1, lower=-1, upper=1).kind == "compact"
+    assert network_preimage(model, x + 0.5, 1, lower=0, upper=0.5).kind == "compact"
+    assert network_preimage(model, x, 1, lower=0, upper=1).kind == "singleton"
+    with pytest.raises(ValueError, match="layer 7 is out of range"):
+        network_preimage(model, x, 7)
+
+
+# --- what is refused ----------------------------------------------------------------------------
 
 
 class TanhSkip(nn.Module):
@@ -218,19 +372,11 @@ class TanhSkip(nn.Module):
         return self.relu(self.fc2(self.act(self.fc1(x))) + x)
 
 
-def test_max_pool_and_other_activations_are_refused_naming_the_layer():
-    model = PoolNet().double().eval()
-    x = np.random.default_rng(0).uniform(size=(1, 4, 4))
-    refusal = "layer 'pool' \\(MaxPool2d\\) is a max-pool: max-pooling is supported by layer_preimage only"
-    with pytest.raises(ValueError, match=refusal):
-        network_preimage(model, x, "relu2")
-    with pytest.raises(ValueError, match=refusal):
-        invariance_search(model, x, np.ones((1, 4, 4)), layer="relu2", lower=0, upper=1)
-    with pytest.raises(ValueError, match=refusal):
-        preimage_extent(model, x, "output", lower=0, upper=1)
-    assert network_preimage(model, x, "relu", lower=0, upper=1).kind in ("singleton", "compact")
+def test_other_activations_and_unknown_layers_are_refused_by_name():
     with pytest.raises(ValueError, match="layer 'act' \\(Tanh\\).*not supported by the invariance searches"):
         network_preimage(TanhSkip().double().eval(), [0.1, 0.2], "relu")
+    with pytest.raises(ValueError, match="layer 'act' \\(Tanh\\)"):
+        invariance_search(TanhSkip().double().eval(), [0.1, 0.2], [1.0, 1.0], layer="output")
     with pytest.raises(ValueError, match="no layer 'nope' in this model"):
         network_preimage(rescat(0), [0.1, 0.2], "nope")
     with pytest.raises(ValueError, match="layer must be a layer name"):

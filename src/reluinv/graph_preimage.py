@@ -40,7 +40,14 @@ from .geometry import DEFAULT_RTOL
 from .graph import GraphNet, Layer, input_name, layer_by_name, maxpool_selection, prepare_graph
 from .preimage import Preimage, preimage
 
-__all__ = ["LayerSystem", "graph_layer_preimage", "layer_system", "preimage_rows", "source_map"]
+__all__ = [
+    "LayerSystem",
+    "graph_layer_preimage",
+    "layer_system",
+    "pool_windows",
+    "preimage_rows",
+    "source_map",
+]
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,14 @@ def _windows(layer: Layer, pool: _MaxPool) -> tuple[np.ndarray, ...]:
         grids = np.meshgrid(*[axes[a][i] for a, i in enumerate(position)], indexing="ij")
         windows.append(np.ravel_multi_index(tuple(g.reshape(-1) for g in grids), spatial_in))
     return tuple(windows)
+
+
+def pool_windows(net: GraphNet, layer: Layer) -> list[NDArray[np.intp]]:
+    """For every output unit of a max-pool layer (flat, row-major), the flat indices into the
+    layer's per-sample input of the units its window pools."""
+    windows = _windows(layer, net.nodes[layer.node].handler)
+    plane = math.prod(layer.in_shape[1:])
+    return [w + channel * plane for channel in range(layer.in_shape[0]) for w in windows]
 
 
 def layer_system(model: nn.Module, x: Any, layer: str | int) -> LayerSystem:

@@ -54,9 +54,9 @@ feature layer), consecutive affine modules composed into one dense float64 map. 
 is read by :mod:`.graph_network`: the blocks are the feature layer and every ReLU layer it
 depends on, and block ``l`` reads a *set* of sources (earlier layers' outputs and/or the input,
 ``z_l = W_l [h_s]_{s in sources(l)} + c_l``, the map of :func:`reluinv.graph_preimage.source_map`);
-everything below is unchanged with ``h_{l-1}`` read as "the sources of block l".  Max-pool layers
-below the features are refused (a ``ValueError`` naming the layer: max-pooling is supported by the
-one-layer :func:`reluinv.layer_preimage` only), as are activations other than ReLU.
+everything below is unchanged with ``h_{l-1}`` read as "the sources of block l".  A max-pool
+is encoded exactly as ReLUs (``max(a, b) = b + ReLU(a - b)``, in rounds of pairs:
+:mod:`.maxpool`), so its pieces too are polyhedra; activations other than ReLU are refused.
 
 Numerics: every decision is made in float64; HiGHS runs with primal/dual feasibility tolerance
 1e-9 on LPs and 1e-7 on MILPs, relative MIP gap 1e-6 (:mod:`reluinv._lp`; the other tolerances
@@ -69,8 +69,8 @@ modules themselves, so every point returned is checked independently of the solv
 proofs, ``proven``, still rest on HiGHS).
 
 Files, one question each: :mod:`.problem` (the model as dense ReLU blocks, the box, scales,
-tolerances and time shares), :mod:`.graph_network` (a traced graph as those blocks),
-:mod:`.encoding` (the MILP / LP), :mod:`.bounds` (valid bounds on every unit), :mod:`.search`
+tolerances and time shares), :mod:`.graph_network` and :mod:`.maxpool` (a traced graph as those
+blocks), :mod:`.encoding` (the MILP / LP), :mod:`.bounds` (valid bounds on every unit), :mod:`.search`
 (:func:`invariance_search`), :mod:`.pieces` and :mod:`.exact` (:func:`network_preimage`),
 :mod:`.extent` (:func:`preimage_extent`).  The figure driver of the extended Figure 7 lives in
 :mod:`reluinv.experiments.fig7x`.

@@ -2,24 +2,26 @@
 the dense ReLU blocks of :mod:`.problem`, so that every search of :mod:`reluinv.invariance` runs on
 it.
 
-The feature layer is a layer of the graph (:mod:`reluinv.graph`: an activation node, named by its
-module path, or its index among the layers).  The blocks are that layer and every ReLU layer it
-depends on, in the order of the traced program (a topological order).  Each block reads a *set*
-of sources -- the outputs of earlier layers and/or the model input that feed it through affine
-nodes only -- with the dense map ``z = A u + b`` of :func:`reluinv.graph_preimage.source_map`
-(the same map as the layer preimages of :func:`reluinv.graph_preimage.layer_system`).  Fixing the
-pattern of every block makes the network affine on each piece, as in a chain, so the encoding,
-the bounds, the pieces and the searches carry over unchanged: the union of the pieces is the
-preimage (Section 4, "Scope").
+The feature layer is a layer of the graph (:mod:`reluinv.graph`: an activation or max-pool node,
+named by its module path, or its index among the layers), or ``"output"``. The blocks are that
+layer and every layer it depends on, in the order of the traced program (a topological order). Each
+block reads a *set* of sources -- the outputs of earlier layers and/or the model input that feed it
+through affine nodes only -- with the dense map ``z = A u + b`` of
+:func:`reluinv.graph_preimage.source_map` (the same map as the layer preimages of
+:func:`reluinv.graph_preimage.layer_system`). Fixing the pattern of every block makes the network
+affine on each piece, as in a chain, so the encoding, the bounds, the pieces and the searches carry
+over unchanged: the union of the pieces is the preimage (Section 4, "Scope").
 
-Max-pool layers below the feature layer are refused (their preimage is a union over argmax
-selections; :func:`reluinv.graph_preimage.graph_layer_preimage` handles one max-pool layer on the
-region of ``x``), as are activations other than ReLU (as for chains).
+Max-pool layers are encoded exactly by ReLUs (``max(a, b) = b + ReLU(a - b)``, :mod:`.maxpool`),
+so a max-pool's output is an affine expression over ReLU blocks; a max-pool feature layer, or the
+model output, makes the features such an expression (the affine ``tail`` of the dense network).
+Activations other than ReLU are refused, as for chains.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,9 @@ from numpy.typing import NDArray
 from torch import nn
 
 from ..graph import GraphNet, Layer, input_name, layer_by_name, prepare_graph
-from ..graph_preimage import source_map
+from ..graph_preimage import pool_windows, source_map
 from ..network import flatten_modules
+from .maxpool import Expr, compose, max_as_relus
 from .problem import INPUT, DenseNetwork, FeatureFn, ReluBlock, check_layer
 
 #: ``layer`` value that asks for the model's output as the features (unless a layer has this name).
@@ -46,18 +49,12 @@ def _describe(net: GraphNet, layer: Layer) -> str:
 
 
 def _check_kind(net: GraphNet, layer: Layer, where: str) -> None:
-    """ReLU only (max-pool and the other activations are refused, naming the layer)."""
-    if layer.kind == "maxpool":
-        raise ValueError(
-            f"layer {_describe(net, layer)} is a max-pool: max-pooling is supported by layer_preimage "
-            f"only; network_preimage, invariance_search and preimage_extent need ReLU activations up "
-            f"to the features ({where})"
-        )
-    if layer.kind != "relu":
+    """ReLU and max-pool only (the other activations are refused, naming the layer)."""
+    if layer.kind not in ("relu", "maxpool"):
         raise ValueError(
             f"layer {_describe(net, layer)} ({layer.kind}) is not supported by the invariance "
-            f"searches: they need ReLU activations up to the features ({where}); the pieces of a "
-            f"{layer.kind} network are not encoded"
+            f"searches: they need ReLU activations (and max-pools) up to the features ({where}); "
+            f"the pieces of a {layer.kind} network are not encoded"
         )
 
 
@@ -79,6 +76,25 @@ def _ancestors(net: GraphNet, seeds: list[str], where: str) -> list[Source]:
         found[node] = (sources, A, b)
         todo.extend(s for s in sources if s != net.input)
     return [(layer, *found[layer.node]) for layer in net.layers if layer.node in found]
+
+
+def _blocks(net: GraphNet, layers: list[Source], blocks: list[ReluBlock]) -> dict[str, Expr]:
+    """Append the ReLU blocks of ``layers`` (in program order) to ``blocks``; return every node's
+    output as an expression over the blocks and the input (a max-pool: :func:`.maxpool.max_as_relus`)."""
+
+    def add_block(expr: Expr, name: str) -> int:
+        weight, sources = expr.matrix()
+        blocks.append(ReluBlock(weight, expr.offset, name, sources))
+        return len(blocks) - 1
+
+    exprs = {net.input: Expr.atom(INPUT, math.prod(net.values[net.input].shape[1:]))}
+    for chosen, sources, A, b in layers:
+        z = compose(A, b, [exprs[s] for s in sources])
+        if chosen.kind == "maxpool":
+            exprs[chosen.node] = max_as_relus(z, pool_windows(net, chosen), chosen.name, add_block)
+        else:
+            exprs[chosen.node] = Expr.atom(add_block(z, chosen.name), z.n_rows)
+    return exprs
 
 
 def _features(net: GraphNet, layer: Any) -> tuple[str, str]:
@@ -111,24 +127,27 @@ def graph_network(model: Any, x_arr: NDArray[np.float64], layer: Any) -> tuple[D
     target, feature_name = _features(net, layer)
     name: int | str = feature_name if module_index is None else module_index
     where = f"layer {feature_name!r}" if module_index is None else f"module {module_index}"
-    layer_nodes = {candidate.node for candidate in net.layers}
-    tail = None
-    tail_names: list[str] = []
-    if target not in layer_nodes:  # the features are affine in the outputs of some layers
-        tail_names, T, t = source_map(net, target)
-        tail = (T, t)
-    seeds = [target] if tail is None else [s for s in tail_names if s != net.input]
-    index: dict[str, int] = {net.input: INPUT}
+    relu_target = any(c.node == target and c.kind == "relu" for c in net.layers)
+    seeds, tail_map = [target], None
+    if not any(c.node == target for c in net.layers):  # the features are affine in some layers
+        tail_map = source_map(net, target)
+        seeds = [s for s in tail_map[0] if s != net.input]
     blocks: list[ReluBlock] = []
-    for chosen, sources, A, b in _ancestors(net, seeds, where):
-        blocks.append(ReluBlock(A, b, chosen.name, tuple(index[s] for s in sources)))
-        index[chosen.node] = len(blocks) - 1
+    exprs = _blocks(net, _ancestors(net, seeds, where), blocks)
+    tail: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
+    tail_sources: tuple[int, ...] = ()
+    if not relu_target:  # the model output, or a max-pool's output: an expression over the blocks
+        features = (
+            exprs[target] if tail_map is None else compose(*tail_map[1:], [exprs[s] for s in tail_map[0]])
+        )
+        matrix, tail_sources = features.matrix()
+        tail = (matrix, features.offset)
     dense = DenseNetwork(
         input_shape=tuple(int(s) for s in sample.shape),
         n_inputs=int(x_arr.size),
         blocks=tuple(blocks),
         tail=tail,
-        tail_sources=tuple(index[s] for s in tail_names),
+        tail_sources=tail_sources,
         layer=name,
         where=where,
     )

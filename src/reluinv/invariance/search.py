@@ -219,7 +219,7 @@ def invariance_search(
 
     Raises:
         ValueError: a model neither :func:`reluinv.network.as_chain` nor :mod:`reluinv.graph` reads,
-            a max-pool or a non-ReLU activation up to ``layer``; layer out of range; NaN/inf in
+            or an activation other than ReLU up to ``layer``; layer out of range; NaN/inf in
             ``x`` or ``target``; ``target`` of the wrong size; box that excludes ``x``; unknown
             mode/objective; "layer" mode at a deeper layer; "exact" without a finite box.
 
