@@ -1,32 +1,42 @@
-"""Throughput of the Figure 4 scan (preimage kind of the 3500-unit layer for every test image)
-on each back end of ``reluinv.parallel``, and the time of the whole 10,000-sample scan.
+"""Throughput of the Figure 4 scan (preimage kind of the 3500-unit layer for every test image),
+per sample (``reluinv.preimage``, ``fig4.classify_sample``) and batched (``reluinv.preimage_batch``
+on chunks of ``fig4.SCAN_CHUNK`` images, ``fig4.classify_batch``), on each back end of
+``reluinv.parallel`` and each device, in samples per second.
 
 Data: the Fashion-MNIST test set that Debian's ``dataset-fashion-mnist`` installs under
-``/usr/share/datasets/fashion-mnist`` (``make bench-fig4`` installs it), or 10,000 synthetic
-inputs of the same shape when it is missing.  The layer is the first layer of the MLP of Table 2
-trained by the quick recipe on 10,000 training images (cached after the first run), with the
-first-layer bias start that Figure 4 documents when the active counts need it.  Serial and a
-two-worker Dask LocalCluster run on a prefix, the local back end on everything; results on the
-common prefix must agree.
+``/usr/share/datasets/fashion-mnist`` (``make bench-fig4`` installs it), or synthetic inputs of
+the same shape when it is missing.  The layer is the first layer of the MLP of Table 2 trained by
+the quick recipe on 10,000 training images (cached after the first run), with the first-layer
+bias start that Figure 4 documents when the active counts need it.
 
-    python benchmarks/fig4_scan.py [--samples 10000] [--prefix 300] [--workers 2]
+Serial, a two-worker Dask LocalCluster (its start included, as a scan pays it) and the batched
+path with torch factorisations on the CPU run on a prefix; the local back end on all
+``--samples``; the batched path with factorisations on CUDA (serial back end, the prefix) when a
+CUDA device is present.  Verdicts (kind, active count, rank, nullity) must agree across every
+run on the common prefix.  The default run takes about 4 minutes on two idle cores.
+
+    python benchmarks/fig4_scan.py [--samples 2048] [--prefix 256] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from reluinv.data import load_dataset
 from reluinv.experiments.common import RunConfig
-from reluinv.experiments.fig4 import classify_sample, fig4_model
+from reluinv.experiments.fig4 import SCAN_CHUNK, classify_batch, classify_sample, fig4_model
 from reluinv.parallel import run_samples
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+VERDICT = ("kind", "n_active", "rank", "nullity")
 
 
 def data(samples: int):
@@ -42,30 +52,38 @@ def data(samples: int):
     return load_embedded_digits("train"), test_set, images, "synthetic inputs (Fashion-MNIST not installed)"
 
 
-def timed(backend: str, layer, images, workers: int, store: Path, **kw):
+def timed(batched: bool, backend: str, layer, images, workers: int, store: Path, **kw):
+    """``(records, seconds)`` of one scan of ``images``, per sample or in chunks."""
+    items: list[Any] = (
+        [images[i : i + SCAN_CHUNK] for i in range(0, len(images), SCAN_CHUNK)] if batched else list(images)
+    )
     start = time.perf_counter()
     results = run_samples(
-        classify_sample,
-        list(images),
+        classify_batch if batched else classify_sample,
+        items,
         shared=layer,
         backend=backend,
         workers=workers if backend != "serial" else None,
         store=store,
         progress=True,
-        desc=backend,
+        desc=f"{backend} {'batched' if batched else 'per sample'}",
         **kw,
     )
     seconds = time.perf_counter() - start
     failed = [r for r in results if not r.ok]
     if failed:
-        raise SystemExit(f"{len(failed)} samples failed on {backend}: {failed[0].error}")
-    return [r.result for r in results], seconds
+        raise SystemExit(f"{len(failed)} items failed on {backend}: {failed[0].error}")
+    records = [s for r in results for s in r.result["samples"]] if batched else [r.result for r in results]
+    bad = [s for s in records if s["kind"] == "failed"]
+    if bad:
+        raise SystemExit(f"{len(bad)} samples failed on {backend}: {bad[0]['error']}")
+    return records, seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=10_000)
-    parser.add_argument("--prefix", type=int, default=300, help="samples for serial and Dask")
+    parser.add_argument("--samples", type=int, default=2048, help="samples for the local back end")
+    parser.add_argument("--prefix", type=int, default=256, help="samples for serial, Dask and devices")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     train_set, test_set, images, source = data(args.samples)
@@ -76,47 +94,88 @@ def main() -> None:
         "bias": model[1].bias.detach().double().numpy(),
     }
     prefix = images[: args.prefix]
+    load = os.getloadavg()
     print(f"data: {source}; {len(images)} samples; layer 3500 x 784 {('(' + note + ')') if note else ''}")
+    runs: list[tuple[str, str, list[dict[str, Any]], float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        serial, t_serial = timed("serial", layer, prefix, 1, tmp / "serial.jsonl")
-        dask, t_dask = timed(
-            "dask", layer, prefix, args.workers, tmp / "dask.jsonl", scheduler="local-cluster"
+        folder = Path(tmp)
+
+        def scan(label: str, path: str, batched: bool, backend: str, imgs, shared=layer, **kw) -> None:
+            store = folder / f"{len(runs)}.jsonl"
+            records, seconds = timed(batched, backend, shared, imgs, args.workers, store, **kw)
+            runs.append((label, path, records, seconds))
+
+        for batched in (False, True):
+            path = "batched" if batched else "per sample"
+            scan("serial", path, batched, "serial", prefix)
+            scan(
+                f"dask local-cluster x{args.workers}",
+                path,
+                batched,
+                "dask",
+                prefix,
+                scheduler="local-cluster",
+            )
+            scan(f"local x{args.workers}", path, batched, "local", images)
+        scan(
+            "serial, torch on the CPU",
+            "batched",
+            True,
+            "serial",
+            prefix,
+            shared={**layer, "factor_device": "cpu"},
         )
-        local, t_local = timed("local", layer, images, args.workers, tmp / "local.jsonl")
-    # Verdicts must match exactly; margins are floats that may differ in the last bits between a
-    # process with two BLAS threads (serial) and single-threaded workers.
-    verdict = ("kind", "n_active", "rank", "nullity")
+        cuda = torch.cuda.is_available()
+        if cuda:
+            scan("serial, CUDA", "batched", True, "serial", prefix, shared={**layer, "factor_device": "cuda"})
+    report(runs, load, cuda, args)
+
+
+def report(runs, load, cuda: bool, args) -> None:
+    reference = runs[0][2]
     same = all(
-        tuple(a[k] for k in verdict) == tuple(b[k] for k in verdict) == tuple(c[k] for k in verdict)
-        for a, b, c in zip(serial, dask, local, strict=False)  # local covers more than the prefix
+        [tuple(a[k] for k in VERDICT) for a in records[: len(reference)]]
+        == [tuple(a[k] for k in VERDICT) for a in reference[: len(records)]]
+        for _, _, records, _ in runs
     )
-    margin_gap = max(abs(a["margin"] - c["margin"]) for a, c in zip(serial, local, strict=False))
+    gap = max(
+        abs(a["margin"] - b["margin"])
+        for _, _, records, _ in runs
+        for a, b in zip(records, reference, strict=False)
+    )
+    local = max((r for r in runs if r[0].startswith("local")), key=lambda r: len(r[2]))[2]
     kinds = {k: sum(r["kind"] == k for r in local) for k in ("singleton", "compact", "unbounded", "empty")}
     active = np.array([r["n_active"] for r in local])
     print(
-        f"\nverdicts {'identical' if same else 'DIFFERENT'} across back ends on the first "
-        f"{len(prefix)} samples (largest margin difference {margin_gap:.1e})"
+        f"\nverdicts {'identical' if same else 'DIFFERENT'} across back ends, paths and devices on the "
+        f"first {len(reference)} samples (largest margin difference {gap:.1e})"
     )
     print(
         f"kinds over {len(local)} samples: {kinds}; active units {active.min()}-{active.max()} "
-        f"(median {int(np.median(active))})"
+        f"(median {int(np.median(active))}); load average at the start "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, at the end "
+        + " ".join(f"{v:.2f}" for v in os.getloadavg())
     )
+    print(f"\n{'back end':30} {'path':11} {'samples':>8} {'seconds':>8} {'samples/s':>10}")
+    rates: dict[tuple[str, str], float] = {}
+    for label, path, records, seconds in runs:
+        rates[label, path] = len(records) / seconds
+        print(f"{label:30} {path:11} {len(records):8d} {seconds:8.1f} {len(records) / seconds:10.2f}")
+    if not cuda:
+        print(f"{'serial, CUDA':30} {'batched':11} no CUDA device")
     print(
-        f"serial                 {len(prefix) / t_serial:7.2f} samples/s  "
-        f"({len(prefix)} samples, {t_serial:.1f} s)"
+        "\nbatched / per sample: "
+        + ", ".join(
+            f"{label} {rates[label, 'batched'] / rates[label, 'per sample']:.2f}x"
+            for label, path, _, _ in runs
+            if path == "per sample"
+        )
     )
-    print(
-        f"dask local-cluster x{args.workers}  {len(prefix) / t_dask:7.2f} samples/s  "
-        f"({len(prefix)} samples, {t_dask:.1f} s, includes cluster start)"
-    )
-    print(
-        f"local x{args.workers}               {len(images) / t_local:7.2f} samples/s  "
-        f"({len(images)} samples, {t_local:.1f} s)"
-    )
-    print(f"\nfull scan of {len(images)} samples on the local back end: {t_local / 60:.1f} min")
+    for label, path, _, _ in runs:
+        if label.startswith("local"):
+            print(f"10,000 samples on {label}, {path}: {10_000 / rates[label, path] / 60:.1f} min")
     if not same:
-        raise SystemExit("back ends disagree on the verdicts")
+        raise SystemExit("back ends, paths or devices disagree on the verdicts")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Batched preimages of one layer (Theorem 4) against reluinv.preimage per sample and the 2n-LP
 oracle, on both paths (LAPACK per sample, and batched torch factorisations)."""
 
+import functools
 import importlib
 
 import numpy as np
@@ -13,6 +14,7 @@ from reluinv._nullspace import EqualityFactor
 from reluinv.preimage_batch import layer_outputs, preimage_batch
 
 KINDS = {"empty", "singleton", "compact", "unbounded"}
+VERDICT_KEYS = ("n_active", "kind", "rank", "nullity")
 
 
 def same_result(r, q, A, b, y, lower=None, upper=None):
@@ -284,3 +286,50 @@ def test_figure4_chunk_keeps_the_other_verdicts_when_one_sample_fails(monkeypatc
     }
     for i in (0, 1, 3):
         assert chunk[i]["kind"] == fig4.classify_sample({"weight": A, "bias": b}, images[i])["kind"]
+
+
+def test_figure4_engine_scan_is_stored_per_chunk_and_resumes(tmp_path, monkeypatch, one_thread):
+    import json
+
+    from reluinv.experiments import fig4
+    from reluinv.experiments.common import RunConfig
+
+    rng, A, b = random_layer(23, 30, 6)
+    images = (rng.standard_normal((150, 6)) * rng.uniform(0.05, 3, (150, 1))).astype(np.float32)
+    counts = (images @ A.T + b > 0).sum(1)
+    layer = {"weight": A, "bias": b}
+    config = RunConfig(out=tmp_path, progress=False)
+    real = fig4.classify_batch
+
+    @functools.wraps(real)  # the store keeps the function's name
+    def second_chunk_dies(shared, chunk):
+        if len(chunk) == fig4.SCAN_CHUNK and np.array_equal(chunk[0], images[fig4.SCAN_CHUNK]):
+            raise RuntimeError("worker lost")
+        return real(shared, chunk)
+
+    monkeypatch.setattr(fig4, "classify_batch", second_chunk_dies)
+    first = fig4._engine_scan(config, layer, images, counts, "scan", "random")
+    lost = range(fig4.SCAN_CHUNK, 2 * fig4.SCAN_CHUNK)
+    assert [first[i] for i in lost] == [
+        {"n_active": int(counts[i]), "kind": "failed", "error": "RuntimeError: worker lost"} for i in lost
+    ]
+    calls = []
+
+    @functools.wraps(real)
+    def counted(shared, chunk):
+        calls.append(len(chunk))
+        return real(shared, chunk)
+
+    monkeypatch.setattr(fig4, "classify_batch", counted)
+    again = fig4._engine_scan(config, layer, images, counts, "scan", "random")
+    assert calls == [fig4.SCAN_CHUNK]  # only the failed chunk ran again
+    assert len(again) == len(images)
+    for i, (image, got) in enumerate(zip(images, again, strict=True)):
+        want = fig4.classify_sample(layer, image)
+        assert {k: got[k] for k in VERDICT_KEYS} == {k: want[k] for k in VERDICT_KEYS}
+        if i not in lost:
+            assert got == first[i]  # read back from the store
+    stored = [
+        json.loads(line) for line in (tmp_path / "work" / "scan-chunks64.jsonl").read_text().splitlines()
+    ]
+    assert sorted({r["key"] for r in stored if r["status"] == "ok"}) == [0, 64, 128]

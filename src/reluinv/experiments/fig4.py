@@ -43,6 +43,8 @@ BOUNDED = ("singleton", "compact")
 ALGORITHM1_SAMPLES_FULL = 500
 #: Seed of that subset.
 ALGORITHM1_SEED = 0
+#: Images per item of the engine's scan (:func:`classify_batch`).
+SCAN_CHUNK = 64
 
 
 def classify_sample(layer: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
@@ -67,15 +69,15 @@ def classify_batch(layer: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
     ``{"samples": [record, ...]}`` (module-level for workers).
 
     The chunk goes through :func:`reluinv.preimage_batch`: the layer is checked and its row norms
-    computed once, the outputs come from one matrix product, and with ``layer["device"]`` a CUDA
-    device the active rows are factorised there in batches (float64).  A sample whose decision
-    raises is recorded as ``{"n_active", "kind": "failed", "error"}`` and the others keep theirs.
+    computed once, the outputs come from one matrix product, and with ``layer["factor_device"]``
+    a torch device (``"cuda"`` for ``--device cuda``) the active rows are factorised there in
+    batches (float64).  A sample whose decision raises is recorded as ``{"n_active", "kind":
+    "failed", "error"}`` and the others keep theirs.
     """
     A, b = layer["weight"], layer["bias"]
     X = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
     Y = layer_outputs(A, b, X)
-    device = layer.get("device", "cpu")
-    device = None if device in (None, "cpu") else device
+    device = layer.get("factor_device")
     try:
         results: list[Any] = preimage_batch(A, b, Y, device=device)
     except Exception:  # noqa: BLE001 - find the sample that raised; the others keep their verdict
@@ -209,17 +211,7 @@ def _scan(config: RunConfig, train_set: Dataset, test_set: Dataset) -> dict[str,
         "bias": model[1].bias.detach().double().numpy(),
     }
     name = f"fig4-{train_set.name}-{info['recipe']['epochs']}-{len(test)}-{info['recipe']['first_bias_init']}"
-    results = config.run(
-        classify_sample,
-        {i: test.images[i].reshape(-1) for i in range(len(test))},
-        shared=layer,
-        name=name,
-        desc=f"fig4 preimages ({train_set.name})",
-    )
-    samples = [
-        r.result if r.ok else {"n_active": int(counts[i]), "kind": "failed", "error": r.error}
-        for i, r in enumerate(results)
-    ]
+    samples = _engine_scan(config, layer, test.images, counts, name, train_set.name)
     subset, rule = algorithm1_subset(config, len(test))
     paper = config.run(
         algorithm1_sample,
@@ -242,6 +234,38 @@ def _scan(config: RunConfig, train_set: Dataset, test_set: Dataset) -> dict[str,
     }
     entry["comparison"] = compare(samples, entry["input_dim"])
     return entry
+
+
+def _engine_scan(
+    config: RunConfig, layer: dict[str, Any], images: np.ndarray, counts: np.ndarray, name: str, data: str
+) -> list[dict[str, Any]]:
+    """The engine's record of every image, decided in chunks of :data:`SCAN_CHUNK` by
+    :func:`classify_batch` (stored per chunk, keyed by its first index, in the store
+    ``{name}-chunks{SCAN_CHUNK}``; the LU and QR factorisations run on CUDA with ``--device cuda``).
+    A chunk that fails as a whole (a worker that died too often) fails each of its samples."""
+    device = None if config.device == "cpu" else config.device
+    chunks = config.run(
+        classify_batch,
+        {
+            start: images[start : start + SCAN_CHUNK].reshape(-1, images[0].size)
+            for start in range(0, len(images), SCAN_CHUNK)
+        },
+        shared={**layer, "factor_device": device},
+        name=f"{name}-chunks{SCAN_CHUNK}",
+        desc=f"fig4 preimages ({data}, {SCAN_CHUNK} per item)",
+    )
+    samples: list[dict[str, Any]] = []
+    for start, r in zip(range(0, len(images), SCAN_CHUNK), chunks, strict=True):
+        size = min(SCAN_CHUNK, len(images) - start)
+        samples += (
+            r.result["samples"]
+            if r.ok
+            else [
+                {"n_active": int(counts[i]), "kind": "failed", "error": r.error}
+                for i in range(start, start + size)
+            ]
+        )
+    return samples
 
 
 def run(config: RunConfig) -> dict[str, Any]:
