@@ -24,59 +24,60 @@ from numpy.typing import NDArray
 @dataclass(frozen=True)
 class Expr:
     """Rows ``sum_a parts[a] @ h_a + offset``; ``h_a`` the output of atom ``a`` (a block index, or
-    :data:`reluinv.invariance.problem.INPUT`).  ``parts`` keeps the atoms in order of appearance."""
+    :data:`reluinv.invariance.problem.INPUT`).  ``parts`` keeps the atoms in order of appearance;
+    a part ``None`` is the identity (an atom's own output, not stored as a matrix)."""
 
-    parts: dict[int, NDArray[np.float64]]
+    parts: dict[int, NDArray[np.float64] | None]
     offset: NDArray[np.float64]
 
     @classmethod
     def atom(cls, index: int, width: int) -> Expr:
-        return cls({index: np.eye(width)}, np.zeros(width))
+        return cls({index: None}, np.zeros(width))
 
     @property
     def n_rows(self) -> int:
         return int(self.offset.size)
 
+    def _part(self, a: int) -> NDArray[np.float64]:
+        M = self.parts[a]
+        return np.eye(self.n_rows) if M is None else M
+
     def take(self, rows: Sequence[int] | NDArray[np.intp]) -> Expr:
         idx = np.asarray(rows, dtype=np.intp)
-        return Expr({a: M[idx] for a, M in self.parts.items()}, self.offset[idx])
+        return Expr({a: self._part(a)[idx] for a in self.parts}, self.offset[idx])
 
     def plus(self, other: Expr, sign: float = 1.0) -> Expr:
         """``self + sign * other`` (same number of rows)."""
-        parts = dict(self.parts)
-        for a, M in other.parts.items():
-            parts[a] = parts[a] + sign * M if a in parts else sign * M
+        parts: dict[int, NDArray[np.float64] | None] = {a: self._part(a) for a in self.parts}
+        for a in other.parts:
+            term = sign * other._part(a)
+            mine = parts.get(a)
+            parts[a] = term if mine is None else mine + term
         return Expr(parts, self.offset + sign * other.offset)
 
     def matrix(self) -> tuple[NDArray[np.float64], tuple[int, ...]]:
         """The rows as one matrix over the atoms side by side, and the atoms."""
         atoms = tuple(self.parts)
-        return np.hstack([self.parts[a] for a in atoms]), atoms
+        return np.hstack([self._part(a) for a in atoms]), atoms
 
 
 def compose(A: NDArray[np.float64], b: NDArray[np.float64], sources: Sequence[Expr]) -> Expr:
     """``A u + b`` with ``u`` the rows of ``sources`` side by side, as an :class:`Expr`.
 
-    A source that is one atom as it is (an identity part) passes its columns of ``A`` on
-    unchanged, so a graph of ReLU layers alone gets its maps exactly as
-    :func:`reluinv.graph_preimage.source_map` gave them.
+    An atom's own output (an identity part) passes its columns of ``A`` on unchanged, so a graph
+    of ReLU layers alone gets its maps exactly as :func:`reluinv.graph_preimage.source_map` gave
+    them.
     """
-    parts: dict[int, NDArray[np.float64]] = {}
+    parts: dict[int, NDArray[np.float64] | None] = {}
     offset = b
     col = 0
     for source in sources:
         A_s = A[:, col : col + source.n_rows]
         col += source.n_rows
-        only = next(iter(source.parts.items())) if len(source.parts) == 1 else None
-        identity = (
-            only is not None
-            and not source.offset.any()
-            and only[1].shape[0] == only[1].shape[1]
-            and np.array_equal(only[1], np.eye(only[1].shape[0]))
-        )
         for a, M in source.parts.items():
-            term = A_s if identity else A_s @ M
-            parts[a] = parts[a] + term if a in parts else term
+            term = A_s if M is None else A_s @ M
+            mine = parts.get(a)
+            parts[a] = term if mine is None else mine + term
         if source.offset.any():
             offset = offset + A_s @ source.offset
     return Expr(parts, offset)
