@@ -296,10 +296,16 @@ def union_kind(all_pieces, x):
 
 def brute_force_extent(layers, x, *, relu_last, lower, upper):
     """Largest L-inf and L1 distance from x over the union of all pieces (orthant LPs for L1)."""
+    return union_extent(pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper), x)
+
+
+def union_extent(all_pieces, x):
+    """Largest L-inf and L1 distance from x over the union of the pieces (linprog keyword
+    arguments; 2n LPs for L-inf and one LP per orthant of x' - x for L1, each piece)."""
     x = np.asarray(x, float)
     n = x.size
     linf = l1 = 0.0
-    for kw in pattern_pieces(layers, x, relu_last=relu_last, lower=lower, upper=upper):
+    for kw in all_pieces:
         if lp(np.zeros(n), kw).status != 0:
             continue
         for j, sign in itertools.product(range(n), (1.0, -1.0)):

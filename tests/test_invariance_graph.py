@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graph_models import BasicBlock
-from problems import brute_force_dag, dag_forward, dag_pattern_pieces, union_max_inner
+from problems import brute_force_dag, dag_forward, dag_pattern_pieces, union_extent, union_max_inner
 from reluinv.invariance import (
     invariance_search,
     network_preimage,
@@ -155,6 +155,18 @@ def test_exact_search_on_a_residual_mlp_reaches_the_brute_force_optimum(seed):
     assert np.abs(f_new - f_x).max() <= 1e-6 * max(1.0, np.abs(f_x).max())
     region = invariance_search(model, x, target, layer="relu3", mode="region", lower=0, upper=1)
     assert region.objective <= r.objective + 1e-9  # x's region is one piece of the preimage
+
+
+@pytest.mark.parametrize("seed,features", [(seed, f) for seed in range(3) for f in ("relu()", "output")])
+def test_preimage_extent_matches_the_dag_brute_force(seed, features):
+    model = rescat(seed, subtract=seed == 1)
+    x = np.random.default_rng(400 + seed).uniform(-0.5, 0.5, size=2)
+    dag, tail = rescat_dag(model, features)
+    linf, l1 = union_extent(dag_pattern_pieces(dag, tail, x, lower=-1.0, upper=1.0), x)
+    e = preimage_extent(model, x, features, lower=-1, upper=1, time_limit=30)
+    assert e.proven
+    assert e.linf == pytest.approx(linf, abs=1e-6) and e.l1 == pytest.approx(l1, abs=1e-6)
+    assert e.feature_max_abs_diff <= 1e-9 * max(1.0, float(np.abs(dag_forward(dag, tail, x)).max()))
 
 
 def tiny_basic_block(seed: int) -> BasicBlock:
