@@ -218,12 +218,21 @@ def test_cuda_factors_match_preimage():
         ({"Y": np.zeros((1, 3)), "lower": [0, 0], "upper": [-1, 1]}, "lower > upper"),
         ({"Y": np.zeros((1, 3)), "upper": [1, 1, 1]}, "upper must be a scalar or have shape"),
         ({"Y": np.zeros((1, 3)) + 1j}, "complex"),
+        ({"Y": np.zeros((1, 3)), "device": "tpu:x"}, "device must be None or a torch device"),
+        ({"Y": np.zeros((1, 3)), "device": "meta"}, "device must be a CPU or CUDA torch device"),
+        ({"Y": np.zeros((1, 3)), "device": 3.5}, "device must be None or a torch device"),
     ],
 )
 def test_bad_input_raises_value_error(kwargs, message):
     A = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     with pytest.raises(ValueError, match=message):
         preimage_batch(A, np.zeros(3), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is absent")
+def test_cuda_without_a_device_is_a_value_error():
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        preimage_batch(np.eye(2), np.zeros(2), np.zeros((0, 2)), device="cuda")
 
 
 def test_bad_layer_raises_value_error():

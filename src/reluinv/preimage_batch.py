@@ -10,8 +10,15 @@ Figure 4 decides the preimage of ``y = ReLU(A x + b)`` for every test image unde
 * with ``X``, the forward pass ``ReLU(X A^T + b)`` of all samples as one matrix product.
 
 Every sample then goes through the very decision of :func:`reluinv.preimage` (``_LayerSystem``,
-with the shared row norms): on the default path (``device=None``) the results are bit for bit
-those of :func:`reluinv.preimage` on the same ``y`` (the tests compare every field).
+with the shared row norms): on the default path (``device=None``) the verdicts, ranks, nullities
+and active counts are those of :func:`reluinv.preimage` on the same ``y``, and margins, points
+and certificates the same numbers up to the last-bit rounding that :func:`reluinv.preimage`
+itself shows from call to call (BLAS kernels sum in an order that can depend on where the
+temporaries lie in memory: the same ``y`` gave margins 2.327370580217922{3,4,6}e-4 in three
+processes).  The tests compare every field.  Time per sample on the Fashion-MNIST layer of
+``benchmarks/fig4_scan.py``: the checks and row norms (about 5-8 ms of a 25-60 ms singleton) go;
+what stays is the per-sample decision itself (the LU or QR of the active rows, the restriction of
+the inactive rows to the null space and the direction search).
 
 ``device`` (a torch device: ``"cuda"``, ``"cpu"``) moves step 1 of Theorem 4's method, the
 factorisation of the active rows, to batched torch float64 kernels: for each group of samples
@@ -95,7 +102,8 @@ def preimage_batch(
 
     Raises:
         ValueError: what :func:`reluinv.preimage` refuses (named), both or neither of Y and X,
-            rows of Y or X of the wrong length, and a non-positive ``group``.
+            rows of Y or X of the wrong length, a non-positive ``group``, and a ``device`` that
+            is not a CPU or CUDA torch device present here.
 
     Example:
         >>> [r.kind for r in preimage_batch([[1, 0], [0, 1], [1, -1]], [0, 0, -1],
@@ -118,8 +126,9 @@ def preimage_batch(
     lo, up = as_bounds(lower, upper, n)
     norms = _row_norms(A)
     factors: list[Factor] = [EqualityFactor] * Y.shape[0]
-    if device is not None and Y.shape[0]:
-        factors = _torch_factors(norms, Y, device, int(group))
+    if device is not None:
+        dev = _torch_device(device)  # checked even for an empty batch
+        factors = _torch_factors(norms, Y, dev, int(group)) if Y.shape[0] else factors
     with single_blas_pool():
         return [
             _LayerSystem(A, b, y, lo, up, rtol, row_norms=norms, factor=f).decide()
@@ -157,7 +166,7 @@ def _torch_factors(norms: RowNorms, Y: F64, device: Any, group: int) -> list[Fac
     """Per sample, a factory of :class:`EqualityFactor` results from batched torch factors."""
     import torch
 
-    dev = torch.device(device)
+    dev = _torch_device(device)
     M, row_norm, _shift, zero = norms
     unit = M * (1.0 / np.where(zero, 1.0, row_norm))[:, None]  # the rows E of _LayerSystem
     rows = [np.flatnonzero((y > 0) & ~zero) for y in Y]
@@ -176,6 +185,23 @@ def _torch_factors(norms: RowNorms, Y: F64, device: Any, group: int) -> list[Fac
             for i, f in zip(tall, _tall_factors(unit_t, [rows[i] for i in tall]), strict=True):
                 out[i] = f
     return out
+
+
+def _torch_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` that is present here, or ValueError."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device must be None or a torch device such as 'cuda' or 'cpu', got {device!r}"
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device here")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be a CPU or CUDA torch device, got {device!r}")
+    return dev
 
 
 def _wide_factors(unit_t: Any, rows: list[NDArray[np.intp]]) -> list[Factor]:
