@@ -13,9 +13,15 @@ Serial, a two-worker Dask LocalCluster (its start included, as a scan pays it) a
 path with torch factorisations on the CPU run on a prefix; the local back end on all
 ``--samples``; the batched path with factorisations on CUDA (serial back end, the prefix) when a
 CUDA device is present.  Verdicts (kind, active count, rank, nullity) must agree across every
-run on the common prefix.  The default run takes about 4 minutes on two idle cores.
+run on the common prefix.  The default run takes about 4 minutes on two cores.
 
-    python benchmarks/fig4_scan.py [--samples 2048] [--prefix 256] [--workers 2]
+The quick model's layer has 700-1,450 active units per image (nearly all singletons).  Figure 4
+in full mode uses the paper's recipe on all 60,000 training images (about an hour to train),
+whose layer has 150-880 (mostly unbounded); ``--weights`` takes the first layer from such a
+model's file in the weight cache (``reluinv.train``) instead, e.g. with ``--samples 256
+--prefix 64`` (its samples take 10-20 times longer).
+
+    python benchmarks/fig4_scan.py [--samples 2048] [--prefix 256] [--workers 2] [--weights FILE]
 """
 
 from __future__ import annotations
@@ -85,14 +91,18 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2048, help="samples for the local back end")
     parser.add_argument("--prefix", type=int, default=256, help="samples for serial, Dask and devices")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--weights", type=Path, help="a Table 2 MLP from the weight cache (.pt)")
     args = parser.parse_args()
     train_set, test_set, images, source = data(args.samples)
-    model, info, note = fig4_model(RunConfig(quick=True), train_set, test_set, images)
+    if args.weights is not None:
+        cached = torch.load(args.weights, map_location="cpu", weights_only=True)
+        weight, bias = cached["state_dict"]["1.weight"], cached["state_dict"]["1.bias"]
+        note = f"first layer of {args.weights.name}, recipe {cached['recipe']}"
+    else:
+        model, _info, note = fig4_model(RunConfig(quick=True), train_set, test_set, images)
+        weight, bias = model[1].weight.detach(), model[1].bias.detach()
     images = images.reshape(len(images), -1)
-    layer = {
-        "weight": model[1].weight.detach().double().numpy(),
-        "bias": model[1].bias.detach().double().numpy(),
-    }
+    layer = {"weight": weight.double().numpy(), "bias": bias.double().numpy()}
     prefix = images[: args.prefix]
     load = os.getloadavg()
     print(f"data: {source}; {len(images)} samples; layer 3500 x 784 {('(' + note + ')') if note else ''}")
