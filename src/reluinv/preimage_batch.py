@@ -18,9 +18,11 @@ temporaries lie in memory: the same ``y`` gave margins 2.327370580217922{3,4,6}e
 processes).  The tests compare every field.  Per sample on the 3500 x 784 Fashion-MNIST layer of
 ``benchmarks/fig4_scan.py`` (2 cores, loaded), this saves the checks and row norms (1.6 ms) and
 most of the forward product (7.8 ms as a matrix-vector product, 0.5 ms per sample as one product
-of 64); what stays is the decision itself: for a singleton about 20-25 ms, mostly the LU of 784
-active rows (the floor), for bounded or unbounded sets with 150-700 active rows 0.15-0.35 s, mostly
-the direction search and the restriction of the inactive rows to the null space.
+of 64); what stays is the decision itself.  For a singleton that is about 20-25 ms, mostly the
+LU of 784 active rows (the floor).  On the layer of Figure 4's full mode (paper recipe, 150-880
+active rows, mostly unbounded) it is about 0.37 s, of which the factorisation is 6% and the
+direction search of :func:`reluinv.geometry.omni_lazy` 92% (min-norm NNLS 31%, alternating
+projections 27%, the Stiemke LP 25%; cProfile over 32 images), none of it shared between samples.
 
 ``device`` (a torch device: ``"cuda"``, ``"cpu"``) moves step 1 of Theorem 4's method, the
 factorisation of the active rows, to batched torch float64 kernels: for each group of samples
@@ -33,13 +35,14 @@ Rank is still certified on this machine with LAPACK's condition estimate of the 
 is factorised by :class:`EqualityFactor` itself (pivoted QR).  The factors differ from LAPACK's
 in rounding only, so verdicts, ranks and nullities agree away from the tolerances and the margins
 agree to rounding.  The rest of the decision (the restriction of the inactive rows to the null
-space, the direction and LP searches) stays per sample on the CPU.  No GPU was available where
-this was written: the torch path is tested with torch on the CPU, and on CUDA by a test marked
-``cuda``.
+space, the direction and LP searches) stays per sample on the CPU, so a GPU can save at most
+the factorisation's share above.  No GPU was available where this was written: the torch path
+is tested with torch on the CPU, and on CUDA by a test marked ``cuda`` that has not run yet.
 
-Memory: ``A``'s unit rows once (m x n float64), and on the torch path, per group of at most
-``group`` samples, ``2 * group * n * n`` float64 on the device and as much on the host (64
-samples of a 784-input layer: about 0.6 GiB each).
+Memory: the outputs (s x m float64; Figure 4 hands over 64 images at a time); on the torch path
+``A``'s unit rows once (m x n float64) and, per group of at most ``group`` samples,
+``2 * group * n * n`` float64 on the device and as much on the host (64 samples of a 784-input
+layer: about 0.6 GiB each).
 """
 
 from __future__ import annotations
@@ -94,9 +97,9 @@ def preimage_batch(
         Y: layer outputs, shape (s, m), non-negative; or
         X: layer inputs, shape (s, n) (exactly one of Y and X).
         lower, upper, rtol: as for :func:`reluinv.preimage`, the same for every sample.
-        device: None (default): each sample's factorisation by LAPACK in this process, every
-            result bit for bit that of :func:`reluinv.preimage`; a torch device (``"cuda"``,
-            ``"cpu"``): factorisations batched in torch float64 there (module docstring).
+        device: None (default): each sample's factorisation by LAPACK in this process, the
+            computation of :func:`reluinv.preimage`; a torch device (``"cuda"``, ``"cpu"``):
+            factorisations batched in torch float64 there (module docstring).
         group: samples per batched factorisation on the torch path.
 
     Returns:
