@@ -264,14 +264,8 @@ def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
         if d is None:  # m == n, invertible: A d = -1 row-wise
             d = np.asarray(np.linalg.solve(all_rows, -np.ones(m)), dtype=np.float64)
             d /= np.linalg.norm(d)
-        return OmniCertificate(
-            False,
-            None,
-            None,
-            d,
-            _strictness(src.apply(d)),
-            rtol,
-            f"Corollary 6: {m} non-zero rows <= dimension {n}",
+        return _direction_certificate(
+            d, src.apply(d), rtol, f"Corollary 6: {m} non-zero rows <= dimension {n}"
         )
     # Cheapest first: projections on a few rows (omnidirectional sets usually pass), the nearest
     # hull point (sets with a direction usually give it), projections on every row, then the LP.
@@ -309,14 +303,8 @@ def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
             if prod.max() > rtol and prod.min() >= -rtol:  # a null vector whose opposite may work
                 z, prod = -z, -prod
             if prod.max() <= rtol:
-                return OmniCertificate(
-                    False,
-                    None,
-                    None,
-                    z,
-                    _strictness(prod),
-                    rtol,
-                    "direction d != 0 with A d <= 0 (Corollary 2 iv)",
+                return _direction_certificate(
+                    z, prod, rtol, "direction d != 0 with A d <= 0 (Corollary 2 iv)"
                 )
             fresh = np.setdiff1d(np.flatnonzero(prod > rtol), subset)
             if fresh.size > batch:
@@ -412,15 +400,11 @@ def _min_norm_certificate(src: RowSource, rtol: float) -> OmniCertificate | None
         d = -p / norm
         prod = every @ d
         if prod.max() <= rtol:
-            return OmniCertificate(
-                False,
-                None,
-                None,
+            return _direction_certificate(
                 d,
-                _strictness(prod),
+                prod,
                 rtol,
-                "direction d != 0 with A d <= 0: minus the point of the rows' hull nearest 0 "
-                "(Corollary 2 iv)",
+                "direction d != 0 with A d <= 0: minus the rows' hull point nearest 0 (Corollary 2 iv)",
             )
         fresh = np.setdiff1d(np.flatnonzero(prod > rtol), subset)
         if fresh.size == 0:
@@ -466,6 +450,13 @@ def _project_subset(
             )
         v = np.maximum(lam, 1.0)
     return None
+
+
+def _direction_certificate(
+    d: NDArray[np.float64], prod: NDArray[np.float64], rtol: float, reason: str
+) -> OmniCertificate:
+    """ "Not omnidirectional", certified by the unit direction ``d`` with row products ``prod``."""
+    return OmniCertificate(False, None, None, d, _strictness(prod), rtol, reason)
 
 
 def _strictness(prod: NDArray[np.float64]) -> float:
