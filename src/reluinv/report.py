@@ -94,8 +94,10 @@ def _fig4_sentence(entry: dict[str, Any]) -> str:
     comparison = entry.get("comparison")
     if comparison:
         reasons = "; ".join(f"{n} x {r}" for r, n in comparison["reasons"].items())
+        subset = entry.get("algorithm1_samples")
         text += (
-            f"; Algorithm 1 {', '.join(f'{n} {k}' for k, n in comparison['paper'].items() if n)}"
+            f"; Algorithm 1 (on {subset or 'every sample'}) "
+            f"{', '.join(f'{n} {k}' for k, n in comparison['paper'].items() if n)}"
             f"; {comparison['disagreements']} disagreements in kind "
             f"({comparison['bounded_disagreements']} on boundedness)" + (f": {reasons}" if reasons else "")
         )
@@ -373,7 +375,8 @@ CAPTIONS: dict[str, str] = {
     ),
     "fig4": (
         "x: number of active units (positive outputs of the 3,500-unit first layer) of a test "
-        "sample; y: number of test samples; one curve per kind of preimage of that layer."
+        "sample; y: number of test samples; one curve per kind of preimage of that layer, solid "
+        "for the exact engine, dashed for the literal Algorithm 1 (on the samples it decided)."
     ),
     "fig5": (
         "x: layer, numbered as the paper's legend (a convolution and its ReLU count separately; "

@@ -166,6 +166,8 @@ def _fig4_axes(ax, entry: dict[str, Any]) -> None:
             verdicts = [s.get(key) for s in samples]
             if key == "paper_kind" and not any(verdicts):
                 continue
+            if key == "paper_kind" and not all(verdicts):
+                who += f", {sum(v is not None for v in verdicts):,} samples"
             bounded = np.array([v in ("singleton", "compact") for v in verdicts])
             unbounded = np.array([v == "unbounded" for v in verdicts])
             for mask, colour, label in (
