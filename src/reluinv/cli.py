@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--device",
         default="cpu",
         choices=("cpu", "cuda"),
-        help="where the per-sample spectra (Figures 5, 6, 8, 10, 11) run (default cpu)",
+        help="where the per-sample spectra (Figures 5, 6, 8, 10, 11) and Figure 4's factorisations "
+        "run (default cpu)",
     )
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_executor_options(rep)

@@ -45,8 +45,9 @@ class RunConfig:
         progress: show progress bars.
         limit: caps every sample count (for tests and smoke runs); None: the mode's counts.
         epochs: caps every training's epochs (for tests and smoke runs); None: the recipe's.
-        device: where the per-sample spectra run (``"cpu"`` or ``"cuda"``); training, preimages
-            and invariance searches stay on the CPU.
+        device: where the per-sample spectra and Figure 4's factorisations of the active rows
+            run (``"cpu"`` or ``"cuda"``); training, the rest of each preimage decision and the
+            invariance searches stay on the CPU.
         algorithm1_samples: how many of Figure 4's scanned samples the literal Algorithm 1 also
             decides (a seeded random subset); None: the mode's default (all in quick mode,
             :data:`.fig4.ALGORITHM1_SAMPLES_FULL` in full mode, where its LP costs seconds per sample).
