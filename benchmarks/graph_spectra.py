@@ -20,6 +20,7 @@ input sizes and prints each peak resident memory and time, and the projection to
     python benchmarks/graph_spectra.py --size 8              # 3x8x8, a few minutes
     python benchmarks/graph_spectra.py --memory 8 12 16      # reluinv alone: memory and time per size
     python benchmarks/graph_spectra.py --threads 1           # pin torch and BLAS to one thread each
+    python benchmarks/graph_spectra.py --lanczos 64 --k 3    # beyond the dense limit: Lanczos spectra
 
 Measured on the shared 2-core machine under load, one thread: 3x16x16, reluinv 56 s, obvious
 1889 s (33.7x, singular values equal to 5.6e-15 relative); --memory 12 20: 0.98 and 3.33 GiB,
@@ -157,6 +158,26 @@ def memory_table(sizes: list[int], threads: int | None) -> None:
         print(f"time ~ size^{p:.1f}: projected {projected:.0f} s per sample at 3x32x32")
 
 
+def lanczos_beyond(size: int, k: int, max_steps: int) -> None:
+    """``spectra(method="lanczos")`` at 3 x size x size: per layer the k largest and smallest
+    non-zero singular values found, the steps, convergence, the time and the peak memory."""
+    model, x = model_and_input(size)
+    start = time.perf_counter()
+    layers = spectra(model, x, method="lanczos", k=k, max_steps=max_steps)
+    seconds = time.perf_counter() - start
+    for layer in layers:
+        dense_gib = 8 * layer.out_dim * x.numel() / 2**30
+        print(
+            f"{layer.name:18s} rows {layer.out_dim:6d} (dense J {dense_gib:5.1f} GiB)  "
+            f"steps {layer.steps:4d}  converged {str(layer.converged):5s}  "
+            f"largest {np.round(layer.largest, 4).tolist()}  "
+            f"smallest found {np.round(layer.smallest, 5).tolist()}",
+            flush=True,
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"ResNet-18 (CIFAR stem) at 3x{size}x{size}, Lanczos k={k}: {seconds:.1f} s, peak {peak:.2f} GiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=16, help="input is 3 x size x size (default 16)")
@@ -167,6 +188,9 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, help="torch and BLAS threads (default: torch's choice)")
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lanczos", type=int, metavar="SIZE", help="Lanczos spectra alone at 3xSIZExSIZE")
+    parser.add_argument("--k", type=int, default=3, help="--lanczos: largest and smallest values per layer")
+    parser.add_argument("--max-steps", type=int, default=120, help="--lanczos: steps per layer at most")
     args = parser.parse_args()
     if args.threads:
         # On a loaded machine more threads than free cores make LAPACK spin: pin both implementations.
@@ -177,6 +201,9 @@ def main() -> None:
         return
     if args.memory:
         memory_table(args.memory, args.threads)
+        return
+    if args.lanczos:
+        lanczos_beyond(args.lanczos, args.k, args.max_steps)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     row = compare(args.size, args.repeats, args.chunk_size)
