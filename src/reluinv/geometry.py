@@ -287,13 +287,10 @@ def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
         if lam is not None:
             null = _null_vector(rows)
             if null is None:
-                margin = min(float(lam.min() / lam.max()), _rank_ratio(rows))
-                return OmniCertificate(
-                    True,
+                return _multiplier_certificate(
                     subset,
                     lam,
-                    None,
-                    margin,
+                    _rank_ratio(rows),
                     rtol,
                     f"strictly positive combination of {subset.size} rows with rank {n} (Theorem 5)",
                 )
@@ -436,14 +433,10 @@ def _project_subset(
         lam = v - q @ (q.T @ v)
         # Positive by far more than the rounding of the projection (~ eps * |v|), not by noise.
         if lam.min() > 1e-6 * v.max():
-            lam = lam / lam.min()
-            margin = min(float(lam.min() / lam.max()), float(rcond))
-            return OmniCertificate(
-                True,
+            return _multiplier_certificate(
                 subset,
-                lam,
-                None,
-                margin,
+                lam / lam.min(),
+                float(rcond),
                 rtol,
                 f"a strictly positive combination of {m} rows of rank {n} "
                 f"vanishes (Theorems 5, 11; alternating projections)",
@@ -452,10 +445,19 @@ def _project_subset(
     return None
 
 
+def _multiplier_certificate(
+    rows: NDArray[np.intp], lam: NDArray[np.float64], rank_margin: float, rtol: float, reason: str
+) -> OmniCertificate:
+    """The answer "omnidirectional", certified by ``lam > 0`` on ``rows`` (scaled to min 1) whose rank margin
+    is ``rank_margin``; the margin is the smaller of that and ``min(lam) / max(lam)``."""
+    margin = min(float(lam.min() / lam.max()), rank_margin)
+    return OmniCertificate(True, rows, lam, None, margin, rtol, reason)
+
+
 def _direction_certificate(
     d: NDArray[np.float64], prod: NDArray[np.float64], rtol: float, reason: str
 ) -> OmniCertificate:
-    """ "Not omnidirectional", certified by the unit direction ``d`` with row products ``prod``."""
+    """The answer "not omnidirectional", certified by the unit direction ``d`` with row products ``prod``."""
     return OmniCertificate(False, None, None, d, _strictness(prod), rtol, reason)
 
 
