@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="Figure 4: how many scanned samples the paper's literal Algorithm 1 also decides, a "
-        "seeded random subset (default: all in quick mode, 500 in full mode)",
+        "seeded random subset (default: all in quick mode, 200 in full mode)",
     )
     rep.add_argument(
         "--device",

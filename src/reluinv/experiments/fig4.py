@@ -40,7 +40,7 @@ PAPER_STRIP = (723, 784)
 BOUNDED = ("singleton", "compact")
 #: Full mode: how many scanned samples the literal Algorithm 1 also decides (a seeded random
 #: subset; its LP takes 2-15 s per Fashion-MNIST sample, about 10 CPU-hours for all 10,000).
-ALGORITHM1_SAMPLES_FULL = 500
+ALGORITHM1_SAMPLES_FULL = 200
 #: Seed of that subset.
 ALGORITHM1_SEED = 0
 #: Images per item of the engine's scan (:func:`classify_batch`).
