@@ -460,21 +460,28 @@ def _analyze_sample(shared: Mapping[str, Any], sample: NDArray[np.float64]) -> d
     rows = []
     for index in shared["layers"]:
         W, c = shared["dense"][index]
-        y = features[index]
-        r = preimage(W, c, y)
-        row: dict[str, Any] = {
-            "layer": index,
-            "active": int(np.count_nonzero(y > 0)),
-            "kind": r.kind,
-            "rank_active_rows": int(r.rank),
-            "nullity": int(r.nullity),
-            "margin": float(r.margin),
-            "near_tolerance": bool(r.near_tolerance),
-        }
+        row = preimage_row(index, W, c, features[index])
         if layer_spectra is not None:
             row.update(_spectrum_summary(layer_spectra[index]))
         rows.append(row)
     return {"layers": rows}
+
+
+def preimage_row(
+    index: int, A: NDArray[np.float64], b: NDArray[np.float64], y: NDArray[np.float64]
+) -> dict[str, Any]:
+    """One analysis row: the preimage of the layer output ``y = ReLU(A x + b)`` (Theorem 4) at
+    layer ``index``, for chains and graphs alike."""
+    r = preimage(A, b, y)
+    return {
+        "layer": int(index),
+        "active": int(np.count_nonzero(y > 0)),
+        "kind": r.kind,
+        "rank_active_rows": int(r.rank),
+        "nullity": int(r.nullity),
+        "margin": float(r.margin),
+        "near_tolerance": bool(r.near_tolerance),
+    }
 
 
 def _spectrum_summary(spectrum: stability.LayerSpectrum) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from torch import nn
 from ..graph import Layer, prepare_graph
 from ..graph_preimage import layer_system, preimage_rows
 from ..graph_spectra import graph_spectra
-from ..preimage import preimage
 
 __all__ = ["analyze_graph_sample", "chosen_graph_layers", "clear_cache", "describe_graph_layer"]
 
@@ -114,7 +113,7 @@ def analyze_graph_sample(shared: Mapping[str, Any], sample: NDArray[np.float64])
     ``shared`` holds ``model`` (on the CPU), ``layers`` (``(index, name)`` pairs), ``spectra``
     and ``device``.  Returns ``{"layers": rows}`` with the columns of a chain's rows.
     """
-    from .analyze import _spectrum_summary
+    from .analyze import _spectrum_summary, preimage_row
 
     x = torch.as_tensor(np.asarray(sample, dtype=np.float64))
     by_name = {}
@@ -124,17 +123,7 @@ def analyze_graph_sample(shared: Mapping[str, Any], sample: NDArray[np.float64])
     rows = []
     for index, name in shared["layers"]:
         system = layer_system(shared["model"], x, name)
-        A, b, y = preimage_rows(system)
-        r = preimage(A, b, y)
-        row: dict[str, Any] = {
-            "layer": int(index),
-            "active": int(np.count_nonzero(y > 0)),
-            "kind": r.kind,
-            "rank_active_rows": int(r.rank),
-            "nullity": int(r.nullity),
-            "margin": float(r.margin),
-            "near_tolerance": bool(r.near_tolerance),
-        }
+        row = preimage_row(index, *preimage_rows(system))
         if shared["spectra"]:
             row.update(_spectrum_summary(by_name[name]))
         rows.append(row)
