@@ -15,18 +15,23 @@ from reluinv.experiments.common import RunConfig
 from reluinv.parallel import Executor
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> RunConfig:
-    out = tmp_path_factory.mktemp("out")
+def _smoke_config(tmp_path_factory, name: str, *, limit: int, epochs: int) -> RunConfig:
+    """A quick, serial, silent run in its own folder, capped at ``limit`` samples and ``epochs``."""
+    out = tmp_path_factory.mktemp(name)
     return RunConfig(
         quick=True,
         out=out,
         cache_dir=str(out / "cache"),
         executor=Executor(backend="serial"),
         progress=False,
-        limit=12,
-        epochs=2,
+        limit=limit,
+        epochs=epochs,
     )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> RunConfig:
+    return _smoke_config(tmp_path_factory, "out", limit=12, epochs=2)
 
 
 def test_fig1_points_with_two_active_units_are_singletons(tiny):
@@ -105,16 +110,7 @@ def test_cli_unknown_figure(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_cnn(tmp_path_factory) -> RunConfig:
     """Two samples, one epoch: the CNN figures end to end on the 3x16x16 quick-mode stand-in."""
-    out = tmp_path_factory.mktemp("cnn")
-    return RunConfig(
-        quick=True,
-        out=out,
-        cache_dir=str(out / "cache"),
-        executor=Executor(backend="serial"),
-        progress=False,
-        limit=2,
-        epochs=1,
-    )
+    return _smoke_config(tmp_path_factory, "cnn", limit=2, epochs=1)
 
 
 def test_fig5_cnns_run_on_three_channel_inputs_and_thin_loses_rank_where_forced(tiny_cnn):
