@@ -133,16 +133,16 @@ def test_the_full_rank_shortcut_misses_a_rank_deficient_layer():
 # --- one sample through Figure 4's worker -----------------------------------------------------
 
 
-def test_classify_sample_keeps_both_verdicts_and_checks_the_direction():
+def test_both_verdicts_of_a_sample_and_the_checked_direction():
     # Boundary case of Appendix A3 as a layer: at x = 0 every unit is inactive.
-    layer = {"weight": np.array([[1.0, 0], [-1, 0], [0, 1]]), "bias": -np.ones(3), "paper_algorithm": True}
+    layer = {"weight": np.array([[1.0, 0], [-1, 0], [0, 1]]), "bias": -np.ones(3)}
     out = fig4.classify_sample(layer, np.zeros(2))
-    assert (out["kind"], out["paper_kind"], out["n_active"]) == ("unbounded", "compact", 0)
+    paper = fig4.algorithm1_sample(layer, np.zeros(2))
+    assert (out["kind"], paper["paper_kind"], out["n_active"]) == ("unbounded", "compact", 0)
     check = out["direction_check"]
     assert check["norm"] == pytest.approx(1.0)
     assert check["max_abs_active"] == 0.0 and check["max_inactive"] <= 1e-12
-    plain = fig4.classify_sample({k: v for k, v in layer.items() if k != "paper_algorithm"}, np.zeros(2))
-    assert "paper_kind" not in plain
+    assert "paper_kind" not in out
 
 
 # --- comparison, conclusion and claims over small fake results --------------------------------

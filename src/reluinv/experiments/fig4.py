@@ -48,20 +48,15 @@ SCAN_CHUNK = 64
 
 
 def classify_sample(layer: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
-    """Preimage of the first layer's output at one flattened image (module-level for workers).
-
-    With ``layer["paper_algorithm"]`` true, the paper's Algorithm 1 decides the same output too
-    (``paper_kind``, ``paper_lp_status``), as the paper ran it for this MLP: active rows assumed
-    linearly independent (Section 4), so ">= 784 active" is "singleton" without an SVD.  An
-    unbounded verdict carries ``direction_check`` (see :func:`_sample_record`).
+    """The exact engine's record of the first layer's output at one flattened image, decided by
+    :func:`reluinv.preimage` alone (module-level for workers; :func:`classify_batch` is the
+    figure's path, this the per-sample reference).  An unbounded verdict carries
+    ``direction_check`` (see :func:`_sample_record`); :func:`algorithm1_sample` gives the paper's
+    verdict on the same output.
     """
     A, b = layer["weight"], layer["bias"]
-    x = np.asarray(image, dtype=np.float64).reshape(-1)
-    y = np.maximum(A @ x + b, 0.0)
-    out = _sample_record(A, y, preimage(A, b, y))
-    if layer.get("paper_algorithm"):
-        out.update(algorithm1_sample(layer, image))
-    return out
+    y = np.maximum(A @ np.asarray(image, dtype=np.float64).reshape(-1) + b, 0.0)
+    return _sample_record(A, y, preimage(A, b, y))
 
 
 def classify_batch(layer: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
