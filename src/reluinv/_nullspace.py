@@ -21,6 +21,18 @@ from scipy.linalg import lapack
 _SAFETY = 1e3
 
 
+def certifies_full_rank(rcond: float, shape: tuple[int, ...]) -> bool:
+    """Whether a factor's reciprocal condition estimate certifies full rank of a ``p x n`` system
+    of unit rows: ``rcond > 1e3 * max(p, n) * eps`` (the rule of :class:`EqualityFactor`)."""
+    return bool(rcond > _SAFETY * max(*shape, 1) * np.finfo(float).eps)
+
+
+def square_pick(p: int, n: int) -> NDArray[np.intp]:
+    """The ``n`` of ``p >= n`` rows whose independence is tried first: the floor of an evenly
+    spaced grid with step >= 1, so the indices are distinct (rounding could collide)."""
+    return np.floor(np.linspace(0, p - 1, n)).astype(np.intp)
+
+
 class NullBasis:
     """An orthonormal basis ``O`` (n x k) of a null space."""
 
@@ -67,18 +79,18 @@ class EqualityFactor:
             self.rank, self.rank_ratio, self.x_p = 0, 1.0, np.zeros(n)
             self.basis: NullBasis = ExplicitBasis(np.eye(n))
             return
-        if p < n and self._try_unpivoted_wide(E, e, eps_rule):
+        if p < n and self._try_unpivoted_wide(E, e):
             return
-        if p >= n and self._try_unpivoted_tall(E, e, eps_rule):
+        if p >= n and self._try_unpivoted_tall(E, e):
             return
         self._pivoted(E, e, eps_rule)
 
-    def _try_unpivoted_wide(self, E, e, eps_rule) -> bool:
+    def _try_unpivoted_wide(self, E, e) -> bool:
         (qr, tau), _ = scipy.linalg.qr(E.T, mode="raw", check_finite=False)
         p = E.shape[0]
         R = qr[:p, :p]  # LAPACK reads only the upper triangle
         rcond = lapack.dtrcon(R, norm="1", uplo="U", diag="N")[0]
-        if not rcond > _SAFETY * eps_rule:
+        if not certifies_full_rank(rcond, E.shape):
             return False
         # E = R^T Q1^T, so x_p = Q1 R^{-T} e; O = Q2.  One application of the reflectors to
         # [[w, 0], [0, I]] gives both without forming the whole of Q.
@@ -94,33 +106,32 @@ class EqualityFactor:
         self.rank, self.rank_ratio, self.basis = p, float(rcond), ExplicitBasis(out[:, 1:].copy())
         return True
 
-    def _try_square_subset(self, E, e, eps_rule) -> bool:
+    def _try_square_subset(self, E, e) -> bool:
         """Rank n from n of the p >= n rows: if they are independent, so is E (a third of the
         work of a QR of all rows).  x_p then solves those n equations; the caller checks the rest."""
         n = self.n
-        # floor of an evenly spaced grid with step >= 1: n distinct rows (rounding could collide)
-        pick = np.floor(np.linspace(0, E.shape[0] - 1, n)).astype(np.intp)
+        pick = square_pick(E.shape[0], n)
         if pick.size < n:
             return False
         with warnings.catch_warnings():  # a singular pick is expected now and then: QR decides
             warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
             lu, piv = scipy.linalg.lu_factor(E[pick], check_finite=False)
         rcond = lapack.dgecon(lu, np.abs(E[pick]).sum(axis=0).max(), norm="1")[0]
-        if not rcond > _SAFETY * eps_rule:
+        if not certifies_full_rank(rcond, E.shape):
             return False
         self.x_p = scipy.linalg.lu_solve((lu, piv), e[pick], check_finite=False)
         self.rank, self.rank_ratio = n, float(rcond)
         self.basis = ExplicitBasis(np.zeros((n, 0)))
         return True
 
-    def _try_unpivoted_tall(self, E, e, eps_rule) -> bool:
-        if self._try_square_subset(E, e, eps_rule):
+    def _try_unpivoted_tall(self, E, e) -> bool:
+        if self._try_square_subset(E, e):
             return True
         (qr, tau), _ = scipy.linalg.qr(E, mode="raw", check_finite=False)
         n = self.n
         R = qr[:n, :n]  # LAPACK reads only the upper triangle
         rcond = lapack.dtrcon(R, norm="1", uplo="U", diag="N")[0]
-        if not rcond > _SAFETY * eps_rule:
+        if not certifies_full_rank(rcond, E.shape):
             return False
         qte, _work, info = lapack.dormqr("L", "T", qr, tau, np.asfortranarray(e[:, None]), lwork=64)
         if info != 0:  # pragma: no cover - LAPACK argument error

@@ -55,7 +55,7 @@ import scipy.linalg
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-from ._nullspace import _SAFETY, EqualityFactor, ExplicitBasis
+from ._nullspace import EqualityFactor, ExplicitBasis, certifies_full_rank, square_pick
 from ._threads import single_blas_pool
 from ._validate import as_bounds, as_finite_array
 from .geometry import DEFAULT_RTOL
@@ -230,7 +230,7 @@ def _wide_factory(Q: F64, R: F64, p: int) -> Factor:
     def factor(E: F64, e: F64) -> EqualityFactor:
         _check_rows(E, p)
         rcond = float(lapack.dtrcon(R, norm="1", uplo="U", diag="N")[0])
-        if not rcond > _SAFETY * max(E.shape) * np.finfo(float).eps:
+        if not certifies_full_rank(rcond, E.shape):
             return EqualityFactor(E, e)  # rank not certified: the pivoted QR decides
         w = scipy.linalg.solve_triangular(R, e, trans="T", lower=False, check_finite=False)
         return _Given(Q[:, :p] @ w, p, rcond, np.ascontiguousarray(Q[:, p:]))
@@ -243,7 +243,7 @@ def _tall_factors(unit_t: Any, rows: list[NDArray[np.intp]]) -> list[Factor]:
     import torch
 
     n = unit_t.shape[1]
-    picks = [r[np.floor(np.linspace(0, r.size - 1, n)).astype(np.intp)] for r in rows]
+    picks = [r[square_pick(r.size, n)] for r in rows]
     index = torch.from_numpy(np.stack(picks)).to(unit_t.device)
     square = unit_t[index]  # (s, n, n)
     anorm = square.abs().sum(dim=1).amax(dim=1).cpu().numpy()
@@ -256,10 +256,9 @@ def _tall_factory(LU: F64, piv: NDArray[np.int32], anorm: float, p: int, n: int)
     def factor(E: F64, e: F64) -> EqualityFactor:
         _check_rows(E, p)
         rcond = float(lapack.dgecon(LU, anorm, norm="1")[0])
-        if not rcond > _SAFETY * max(E.shape) * np.finfo(float).eps:
+        if not certifies_full_rank(rcond, E.shape):
             return EqualityFactor(E, e)  # QR of all rows, then pivoted QR, decide
-        pick = np.floor(np.linspace(0, p - 1, n)).astype(np.intp)
-        x_p = scipy.linalg.lu_solve((LU, piv), e[pick], check_finite=False)
+        x_p = scipy.linalg.lu_solve((LU, piv), e[square_pick(p, n)], check_finite=False)
         return _Given(x_p, n, rcond, np.zeros((n, 0)))
 
     return factor
