@@ -270,11 +270,14 @@ def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
     # Cheapest first: projections on a few rows (omnidirectional sets usually pass), the nearest
     # hull point (sets with a direction usually give it), projections on every row, then the LP.
     # (Not ``or``: a certificate's truth value is its verdict.)
-    quick = _projection_certificate(src, rtol, every_row=False)
-    if quick is None:
-        quick = _min_norm_certificate(src, rtol)
-    if quick is None:
-        quick = _projection_certificate(src, rtol, every_row=True)
+    quick = _projection_certificate(src, rtol)
+    few = min(m, 3 * n + 32)
+    if quick is None and (m * n <= _MIN_NORM_ENTRIES or few < m):
+        every = src.rows(np.arange(m))  # formed once for both
+        if m * n <= _MIN_NORM_ENTRIES:
+            quick = _min_norm_certificate(every, rtol)
+        if quick is None and few < m:
+            quick = _project_subset(every, np.arange(m), n, rtol)
     if quick is not None:
         return quick
     subset = _initial_subset(m, 2 * n + 16)
@@ -325,24 +328,19 @@ _RANK_SLACK = 1e3
 _PROJECTION_ROUNDS = 200
 
 
-def _projection_certificate(src: RowSource, rtol: float, *, every_row: bool) -> OmniCertificate | None:
-    """Try a Stiemke certificate by alternating projections before any LP.
+def _projection_certificate(src: RowSource, rtol: float) -> OmniCertificate | None:
+    """Try a Stiemke certificate by alternating projections on about 3n rows before any LP.
 
     The multipliers with ``A^T lam = 0`` form the orthogonal complement of range(A).  Projecting
     alternately onto it and onto ``{lam >= 1}`` (the all-ones vector first) converges to a point of
     both when one exists; any iterate of the complement with every entry positive is a strictly
     positive combination, and with ``rank A = n`` the rows are omnidirectional (Theorems 5, 11).
     Rows spread around the origin, as a layer's inactive rows in the null space of its active
-    ones usually are, pass in a few rounds.  ``every_row`` False tries a subset of about 3n rows (a
-    superset of an omnidirectional set is omnidirectional); True tries all rows, when there are
-    more than that.
+    ones usually are, pass in a few rounds.  A subset suffices (a superset of an omnidirectional
+    set is omnidirectional); :func:`omni_lazy` tries all rows with :func:`_project_subset` later.
     """
-    first = min(src.m, 3 * src.n + 32)
-    if every_row:
-        subset = np.arange(src.m) if first < src.m else None
-    else:
-        subset = _initial_subset(src.m, first)
-    return None if subset is None else _project_subset(src.rows(subset), subset, src.n, rtol)
+    subset = _initial_subset(src.m, min(src.m, 3 * src.n + 32))
+    return _project_subset(src.rows(subset), subset, src.n, rtol)
 
 
 #: Rounds of row generation for the min-norm direction before the LP takes over.
@@ -371,22 +369,18 @@ def _nearest_hull_point(rows: NDArray[np.float64]) -> NDArray[np.float64] | None
     return point
 
 
-def _min_norm_certificate(src: RowSource, rtol: float) -> OmniCertificate | None:
+def _min_norm_certificate(every: NDArray[np.float64], rtol: float) -> OmniCertificate | None:
     """Try a direction before any LP: minus the point ``p`` of the rows' convex hull nearest 0.
 
     If ``p != 0`` it is the projection of 0 onto the hull, so ``<a_i, -p> <= -|p|^2`` for every
     row and ``d = -p / |p|`` is a strict direction of Corollary 2 iv.  ``p`` is computed on a
     growing subset of the rows: the ``2n`` rows most violated by the first candidate, minus the
     rows' mean, then those most violated by each candidate.  Every candidate is checked on all
-    rows, so an inexact or partial ``p`` only costs the shortcut.  When 0 is in the subset's hull,
-    after
-    :data:`_MIN_NORM_ROUNDS` rounds, or for row sets over :data:`_MIN_NORM_ENTRIES` entries, the
-    LP decides.
+    rows (``every``, all of them), so an inexact or partial ``p`` only costs the shortcut.  When 0
+    is in the subset's hull or after :data:`_MIN_NORM_ROUNDS` rounds the LP decides;
+    :func:`omni_lazy` skips this for row sets over :data:`_MIN_NORM_ENTRIES` entries.
     """
-    m, n = src.m, src.n
-    if m * n > _MIN_NORM_ENTRIES:
-        return None
-    every = src.rows(np.arange(m))
+    n = every.shape[1]
     prod = every @ -every.mean(axis=0)
     subset = np.argsort(-prod)[: 2 * n]
     for _ in range(_MIN_NORM_ROUNDS):
