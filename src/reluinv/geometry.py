@@ -16,7 +16,9 @@ Every answer comes with a certificate that can be checked without trusting the s
 
 Decisions use one linear programme (solved by HiGHS) whose primal gives the multipliers and whose
 dual gives the direction, inside a row-generation loop that usually looks at a small fraction of
-the rows (see :func:`omnidirectional_certificate`).
+the rows (see :func:`omnidirectional_certificate`).  Two cheaper attempts come first, each checked
+like the LP's answer: alternating projections for the multipliers, and minus the rows' hull point
+nearest 0 (non-negative least squares) for a direction.
 """
 
 from __future__ import annotations
