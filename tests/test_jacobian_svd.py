@@ -193,3 +193,16 @@ def test_device_pair_update_matches_lapack_on_cpu_tensors():
     )
     np.testing.assert_allclose(with_all, scipy.linalg.svdvals(J), atol=1e-12)
     np.testing.assert_allclose(with_kept, scipy.linalg.svdvals(J[keep]), atol=1e-12)
+
+
+def test_internal_route_finds_nan_through_the_triangular_factor():
+    # spectra() skips the scan of the large J for NaN; the factor carries it (Householder norms).
+    rng = np.random.default_rng(8)
+    Jt = torch.tensor(rng.standard_normal((6, 40)))
+    Jt[2, 17] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        jacobian_svd.transposed_pending(Jt, None).result()
+    Jt[2, 17] = float("inf")
+    keep = torch.tensor(rng.random(40) < 0.7)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        jacobian_svd.relu_pair_pending(Jt, keep, None)

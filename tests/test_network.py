@@ -184,6 +184,20 @@ def test_grouped_strided_conv_matches_jacrev():
     np.testing.assert_allclose(J, _reference_jacobian(net, x), atol=1e-14)
 
 
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_float64_convolutions_of_large_batches_match_one_call(padding_mode):
+    # Batches above 2 * _CONV_CHUNK run in chunks; the module's own forward on the whole batch is
+    # the oracle (a ragged last chunk included: 101 = 3 * 32 + 5).
+    torch.manual_seed(10)
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, padding_mode=padding_mode).double().eval()
+    step = as_chain(nn.Sequential(conv).eval(), (3, 9, 9))[0]
+    assert isinstance(step, AffineStep)
+    batch = torch.randn(101, 3, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        expected = conv(batch) - conv.bias.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(step.apply_linear(batch).numpy(), expected.numpy(), atol=1e-13)
+
+
 # ---------------------------------------------------------------------------- bad input
 
 

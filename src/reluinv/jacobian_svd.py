@@ -16,7 +16,9 @@ computed values are those of a matrix within ``O(eps) ||J||`` of ``J``; ``J^T J`
    matrix-vector products and is several times slower at n = 3072.  A factor that is already a
    narrow band (the first convolutions) skips this stage.
 3. **Bidiagonal.**  LAPACK ``dgbbrd`` (Givens rotations on the band) and ``dlasq1`` (dqds) give the
-   singular values (:func:`triangular_svdvals`).
+   singular values (:func:`triangular_svdvals`).  This stage runs on one thread; given an
+   executor, it runs there (:class:`Pending`), so that the all-prefix spectra of
+   :func:`reluinv.spectra` overlap it with the next prefix's factor and band reduction.
 
 :func:`relu_pair_singular_values` reuses the work of a ReLU prefix for the prefix before it:
 the ReLU keeps a subset of the rows of ``J``, and ``R`` of the whole ``J`` is the QR update of
@@ -30,6 +32,7 @@ few ``n x n`` float64 factors (75 MB each at n = 3072).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -40,18 +43,22 @@ from ._band_lapack import band_bidiagonal_svdvals
 
 __all__ = [
     "BAND",
+    "Pending",
     "band_reduce",
+    "relu_pair_pending",
     "relu_pair_singular_values",
     "singular_values",
     "staircase_r",
     "tall_factor",
+    "transposed_pending",
     "triangular_svdvals",
     "upper_bandwidth",
 ]
 
-#: Bandwidth that :func:`band_reduce` reduces to (64: GEMMs of inner dimension 64 run near peak,
-#: and ``dgbbrd`` on 64 super-diagonals costs a fraction of the reduction at n = 3072).
-BAND = 64
+#: Bandwidth that :func:`band_reduce` reduces to.  On the 2-core development machine at n = 3072
+#: (reduction + ``dgbbrd``, seconds): 16: 1.11 + 0.35, 24: 0.91 + 0.44, 32: 0.91 + 0.54,
+#: 48: 0.99 + 0.71, 64: 0.88 + 0.88; 32 keeps the GEMMs' inner dimension at a safe width.
+BAND = 32
 #: Orders up to this go straight to ``torch.linalg.svdvals`` (LAPACK ``gesdd``), which is faster
 #: there: on the 2-core development machine, dense triangular factors took 0.050 s (gesdd) against
 #: 0.086 s (band path) at n = 768, 0.134 against 0.162 s at 1024, and 0.452 against 0.368 s at 1536.
@@ -59,9 +66,10 @@ _SMALL = 1280
 #: Measured cost of one ``dgbbrd`` rotation-element (per ``n^2 * ku``; one thread) over one flop
 #: of the blocked reduction (GEMMs on all threads): a band with ``ku`` super-diagonals goes
 #: straight to ``dgbbrd`` when ``_ROTATION_COST * n^2 * (ku - BAND) < 8/3 n^3``.  On the 2-core
-#: development machine at n = 3072: ``dgbbrd`` 3.5 s at ku = 64, 23-35 s at ku = 200 (loaded),
-#: :func:`band_reduce` 19 s, so the direct route pays below ku of about 200.
-_ROTATION_COST = 60.0
+#: development machine at n = 3072: ``dgbbrd`` 0.54 s at ku = 32, 1.35 s at 96, 1.93 s at 128,
+#: 6.5 s at 256 (it leaves the cache); :func:`band_reduce` 0.91 s (1.2e-11 s per flop), so the
+#: direct route pays below ku of about 95.
+_ROTATION_COST = 130.0
 #: Staircase blocks narrower than this are factored on one thread (see :func:`_one_thread`).
 _NARROW = 512
 
@@ -289,6 +297,22 @@ def _band_storage(R: NDArray[np.float64], ku: int) -> NDArray[np.float64]:
     return band
 
 
+class Pending:
+    """Singular values, padded with zeros to ``size``, whose last stage may still be running on
+    an executor's thread (module docstring, stage 3); :meth:`result` waits for them."""
+
+    def __init__(self, values: Future[NDArray[np.float64]] | NDArray[np.float64], size: int) -> None:
+        self._values, self.size = values, size
+
+    def result(self) -> NDArray[np.float64]:
+        values = self._values.result() if isinstance(self._values, Future) else self._values
+        return _padded(values, self.size)
+
+    def resized(self, size: int) -> Pending:
+        """The same values padded (or cut) to another size."""
+        return Pending(self._values, size)
+
+
 def triangular_svdvals(R: NDArray[np.float64]) -> NDArray[np.float64]:
     """All singular values (descending) of a square upper triangular ``R``: straight to
     ``dgbbrd`` if ``R`` is already a narrow band, else :func:`band_reduce` first (module docstring).
@@ -301,13 +325,27 @@ def triangular_svdvals(R: NDArray[np.float64]) -> NDArray[np.float64]:
     n = R.shape[0]
     if R.shape != (n, n):
         raise ValueError(f"R must be square, got shape {R.shape}")
+    return _triangular_pending(R, None).result()
+
+
+def _triangular_pending(R: NDArray[np.float64], executor: Executor | None) -> Pending:
+    """:func:`triangular_svdvals` with ``dgbbrd`` submitted to ``executor`` (when given).
+
+    ``R`` is checked here rather than the (much larger) Jacobian it came from: a NaN or infinity in
+    ``J`` reaches ``R`` through the Householder norms."""
+    n = R.shape[0]
+    if not np.isfinite(R).all():
+        raise ValueError("J contains NaN or infinite entries (its triangular factor is not finite)")
     if n <= _SMALL:
-        return _numpy(torch.linalg.svdvals(torch.as_tensor(R, dtype=torch.float64)))
+        return Pending(_numpy(torch.linalg.svdvals(torch.as_tensor(R, dtype=torch.float64))), n)
     ku = upper_bandwidth(R)
     if _ROTATION_COST * n * n * (ku - BAND) >= (8.0 / 3.0) * n**3:
         R = band_reduce(torch.tensor(R, dtype=torch.float64), BAND).numpy()
         ku = BAND
-    return band_bidiagonal_svdvals(_band_storage(R, ku), n, ku)
+    band = _band_storage(R, ku)
+    if executor is None:
+        return Pending(band_bidiagonal_svdvals(band, n, ku), n)
+    return Pending(executor.submit(band_bidiagonal_svdvals, band, n, ku), n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,26 +369,31 @@ def _padded(values: NDArray[np.float64], size: int) -> NDArray[np.float64]:
     return out
 
 
-def _live_singular_values(Jt: torch.Tensor) -> NDArray[np.float64]:
-    """Singular values of ``J`` given as ``J^T`` (n x m) without zero columns."""
+def _live_pending(Jt: torch.Tensor, size: int, executor: Executor | None) -> Pending:
+    """Singular values of ``J`` given as ``J^T`` (n x m) without zero columns, padded to ``size``."""
     n, m = Jt.shape
     if m == 0:
-        return np.zeros(0)
+        return Pending(np.zeros(0), size)
     if Jt.is_cuda:
         A = Jt.T
         if m > n:
             A = torch.linalg.qr(A, mode="r")[1]
-        return _numpy(torch.linalg.svdvals(A))
+        values = _numpy(torch.linalg.svdvals(A))
+        if not np.isfinite(values).all():
+            raise ValueError("J contains NaN or infinite entries (its singular values are not finite)")
+        return Pending(values, size)
     if m <= n:  # wide or square J: factor J^T (tall) instead
-        return triangular_svdvals(torch.linalg.qr(Jt, mode="r")[1].numpy())
-    return triangular_svdvals(tall_factor(Jt.T.contiguous().numpy()))
+        return _triangular_pending(torch.linalg.qr(Jt, mode="r")[1].numpy(), executor).resized(size)
+    return _triangular_pending(tall_factor(Jt.T.contiguous().numpy()), executor).resized(size)
 
 
-def _rows_svdvals(rows: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Singular values of the matrix with these (non-zero) rows."""
+def _rows_pending(rows: NDArray[np.float64], size: int, executor: Executor | None) -> Pending:
+    """Singular values of the matrix with these (non-zero) rows, padded to ``size``."""
     if rows.shape[0] < rows.shape[1]:
-        return triangular_svdvals(torch.linalg.qr(torch.from_numpy(rows.T), mode="r")[1].numpy())
-    return triangular_svdvals(tall_factor(rows))
+        R = torch.linalg.qr(torch.from_numpy(rows.T), mode="r")[1].numpy()
+    else:
+        R = tall_factor(rows)
+    return _triangular_pending(R, executor).resized(size)
 
 
 def singular_values(
@@ -371,15 +414,19 @@ def singular_values(
         singular_values(np.diag([3.0, 1.0, 2.0]))      # array([3., 2., 1.])
     """
     Jt = _check(J)
-    if not transposed:
-        Jt = Jt.T
+    return transposed_pending(Jt if transposed else Jt.T, None).result()
+
+
+def transposed_pending(Jt: torch.Tensor, executor: Executor | None) -> Pending:
+    """:func:`singular_values` of ``J`` given as the float64 ``J^T``, without the up-front scan
+    for NaN (the triangular factor is checked instead), the last stage on ``executor``."""
     n, m = Jt.shape
     if min(n, m) == 0:
-        return np.zeros(0)
+        return Pending(np.zeros(0), 0)
     live = (Jt != 0).any(dim=0)
     if not bool(live.all()):
         Jt = Jt[:, live]
-    return _padded(_live_singular_values(Jt), min(n, m))
+    return _live_pending(Jt, min(n, m), executor)
 
 
 def relu_pair_singular_values(
@@ -394,21 +441,28 @@ def relu_pair_singular_values(
         Jt: ``J^T`` (n x m), as the forward pass produces it.
         keep: boolean mask of length ``m`` (units a ReLU leaves on).
     """
-    Jt = _check(Jt)
+    values_all, values_kept = relu_pair_pending(_check(Jt), keep, None)
+    return values_all.result(), values_kept.result()
+
+
+def relu_pair_pending(
+    Jt: torch.Tensor, keep: torch.Tensor, executor: Executor | None
+) -> tuple[Pending, Pending]:
+    """:func:`relu_pair_singular_values` on a float64 ``J^T`` as :func:`transposed_pending` does
+    it: no up-front scan for NaN, the last stages on ``executor``."""
     n, m = Jt.shape
     live = (Jt != 0).any(dim=0)
     kept, removed = live & keep, live & ~keep
     if int(kept.sum()) <= n or min(n, m) == 0:
-        return singular_values(Jt, transposed=True), singular_values(Jt * keep, transposed=True)
+        return transposed_pending(Jt, executor), transposed_pending(Jt * keep, executor)
     if Jt.is_cuda:
-        values_all, values_kept = _device_pair_svdvals(Jt, kept, removed)
-        return _padded(values_all, min(n, m)), _padded(values_kept, min(n, m))
-    J = Jt.T.contiguous().numpy()
-    R_kept = tall_factor(J[kept.numpy()])
-    rows = np.concatenate([R_kept[(R_kept != 0).any(axis=1)], J[removed.numpy()]])
-    del J
-    values_all = _rows_svdvals(rows)
-    return _padded(values_all, min(n, m)), _padded(triangular_svdvals(R_kept), min(n, m))
+        on_device = _device_pair_svdvals(Jt, kept, removed)
+        return Pending(on_device[0], min(n, m)), Pending(on_device[1], min(n, m))
+    # torch gathers the rows (on all threads): numpy's fancy indexing took 4x longer here.
+    R_kept = tall_factor(Jt[:, kept].T.contiguous().numpy())
+    rows = torch.cat([torch.from_numpy(R_kept[(R_kept != 0).any(axis=1)]), Jt[:, removed].T]).numpy()
+    pending_kept = _triangular_pending(R_kept, executor).resized(min(n, m))
+    return _rows_pending(rows, min(n, m), executor), pending_kept
 
 
 def _device_pair_svdvals(
@@ -420,4 +474,7 @@ def _device_pair_svdvals(
     J = Jt.T
     R_kept = torch.linalg.qr(J[kept], mode="r")[1]
     R_all = torch.linalg.qr(torch.cat([R_kept, J[removed]]), mode="r")[1]
-    return _numpy(torch.linalg.svdvals(R_all)), _numpy(torch.linalg.svdvals(R_kept))
+    values = _numpy(torch.linalg.svdvals(R_all)), _numpy(torch.linalg.svdvals(R_kept))
+    if not all(np.isfinite(v).all() for v in values):
+        raise ValueError("J contains NaN or infinite entries (its singular values are not finite)")
+    return values

@@ -28,7 +28,8 @@ Everything is float64.  How the dense spectra are computed fast (all of it exact
 4. Each triangular factor comes from a staircase QR that only touches the band a convolution's
    sparse rows occupy (pixel-major columns), or a dense QR where that does not pay; its singular
    values from a two-stage reduction (blocked band reduction, then LAPACK ``dgbbrd`` and dqds),
-   never through ``J^T J`` (:mod:`reluinv.jacobian_svd`).
+   never through ``J^T J`` (:mod:`reluinv.jacobian_svd`).  ``dgbbrd`` runs on one thread: a
+   background thread runs it while the main thread factors the next prefixes.
 
 Memory: the batch of tangents (``in_dim x widest layer`` float64, at most ``batch_bytes``) twice
 (the step's input and output), plus one row-major copy of the Jacobian being factored and a few
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +52,7 @@ from torch import nn
 
 from .graph import is_chain
 from .graph_spectra import graph_spectra
-from .jacobian_svd import relu_pair_singular_values, singular_values, staircase_r
+from .jacobian_svd import Pending, relu_pair_pending, singular_values, staircase_r, transposed_pending
 from .lanczos import Bidiagonalisation, golub_kahan, lanczos_spectra
 from .layer_spectrum import (
     LayerSpectrum,
@@ -289,10 +291,11 @@ def spectra(
             chain, slope_by_index, in_shape, columns, device, int(k), rank_rtol, lanczos_tol, int(max_steps)
         )
     prefixes = _prefix_jacobians(chain, slope_by_index, in_shape, columns, device, batch_bytes)
-    return [
-        spectrum_from_values(step, columns.size, values, rank_rtol)
-        for step, values in _dense_values(chain, prefixes, slope_by_index, columns.size)
-    ]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reluinv-dgbbrd") as executor:
+        pending = list(_dense_values(chain, prefixes, slope_by_index, columns.size, executor))
+        return [
+            spectrum_from_values(step, columns.size, values.result(), rank_rtol) for step, values in pending
+        ]
 
 
 def _relu_mask(
@@ -316,26 +319,28 @@ def _dense_values(
     prefixes: Iterator[tuple[Step, torch.Tensor | None]],
     slope_by_index: dict[int, torch.Tensor],
     in_dim: int,
-) -> Iterator[tuple[Step, NDArray[np.float64]]]:
+    executor: Executor,
+) -> Iterator[tuple[Step, Pending]]:
     """All singular values of every prefix (padded to ``min(out_dim, in_dim)``), a ReLU prefix
-    computed together with the prefix before it (module docstring, step 3)."""
-    previous: NDArray[np.float64] | None = None
-    paired: NDArray[np.float64] | None = None
+    computed together with the prefix before it (module docstring, step 3); the last stage of each
+    runs on ``executor`` while the next prefixes are factored."""
+    previous: Pending | None = None
+    paired: Pending | None = None
     for depth, (step, jacobian_t) in enumerate(prefixes):
         size = min(step.out_dim, in_dim)
-        if jacobian_t is None:
-            values = np.ones(size) if previous is None else previous  # None: the identity map
+        if jacobian_t is None:  # None: the identity map
+            values = Pending(np.ones(size), size) if previous is None else previous.resized(size)
         elif paired is not None:
             values, paired = paired, None
         else:
             keep = _relu_mask(chain, depth, slope_by_index, int(jacobian_t.shape[1]))
             if keep is None:
-                values = singular_values(jacobian_t, transposed=True)
+                values = transposed_pending(jacobian_t, executor)
             else:
-                values, paired = relu_pair_singular_values(jacobian_t, keep)
+                values, paired = relu_pair_pending(jacobian_t, keep, executor)
         del jacobian_t
-        previous = np.concatenate([values, np.zeros(size - values.size)])  # dropped zero rows
-        yield step, previous.copy()
+        previous = values.resized(size)  # dropped zero rows
+        yield step, previous
 
 
 # --------------------------------------------------------------------------------------------
