@@ -31,6 +31,7 @@ few ``n x n`` float64 factors (75 MB each at n = 3072).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager, nullcontext
@@ -338,8 +339,12 @@ def _triangular_pending(R: NDArray[np.float64], executor: Executor | None) -> Pe
         raise ValueError("J contains NaN or infinite entries (its triangular factor is not finite)")
     if n <= _SMALL:
         return Pending(_numpy(torch.linalg.svdvals(torch.as_tensor(R, dtype=torch.float64))), n)
-    ku = upper_bandwidth(R)
-    if _ROTATION_COST * n * n * (ku - BAND) >= (8.0 / 3.0) * n**3:
+    # _ROTATION_COST * n^2 * (ku - BAND) >= 8/3 n^3: from this bandwidth on, the reduction pays;
+    # one non-zero on that diagonal settles it without scanning R.
+    pays = BAND + math.ceil((8.0 / 3.0) * n / _ROTATION_COST) if _ROTATION_COST > 0 else n
+    wide = pays < n and bool(np.diagonal(R, pays).any())
+    ku = n - 1 if wide else upper_bandwidth(R)
+    if ku >= pays:
         R = band_reduce(torch.tensor(R, dtype=torch.float64), BAND).numpy()
         ku = BAND
     band = _band_storage(R, ku)

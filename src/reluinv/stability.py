@@ -127,12 +127,13 @@ def _basis(columns: NDArray[np.intp], in_shape: tuple[int, ...], device: torch.d
 
 
 def _apply(step: Step, tangents: torch.Tensor, slope: torch.Tensor | None) -> torch.Tensor:
-    """The step's Jacobian applied to a batch of tangents (slopes frozen at ``x``)."""
+    """The step's Jacobian applied to a batch of tangents (slopes frozen at ``x``); an activation
+    scales ``tangents`` in place (the previous prefix's Jacobian has been used by then)."""
     if isinstance(step, AffineStep):
         return step.apply_linear(tangents)
     if slope is None:
         raise ValueError(f"no activation slope recorded for step {step.name}")
-    return tangents * slope
+    return tangents.mul_(slope)
 
 
 def _prefix_jacobians(
