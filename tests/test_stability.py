@@ -451,3 +451,48 @@ def test_split_modules_keep_every_name_importable_from_stability():
         assert name in stability.__all__
     for name in ("LayerSpectrum", "check_lemma8", "lemma9_curve", "relu_effect", "spectra"):
         assert getattr(reluinv, name) is getattr(stability, name)
+
+
+def test_prefix_jacobians_on_cropped_rows_match_jacrev():
+    # The tangent batch's convolutions run only on the rows each chunk of 32 tangents can reach
+    # (reluinv._row_crop): strides, dilation, asymmetric kernels, "same" padding, groups, batch
+    # norm, dropout and a ragged last chunk, against torch.func.jacrev of every prefix.
+    import copy
+
+    from reluinv._row_crop import ROW_CHUNK, chunk_rows
+    from reluinv.layer_spectrum import input_columns
+    from reluinv.network import prepare_input, slopes
+    from reluinv.stability import _prefix_jacobians
+
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(2, 0), dilation=(2, 1)),
+        nn.ReLU(),
+        nn.BatchNorm2d(4),
+        nn.Conv2d(4, 4, 3, padding="same", groups=2),
+        nn.Dropout(0.5),
+        nn.LeakyReLU(0.1),
+        nn.Conv2d(4, 2, (2, 3), stride=2, padding=1),
+        nn.Flatten(),
+        nn.Linear(24, 5),
+    )
+    model[2].running_mean.uniform_(-1, 1)
+    model[2].running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.rand(3, 13, 7)
+    sample, chain = prepare_input(model, x)
+    columns = input_columns(tuple(sample.shape), None)
+    lo, hi = chunk_rows(columns, tuple(sample.shape))
+    assert columns.size % ROW_CHUNK and np.all(hi - lo <= 2)  # ragged; each chunk on <= 3 rows
+    prefixes = _prefix_jacobians(
+        chain, slopes(chain, sample), tuple(sample.shape), columns, sample.device, 1 << 30
+    )
+    reference = copy.deepcopy(model).double()
+    # Each J^T is checked before the generator resumes: activations scale the batch in place.
+    for depth, (_, jacobian_t) in enumerate(prefixes):
+        prefix = reference[: depth + 1]
+        J = torch.func.jacrev(lambda v, p=prefix: p(v[None]).reshape(-1))(x.double()).reshape(-1, x.numel())
+        expected = J[:, torch.as_tensor(columns)].T.detach().numpy()
+        if jacobian_t is None:  # the step left J unchanged: the previous prefix's J
+            continue
+        np.testing.assert_allclose(jacobian_t.numpy(), expected, atol=1e-13, err_msg=f"prefix {depth}")

@@ -50,6 +50,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ._row_crop import chunk_rows, conv_rows, crops, keeps_rows
 from .graph import is_chain
 from .graph_spectra import graph_spectra
 from .jacobian_svd import Pending, relu_pair_pending, singular_values, staircase_r, transposed_pending
@@ -145,20 +146,28 @@ def _prefix_jacobians(
     batch_bytes: int,
 ) -> Iterator[tuple[Step, torch.Tensor | None]]:
     """Yield ``(step, J_l^T)`` per step, ``J_l^T`` restricted to columns (= output units) that can
-    be non-zero, or ``None`` when the step does not change the Jacobian."""
+    be non-zero, or ``None`` when the step does not change the Jacobian.  A yielded ``J_l^T`` is
+    valid until the generator resumes (an activation scales the batch in place)."""
     n_cols = columns.size
     widest = max([math.prod(in_shape)] + [s.out_dim for s in chain])
     if 2 * 8 * n_cols * widest <= batch_bytes:
         # Everything fits: one batch, one pass, each J_l freed as soon as it is used.
+        # Convolutions see only the rows each chunk of tangents can reach (reluinv._row_crop).
         tangents = _basis(columns, in_shape, device)
+        rows = chunk_rows(columns, in_shape)
         for step in chain:
             slope = slope_by_index.get(step.index)
             if jacobian_unchanged(step, slope):
                 yield step, None
                 tangents = tangents.reshape(n_cols, *step.out_shape)
+            elif rows is not None and isinstance(step, AffineStep) and crops(step, device):
+                tangents, rows = conv_rows(step, tangents, rows)
+                yield step, tangents.reshape(n_cols, -1)
                 continue
-            tangents = _apply(step, tangents, slope)
-            yield step, tangents.reshape(n_cols, -1)
+            else:
+                tangents = _apply(step, tangents, slope)
+                yield step, tangents.reshape(n_cols, -1)
+            rows = rows if rows is not None and keeps_rows(step) else None
         return
     # Too big for one batch (a window on a large image): store each J_l^T only on the units the
     # window can reach (receptive field), filled chunk by chunk.
