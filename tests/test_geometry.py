@@ -159,3 +159,25 @@ def test_direction_from_the_nearest_hull_point(n, many):
     if not many:  # 2n rows
         assert np.allclose(cert.direction, -np.eye(n)[0], atol=1e-8)
         assert cert.margin == pytest.approx(0.5, rel=1e-8)
+
+
+@pytest.mark.parametrize("cond", [1.0, 1e3, 1e6, 1e9])
+def test_range_projector_matches_an_svd_projector(cond):
+    """The projector onto range(rows) that the alternating projections use, through the Gram
+    matrix's Cholesky factor when well conditioned and a QR otherwise, against the SVD's left
+    singular vectors; rows of rank below n give None."""
+    from reluinv.geometry import _GRAM_RCOND, _range_projector
+
+    rng = np.random.default_rng(int(np.log10(cond)))
+    m, n = 60, 12
+    U, _ = np.linalg.qr(rng.standard_normal((m, n)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    rows = U @ np.diag(np.geomspace(1.0, 1.0 / cond, n)) @ V.T
+    found = _range_projector(rows)
+    assert found is not None
+    project, rcond = found
+    v = rng.standard_normal(m)
+    np.testing.assert_allclose(project(v), U @ (U.T @ v), atol=1e-9 * cond**0.5 * np.linalg.norm(v))
+    assert rcond == pytest.approx(1.0 / cond, rel=10.0)  # LAPACK's estimate is within a factor n
+    assert (rcond > _GRAM_RCOND) == (cond < 1e4)  # which factor was used
+    assert _range_projector(np.hstack([rows[:, :-1], rows[:, :1]])) is None  # rank n - 1

@@ -329,3 +329,19 @@ def test_newton_interior_point_gives_up_without_interior(shift):
     R = np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1], [1, 1]]) / np.array([1, 1, 1, 1, np.sqrt(2)])[:, None]
     c = np.array([0.0, shift, 0, 0, 1])
     assert interior_point(lambda idx: R[idx], lambda z: c - R @ z, c, margin=1e-3, tol=1e-9) is None
+
+
+@pytest.mark.parametrize("shape", [(5, 9), (9, 5), (7, 7), (1, 3), (12, 4)])
+@pytest.mark.parametrize("dependent", [False, True])
+def test_newton_step_is_the_minimum_norm_least_squares_solution(shape, dependent):
+    # The Newton step (Gram-matrix Cholesky, or gelsy for a singular or ill-conditioned Gram
+    # matrix) against numpy's SVD-based least squares, which is minimum-norm.
+    from reluinv._interior import _least_squares_step
+
+    rng = np.random.default_rng(shape[0] * 10 + shape[1])
+    V = rng.standard_normal(shape)
+    if dependent:  # a repeated row, or a repeated column: rank below min(shape)
+        V = np.vstack([V, V[:1]]) if shape[0] <= shape[1] else np.hstack([V, V[:, :1]])
+    r = rng.standard_normal(V.shape[0])
+    expected = np.linalg.lstsq(V, -r, rcond=None)[0]
+    np.testing.assert_allclose(_least_squares_step(V, r), expected, atol=1e-10)

@@ -86,8 +86,11 @@ class EqualityFactor:
         self._pivoted(E, e, eps_rule)
 
     def _try_unpivoted_wide(self, E, e) -> bool:
-        (qr, tau), _ = scipy.linalg.qr(E.T, mode="raw", check_finite=False)
         p = E.shape[0]
+        # LAPACK directly: scipy.linalg.qr would also copy out the triangle R (a tenth of the QR).
+        qr, tau, _work, info = lapack.dgeqrf(E.T, lwork=max(1, 64 * p))
+        if info != 0:  # pragma: no cover - LAPACK argument error
+            raise RuntimeError(f"LAPACK dgeqrf failed with info={info}")
         R = qr[:p, :p]  # LAPACK reads only the upper triangle
         rcond = lapack.dtrcon(R, norm="1", uplo="U", diag="N")[0]
         if not certifies_full_rank(rcond, E.shape):

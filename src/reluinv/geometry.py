@@ -417,16 +417,13 @@ def _project_subset(
     m = rows.shape[0]
     if m <= n:
         return None
-    q, r = scipy.linalg.qr(rows, mode="economic", check_finite=False)
-    # Rank n, estimated in O(n^2).  The rows are unit rows or their restrictions to a subspace, so
-    # the test is absolute: restrictions that are zero up to rounding must not pass as a basis.
-    rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]
-    scale = float(np.abs(np.diag(r)).max())
-    if not rcond * min(scale, 1.0) > _RANK_SLACK * max(rows.shape) * np.finfo(float).eps:
+    factor = _range_projector(rows)
+    if factor is None:
         return None
+    project, rcond = factor
     v = np.ones(m)
     for _ in range(_PROJECTION_ROUNDS):
-        lam = v - q @ (q.T @ v)
+        lam = v - project(v)
         # Positive by far more than the rounding of the projection (~ eps * |v|), not by noise.
         if lam.min() > 1e-6 * v.max():
             return _multiplier_certificate(
@@ -439,6 +436,37 @@ def _project_subset(
             )
         v = np.maximum(lam, 1.0)
     return None
+
+
+#: The Gram matrix projects when its Cholesky factor's rcond exceeds this (else a QR does).
+_GRAM_RCOND = 1e-4
+
+
+def _range_projector(
+    rows: NDArray[np.float64],
+) -> tuple[Callable[[NDArray[np.float64]], NDArray[np.float64]], float] | None:
+    """``(P, rcond)``: the orthogonal projector ``P v`` onto range(rows) (m x n, m > n) and the
+    reciprocal condition estimate of the triangular factor R (``rows = Q R``), or None when the
+    rank is below n.
+
+    The rank test is absolute (the rows are unit rows or their restrictions to a subspace, so
+    restrictions that are zero up to rounding must not pass as a basis).  R comes from the
+    Cholesky factor of the Gram matrix ``rows^T rows`` (a third of the work of a QR) when its
+    rcond exceeds :data:`_GRAM_RCOND`, where squaring the condition number loses at most 8 of
+    the 16 digits; otherwise from a Householder QR.
+    """
+    m, n = rows.shape
+    rank_rule = _RANK_SLACK * max(m, n) * np.finfo(float).eps
+    r, info = lapack.dpotrf(rows.T @ rows, lower=0, clean=1)
+    if info == 0:
+        rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]
+        if rcond > _GRAM_RCOND and rcond * min(float(np.abs(np.diag(r)).max()), 1.0) > rank_rule:
+            return (lambda v: rows @ lapack.dpotrs(r, rows.T @ v, lower=0)[0]), float(rcond)
+    q, r = scipy.linalg.qr(rows, mode="economic", check_finite=False)
+    rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]
+    if not rcond * min(float(np.abs(np.diag(r)).max()), 1.0) > rank_rule:
+        return None
+    return (lambda v: q @ (q.T @ v)), float(rcond)
 
 
 def _multiplier_certificate(
