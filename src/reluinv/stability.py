@@ -19,6 +19,8 @@ Everything is float64.  How the dense spectra are computed fast (all of it exact
 1. One forward pass pushes the identity basis of the input (as a batch of tangent vectors)
    through the network with its activation slopes frozen at ``x``; after step ``l`` the batch *is*
    ``J_l^T``, the transposed Jacobian of the prefix ``0..l``.  Nothing is recomputed per prefix.
+   A tangent is zero outside its pixel's receptive field, so each convolution runs only on the
+   image rows a chunk of tangents can reach (:mod:`reluinv._row_crop`).
 2. Rows of ``J_l`` that are zero (units a ReLU switched off, or outside a window's reach) do not
    change singular values and are dropped; steps that do not change ``J`` (Flatten, Identity,
    Dropout, a ReLU with every unit active) reuse the previous spectrum.
