@@ -73,7 +73,7 @@ def conv_rows(step: AffineStep, tangents: torch.Tensor, rows: Rows) -> tuple[tor
     assert isinstance(module, nn.Conv2d)
     kernel, dilation, stride = module.kernel_size[0], module.dilation[0], module.stride[0]
     left, right, top, _ = explicit_padding(module)
-    height, out_height = step.in_shape[1], step.out_shape[1]
+    height, width, out_height = step.in_shape[1], step.in_shape[2], step.out_shape[1]
     lo, hi = rows
     out = tangents.new_zeros((tangents.shape[0], *step.out_shape))
     out_lo, out_hi = np.zeros_like(lo), np.full_like(hi, -1)
@@ -87,9 +87,12 @@ def conv_rows(step: AffineStep, tangents: torch.Tensor, rows: Rows) -> tuple[tor
         need_first, need_last = first * stride - top, last * stride - top + (kernel - 1) * dilation
         read_first, read_last = max(0, need_first), min(height - 1, need_last)
         piece = tangents[start : start + ROW_CHUNK, :, read_first : read_last + 1]
-        piece = F.pad(piece, (left, right, read_first - need_first, need_last - read_last))
+        missing = (read_first - need_first, need_last - read_last)  # zero rows above and below
+        if missing != (0, 0) or left != right:  # else the convolution pads the width itself
+            piece = F.pad(piece, (left, right, *missing))
         out[start : start + ROW_CHUNK, :, first : last + 1] = F.conv2d(
-            piece, step.weight, None, module.stride, 0, module.dilation, module.groups
-        )
+            piece, step.weight, None, module.stride, (0, 0 if piece.shape[-1] > width else left),
+            module.dilation, module.groups,
+        )  # fmt: skip
         out_lo[j], out_hi[j] = first, last
     return out, (out_lo, out_hi)
