@@ -95,6 +95,8 @@ def test_verify_rejects_a_forged_certificate():
         (([[1.0, 2.0]], [np.inf], [1.0]), "b contains 1 NaN or infinite"),
         (([[1.0, 2.0]], [0.0], [-1.0]), "must be >= 0"),
         (([1.0, 2.0], [0.0], [1.0]), "A must be 2-dimensional"),
+        (([[1e300, 1.0], [-np.inf, 0.0]], [0.0, 0.0], [1.0, 0.0]), r"A contains 1 NaN .* \(1 inf"),
+        (([[np.nan, np.inf], [1e-320, 0.0]], [0.0, 0.0], [1.0, 0.0]), "A contains 2 NaN or infinite entries"),
     ],
 )
 def test_bad_input_raises_value_error(args, message):
@@ -345,3 +347,17 @@ def test_newton_step_is_the_minimum_norm_least_squares_solution(shape, dependent
     r = rng.standard_normal(V.shape[0])
     expected = np.linalg.lstsq(V, -r, rcond=None)[0]
     np.testing.assert_allclose(_least_squares_step(V, r), expected, atol=1e-10)
+
+
+def test_rows_whose_squared_norm_overflows_are_finite_data():
+    # Entries near the float64 limit (squared norms overflow) and subnormal ones are finite: the
+    # one pass that checks A must not take their rows for NaN or inf.  The kind is that of the
+    # same layer at unit scale, and the point scales with 1 / (the rows' scale).
+    A = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    b, y = np.array([0.0, 0.0, -1.0]), np.array([2.0, 0.0, 1.0])
+    expected = reluinv.preimage(A, b, y)
+    assert expected.kind == "singleton"
+    for s in (1e300, 1e-300):
+        r = reluinv.preimage(A * s, b, y)
+        assert r.kind == expected.kind
+        np.testing.assert_allclose(r.point * s, expected.point, rtol=1e-9, atol=1e-12)

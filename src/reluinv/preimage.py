@@ -49,7 +49,7 @@ from ._interior import interior_point
 from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
 from ._threads import single_blas_pool
-from ._validate import as_bounds, as_finite_array, as_model_input
+from ._validate import as_bounds, as_finite_array, as_model_input, as_real_array
 from .geometry import DEFAULT_RTOL, ZERO_ROW, OmniCertificate, RowSource, omni_lazy, row_exponents
 from .preimage_verify import CertificateError, verify_preimage
 
@@ -181,7 +181,7 @@ def preimage(
         >>> r.kind, r.point.round(6).tolist(), r.nullity
         ('singleton', [1.0, 0.0], 1)
     """
-    A = as_finite_array(A, "A", ndim=2)
+    A, row_norms = _layer_matrix(A)
     m, n = A.shape
     b = as_finite_array(b, "b", ndim=1)
     y = as_finite_array(y, "y", ndim=1)
@@ -194,7 +194,22 @@ def preimage(
         raise ValueError(f"y is a ReLU output and must be >= 0; y[{i}] = {y[i]}")
     lo, up = as_bounds(lower, upper, n)
     with single_blas_pool():
-        return _LayerSystem(A, b, y, lo, up, rtol).decide()
+        return _LayerSystem(A, b, y, lo, up, rtol, row_norms).decide()
+
+
+def _layer_matrix(A: Any) -> tuple[F64, RowNorms]:
+    """``A`` as a float64 matrix and its :func:`_row_norms`; ``ValueError`` naming A otherwise.
+
+    The norms are finite exactly when every entry of A is (a NaN or inf entry gives a NaN or inf
+    norm, and finite rows are scaled so that their norms cannot overflow), so one pass over A
+    both checks it and computes them.
+    """
+    M = as_real_array(A, "A")
+    norms = _row_norms(M) if M.ndim == 2 else None
+    if norms is None or not np.isfinite(norms[1]).all():
+        as_finite_array(M, "A", ndim=2)  # raises, naming what is wrong
+    assert norms is not None  # as_finite_array raised for any other number of dimensions
+    return M, norms
 
 
 def layer_preimage(
