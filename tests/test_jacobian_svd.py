@@ -111,6 +111,22 @@ def test_relu_pair_matches_each_matrix_separately(m, n, keep_fraction, seed):
     np.testing.assert_allclose(with_kept, scipy.linalg.svdvals(J * keep[:, None]), atol=1e-12 * scale)
 
 
+@pytest.mark.parametrize(("removed", "staircase"), [(5, False), (40, False), (40, True)])
+def test_relu_pair_update_routes_match_lapack(removed, staircase):
+    # The kept rows' factor stacked over the removed rows: dense (fewer or more removed rows
+    # than columns, dense QR) and banded (staircase QR of the stacked rows).
+    rng = np.random.default_rng(removed + staircase)
+    n, kept = 24, 60
+    J = rng.standard_normal((kept + removed, n))
+    if staircase:
+        J *= np.abs(np.arange(n)[None, :] - (np.arange(kept + removed) * n // (kept + removed))[:, None]) <= 3
+    keep = np.zeros(kept + removed, dtype=bool)
+    keep[rng.permutation(kept + removed)[:kept]] = True
+    with_all, with_kept = relu_pair_singular_values(torch.tensor(J.T.copy()), torch.tensor(keep))
+    np.testing.assert_allclose(with_all, scipy.linalg.svdvals(J), atol=1e-12 * np.abs(J).max())
+    np.testing.assert_allclose(with_kept, scipy.linalg.svdvals(J[keep]), atol=1e-12 * np.abs(J).max())
+
+
 def test_singular_values_refuses_bad_matrices():
     with pytest.raises(ValueError, match="2-dimensional"):
         singular_values(np.zeros(3))
