@@ -361,3 +361,22 @@ def test_rows_whose_squared_norm_overflows_are_finite_data():
         r = reluinv.preimage(A * s, b, y)
         assert r.kind == expected.kind
         np.testing.assert_allclose(r.point * s, expected.point, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_box", [False, True])
+def test_unit_inequalities_restricted_to_a_subspace(with_box):
+    # G[idx] @ O against the unit rows written out by hand: inactive layer rows over their norms,
+    # then +e_j for each finite upper bound and -e_j for each finite lower bound.
+    from reluinv.preimage import _UnitInequalities
+
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((9, 5)) * rng.uniform(0.1, 10.0, (9, 1))
+    inactive = np.array([0, 2, 3, 7])
+    up_idx, lo_idx = (np.array([1, 4]), np.array([0])) if with_box else (np.zeros(0, int), np.zeros(0, int))
+    G = _UnitInequalities(A, 1.0 / np.linalg.norm(A, axis=1), inactive, up_idx, lo_idx)
+    unit = A[inactive] / np.linalg.norm(A[inactive], axis=1, keepdims=True)
+    explicit = np.vstack([unit, np.eye(5)[up_idx], -np.eye(5)[lo_idx]])
+    O = np.linalg.qr(rng.standard_normal((5, 3)))[0]
+    for idx in (np.arange(G.size), np.array([3, 0]), np.arange(G.size)[::-1], np.zeros(0, np.intp)):
+        np.testing.assert_allclose(G.restricted(idx, O), explicit[idx] @ O, atol=1e-14)
+        np.testing.assert_allclose(G.rows(idx), explicit[idx], atol=1e-15)

@@ -461,7 +461,8 @@ def _range_projector(
     if info == 0:
         rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]
         if rcond > _GRAM_RCOND and rcond * min(float(np.abs(np.diag(r)).max()), 1.0) > rank_rule:
-            return (lambda v: rows @ lapack.dpotrs(r, rows.T @ v, lower=0)[0]), float(rcond)
+            inv = lapack.dtrtri(r, lower=0)[0]  # R^-1 (upper; zeros below, as r is clean)
+            return (lambda v: rows @ (inv @ (inv.T @ (rows.T @ v)))), float(rcond)
     q, r = scipy.linalg.qr(rows, mode="economic", check_finite=False)
     rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]
     if not rcond * min(float(np.abs(np.diag(r)).max()), 1.0) > rank_rule:

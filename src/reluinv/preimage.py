@@ -306,6 +306,17 @@ class _UnitInequalities:
         out[box[~upper], self.lo_idx[j[~upper] - self.up_idx.size]] = -1.0
         return out
 
+    def restricted(self, idx: NDArray[np.intp], O: F64) -> F64:
+        """``G[idx] @ O``: the rows restricted to the span of O's columns.  Layer rows are
+        scaled after the product (k columns instead of n)."""
+        idx = np.asarray(idx, dtype=np.intp)
+        if idx.size and idx.max() >= self.n_layer:
+            out: F64 = self.rows(idx) @ O
+            return out
+        out = self.A[self.layer_rows[idx]] @ O
+        out *= self.layer_scale[idx, None]
+        return out
+
     def dot(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         """``G @ x`` for x of shape (n,)."""
         layer = (self.A @ x)[self.layer_rows] * self.layer_scale
@@ -581,7 +592,7 @@ class _LayerSystem:
         # tolerance keeps its meaning on the restricted rows.
         G, O = self.G, self.O
         rows_src = RowSource(
-            m=G.size, n=self.k, rows=lambda idx: G.rows(idx) @ O, apply=lambda z: G.dot(O @ z)
+            m=G.size, n=self.k, rows=lambda idx: G.restricted(idx, O), apply=lambda z: G.dot(O @ z)
         )
         omni: OmniCertificate | None = None
         if not self.box_bounded:
@@ -602,7 +613,7 @@ class _LayerSystem:
         tight = np.flatnonzero(slack <= tol)
         step_dir = None
         if tight.size:
-            pin = omni_lazy(RowSource.from_rows(self.G.rows(tight) @ self.O), rtol=self.rtol)
+            pin = omni_lazy(RowSource.from_rows(self.G.restricted(tight, self.O)), rtol=self.rtol)
             if pin.omnidirectional:
                 assert pin.rows is not None and pin.multipliers is not None
                 labels = self.labels[tight[pin.rows]]
@@ -688,7 +699,7 @@ class _LayerSystem:
         """
         G, O, x_p = self.G, self.O, self.x_p
         found = interior_point(
-            rows=lambda idx: G.rows(idx) @ O,
+            rows=lambda idx: G.restricted(idx, O),
             slack_at=lambda z: self.h - G.dot(x_p + O @ z),
             c=self.h - G.dot(x_p),
             margin=_CAP * max(1.0, float(np.linalg.norm(x_p))),
@@ -724,7 +735,7 @@ class _LayerSystem:
         lp.add_cols(np.eye(k + 1)[:, k:], np.array([cap]), np.zeros(1), np.array([np.inf]))
         in_lp: list[NDArray[np.intp]] = []
         while True:
-            rows = G.rows(subset) @ self.O
+            rows = G.restricted(subset, self.O)
             weights = np.linalg.norm(rows, axis=1)
             constant = weights <= 1e-12
             if np.any(constant & (h_bar[subset] < -tol)):
