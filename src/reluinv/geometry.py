@@ -337,6 +337,7 @@ def _projection_certificate(src: RowSource, rtol: float) -> OmniCertificate | No
     alternately onto it and onto ``{lam >= 1}`` (the all-ones vector first) converges to a point of
     both when one exists; any iterate of the complement with every entry positive is a strictly
     positive combination, and with ``rank A = n`` the rows are omnidirectional (Theorems 5, 11).
+    The step onto ``{lam >= 1}`` is over-relaxed (:data:`_RELAX`), which halves the rounds.
     Rows spread around the origin, as a layer's inactive rows in the null space of its active
     ones usually are, pass in a few rounds.  A subset suffices (a superset of an omnidirectional
     set is omnidirectional); :func:`omni_lazy` tries all rows with :func:`_project_subset` later.
@@ -434,9 +435,14 @@ def _project_subset(
                 f"a strictly positive combination of {m} rows of rank {n} "
                 f"vanishes (Theorems 5, 11; alternating projections)",
             )
-        v = np.maximum(lam, 1.0)
+        v = lam + _RELAX * (np.maximum(lam, 1.0) - lam)  # relaxed projection onto {v >= 1}
     return None
 
+
+#: Relaxation of the projection onto ``{lam >= 1}`` (in (0, 2), where relaxed alternating
+#: projections between intersecting convex sets still converge): 1.8 took about half the rounds
+#: of plain projection (1.0) on the layers of ``benchmarks/preimage_speed.py``.
+_RELAX = 1.8
 
 #: The Gram matrix projects when its Cholesky factor's rcond exceeds this (else a QR does).
 _GRAM_RCOND = 1e-4
