@@ -181,3 +181,22 @@ def test_range_projector_matches_an_svd_projector(cond):
     assert rcond == pytest.approx(1.0 / cond, rel=10.0)  # LAPACK's estimate is within a factor n
     assert (rcond > _GRAM_RCOND) == (cond < 1e4)  # which factor was used
     assert _range_projector(np.hstack([rows[:, :-1], rows[:, :1]])) is None  # rank n - 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_alternating_projections_certify_spread_rows(seed):
+    """Unit rows spread around 0 (Gaussian, 3n + 32 of them): the relaxed alternating
+    projections return multipliers that are checked here directly (strictly positive, a vanishing
+    combination, full rank) and agree with the LP-based brute force."""
+    from reluinv.geometry import _project_subset
+
+    rng = np.random.default_rng(seed)
+    n = 12
+    rows = rng.standard_normal((3 * n + 32, n))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    cert = _project_subset(rows, np.arange(rows.shape[0]), n, 1e-9)
+    assert cert is not None and cert.omnidirectional and "alternating projections" in cert.reason
+    assert cert.multipliers.min() == pytest.approx(1.0) and cert.multipliers.min() > 0
+    np.testing.assert_allclose(rows[cert.rows].T @ cert.multipliers, 0, atol=1e-9 * cert.multipliers.sum())
+    assert np.linalg.matrix_rank(rows[cert.rows]) == n
+    assert brute_force_omni(rows)
