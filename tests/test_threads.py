@@ -31,3 +31,22 @@ def test_restored_after_an_exception():
     except KeyError:
         pass
     assert _blas_threads() == before
+
+
+def test_background_executor_runs_work_at_the_lowest_priority():
+    import os
+    import sys
+    import threading
+
+    from reluinv._threads import background_executor
+
+    def nice_and_square(v: int) -> tuple[int, int]:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), v * v
+
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with background_executor("test") as executor:
+        nice, value = executor.submit(nice_and_square, 7).result()
+    assert value == 49
+    if sys.platform.startswith("linux"):
+        assert nice == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller  # unchanged

@@ -31,7 +31,7 @@ Everything is float64.  How the dense spectra are computed fast (all of it exact
    sparse rows occupy (pixel-major columns), or a dense QR where that does not pay; its singular
    values from a two-stage reduction (blocked band reduction, then LAPACK ``dgbbrd`` and dqds),
    never through ``J^T J`` (:mod:`reluinv.jacobian_svd`).  ``dgbbrd`` runs on one thread: a
-   background thread runs it while the main thread factors the next prefixes.
+   background thread of lowest priority runs it while the main thread factors the next prefixes.
 
 Memory: the batch of tangents (``in_dim x widest layer`` float64, at most ``batch_bytes``) twice
 (the step's input and output), plus one row-major copy of the Jacobian being factored and a few
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from ._row_crop import chunk_rows, conv_rows, crops, keeps_rows
+from ._threads import background_executor
 from .graph import is_chain
 from .graph_spectra import graph_spectra
 from .jacobian_svd import Pending, relu_pair_pending, singular_values, staircase_r, transposed_pending
@@ -303,7 +304,7 @@ def spectra(
             chain, slope_by_index, in_shape, columns, device, int(k), rank_rtol, lanczos_tol, int(max_steps)
         )
     prefixes = _prefix_jacobians(chain, slope_by_index, in_shape, columns, device, batch_bytes)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reluinv-dgbbrd") as executor:
+    with background_executor("reluinv-dgbbrd") as executor:
         pending = list(_dense_values(chain, prefixes, slope_by_index, columns.size, executor))
         return [
             spectrum_from_values(step, columns.size, values.result(), rank_rtol) for step, values in pending
