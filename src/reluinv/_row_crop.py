@@ -23,13 +23,13 @@ from numpy.typing import NDArray
 from torch import nn
 
 from ._graph_ops import explicit_padding
-from .network import ActivationStep, AffineStep, Step
+from .network import CONV_CHUNK, ActivationStep, AffineStep, Step
 
 __all__ = ["ROW_CHUNK", "chunk_rows", "conv_rows", "crops", "keeps_rows"]
 
-#: Tangents per chunk: 32 consecutive pixel-major columns span at most two image rows of a
-#: 3-channel input; torch's float64 convolution is also fastest on about this many samples.
-ROW_CHUNK = 32
+#: Tangents per chunk: the chunk size of the float64 convolutions (:data:`reluinv.network.CONV_CHUNK`,
+#: 32), whose consecutive pixel-major columns span at most two image rows of a 3-channel input.
+ROW_CHUNK = CONV_CHUNK
 
 Rows = tuple[NDArray[np.intp], NDArray[np.intp]]
 

@@ -383,10 +383,7 @@ def _live_pending(Jt: torch.Tensor, size: int, executor: Executor | None) -> Pen
         A = Jt.T
         if m > n:
             A = torch.linalg.qr(A, mode="r")[1]
-        values = _numpy(torch.linalg.svdvals(A))
-        if not np.isfinite(values).all():
-            raise ValueError("J contains NaN or infinite entries (its singular values are not finite)")
-        return Pending(values, size)
+        return Pending(_finite(_numpy(torch.linalg.svdvals(A)))[0], size)
     if m <= n:  # wide or square J: factor J^T (tall) instead
         return _triangular_pending(torch.linalg.qr(Jt, mode="r")[1].numpy(), executor).resized(size)
     return _triangular_pending(tall_factor(Jt.T.contiguous().numpy()), executor).resized(size)
@@ -479,7 +476,14 @@ def _device_pair_svdvals(
     J = Jt.T
     R_kept = torch.linalg.qr(J[kept], mode="r")[1]
     R_all = torch.linalg.qr(torch.cat([R_kept, J[removed]]), mode="r")[1]
-    values = _numpy(torch.linalg.svdvals(R_all)), _numpy(torch.linalg.svdvals(R_kept))
+    values_all, values_kept = _finite(
+        _numpy(torch.linalg.svdvals(R_all)), _numpy(torch.linalg.svdvals(R_kept))
+    )
+    return values_all, values_kept
+
+
+def _finite(*values: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
+    """The device routes' singular values, checked: a NaN or infinity in ``J`` reaches them."""
     if not all(np.isfinite(v).all() for v in values):
         raise ValueError("J contains NaN or infinite entries (its singular values are not finite)")
     return values

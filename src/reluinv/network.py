@@ -366,20 +366,20 @@ def _check_module(index: int, module: nn.Module) -> None:
 #: Float64 convolutions of large batches on the CPU run in chunks of this many samples: torch's
 #: float64 path (im2col and a GEMM, no oneDNN) measured 2.4x faster in chunks of 32 than on all
 #: 3072 tangents of a 3x32x32 input at once (WideCIFAR's convolutions 2-5: 3.2 s against 7.8 s).
-_CONV_CHUNK = 32
+CONV_CHUNK = 32
 
 
 def _conv2d(
     module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    chunked = x.device.type == "cpu" and x.dtype == torch.float64 and x.shape[0] > 2 * _CONV_CHUNK
+    chunked = x.device.type == "cpu" and x.dtype == torch.float64 and x.shape[0] > 2 * CONV_CHUNK
     if not chunked or x.requires_grad or weight.requires_grad:
         return _conv2d_batch(module, x, weight, bias)
-    first = _conv2d_batch(module, x[:_CONV_CHUNK], weight, bias)
+    first = _conv2d_batch(module, x[:CONV_CHUNK], weight, bias)
     out = first.new_empty((x.shape[0], *first.shape[1:]))
-    out[:_CONV_CHUNK] = first
-    for start in range(_CONV_CHUNK, x.shape[0], _CONV_CHUNK):
-        out[start : start + _CONV_CHUNK] = _conv2d_batch(module, x[start : start + _CONV_CHUNK], weight, bias)
+    out[:CONV_CHUNK] = first
+    for start in range(CONV_CHUNK, x.shape[0], CONV_CHUNK):
+        out[start : start + CONV_CHUNK] = _conv2d_batch(module, x[start : start + CONV_CHUNK], weight, bias)
     return out
 
 

@@ -163,14 +163,14 @@ def _prefix_jacobians(
             if jacobian_unchanged(step, slope):
                 yield step, None
                 tangents = tangents.reshape(n_cols, *step.out_shape)
-            elif rows is not None and isinstance(step, AffineStep) and crops(step, device):
-                tangents, rows = conv_rows(step, tangents, rows)
-                yield step, tangents.reshape(n_cols, -1)
+                rows = rows if keeps_rows(step) else None
                 continue
+            if rows is not None and isinstance(step, AffineStep) and crops(step, device):
+                tangents, rows = conv_rows(step, tangents, rows)
             else:
                 tangents = _apply(step, tangents, slope)
-                yield step, tangents.reshape(n_cols, -1)
-            rows = rows if rows is not None and keeps_rows(step) else None
+                rows = rows if keeps_rows(step) else None
+            yield step, tangents.reshape(n_cols, -1)
         return
     # Too big for one batch (a window on a large image): store each J_l^T only on the units the
     # window can reach (receptive field), filled chunk by chunk.
