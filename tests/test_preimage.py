@@ -380,3 +380,25 @@ def test_unit_inequalities_restricted_to_a_subspace(with_box):
     for idx in (np.arange(G.size), np.array([3, 0]), np.arange(G.size)[::-1], np.zeros(0, np.intp)):
         np.testing.assert_allclose(G.restricted(idx, O), explicit[idx] @ O, atol=1e-14)
         np.testing.assert_allclose(G.rows(idx), explicit[idx], atol=1e-15)
+
+
+def test_a_violated_row_that_is_constant_in_the_null_space_means_empty():
+    """Row 2 lies in the span of the active rows (up to rounding in the null basis), and the
+    active equations put it above its threshold: no point at all, however far along N(A_pos).
+    Newton's steps on the rounded restriction (about 1e-16) once reached a point 1e16 away whose
+    slack was positive by rounding; such constant rows are left to the LP, which says empty."""
+    A = np.array(
+        [
+            [-1.0, -1.0, -1.0, -2.0, 0.0],
+            [0.0, -1.0, 1.0, -1.0, -1.0],
+            [1.0, 0.0, 2.0, -1.0, 0.0],
+            [1.0, -2.0, -2.0, -2.0, -1.0],
+            [1.0, -2.0, 2.0, -2.0, -2.0],
+        ]
+    )
+    b = np.array([-0.8, 1.2, -0.8, 1.2, 1.2])
+    y = np.array([6.2, 1.2, 0.0, 11.2, 3.2])
+    assert brute_force_kind(A, b, y, None, None) == "empty"
+    r = reluinv.preimage(A, b, y)
+    assert r.kind == "empty", r.certificate.reason
+    r.verify(A, b, y)

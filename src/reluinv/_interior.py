@@ -22,7 +22,7 @@ import scipy.linalg
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-__all__ = ["interior_point"]
+__all__ = ["CONSTANT_ROW", "interior_point"]
 
 F64 = NDArray[np.float64]
 Idx = NDArray[np.intp]
@@ -30,6 +30,9 @@ Idx = NDArray[np.intp]
 #: Newton steps per round of row generation, and rounds, before giving the decision to the LP.
 MAX_STEPS = 40
 MAX_ROUNDS = 4
+
+#: A restricted row of at most this norm is a constant: no z of sensible size changes its slack.
+CONSTANT_ROW = 1e-12
 
 #: Rows join the Newton subset when their slack is below these multiples of the margin: at the
 #: start (at ``z = 0``), and at the end of a round.  Rows a little beyond the margin are often
@@ -59,6 +62,10 @@ def interior_point(
     z: F64 | None = None
     for _ in range(MAX_ROUNDS):
         norms = np.linalg.norm(R, axis=1)
+        if np.any((norms <= CONSTANT_ROW) & (c[subset] <= tol)):
+            # A violated constant row: only a step of absurd size could "fix" it, by rounding
+            # (a preimage that is empty, or thinner than the tolerance).  The LP decides.
+            return None
         z = _newton(R, c[subset] - margin * norms, 0.5 * margin * norms, z)
         if z is None:
             return None

@@ -1,11 +1,13 @@
-"""Rank, a particular solution and a null-space basis of ``E x = e`` from one QR factorisation.
+"""Rank, a particular solution and a null-space basis of ``E x = e`` from one factorisation.
 
 Theorem 4 needs rank(A_pos), a point solving the equalities and an orthonormal basis ``O`` of
-N(A_pos).  The naive route takes two SVDs; one Householder QR gives all three.  Dense layers almost
-always have independent active rows, so an unpivoted QR (BLAS-3, several times faster than
-pivoting) is tried first and accepted when LAPACK's condition estimate of ``R`` certifies full rank;
-otherwise a rank-revealing QR with column pivoting decides.  Only the k null-space columns of
-``Q`` are formed, by applying the reflectors to ``[0; I_k]``.
+N(A_pos).  The naive route takes two SVDs.  Dense layers almost always have independent active
+rows, so cheaper factorisations are tried first and accepted when LAPACK's condition estimate of
+their factors certifies full rank: with fewer rows than inputs (p < n) an LU of ``E^T`` with
+partial pivoting, whose null basis one Cholesky QR step makes orthonormal (:func:`wide_from_lu`;
+about half the work of a Householder QR and the formation of its null columns); with p >= n an
+LU of n of the rows, then a QR of all of them.  Otherwise a rank-revealing QR with column
+pivoting decides.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import warnings
 import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
-from scipy.linalg import lapack
+from scipy.linalg import blas, lapack
 
-#: Full rank is accepted from the unpivoted QR when rcond(R) exceeds this multiple of the rank rule.
+#: Full rank is accepted from a factor whose rcond exceeds this multiple of the rank rule.
 _SAFETY = 1e3
+
+#: The Cholesky QR step orthonormalises the LU null basis when its factor's rcond exceeds this
+#: (orthogonality then holds to about eps / rcond^2 = 1e-6 at worst, 1e-13 typically).
+_CHOLQR_RCOND = 1e-5
 
 
 def certifies_full_rank(rcond: float, shape: tuple[int, ...]) -> bool:
@@ -31,6 +37,56 @@ def square_pick(p: int, n: int) -> NDArray[np.intp]:
     """The ``n`` of ``p >= n`` rows whose independence is tried first: the floor of an evenly
     spaced grid with step >= 1, so the indices are distinct (rounding could collide)."""
     return np.floor(np.linspace(0, p - 1, n)).astype(np.intp)
+
+
+def wide_from_lu(
+    E: NDArray[np.float64], e: NDArray[np.float64], lu: NDArray[np.float64], piv: NDArray[np.integer]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float] | None:
+    """``(x_p, O, rcond)`` for ``E x = e`` (p x n unit rows, p < n) from an LU factorisation of
+    ``E^T`` with partial pivoting, or None when it does not certify full row rank.
+
+    ``lu`` (n x p) and ``piv`` (0-based row interchanges, in order) are LAPACK ``getrf``'s output
+    for ``E^T``: ``E[:, perm] = U^T L^T`` with ``L = [L1; L2]`` unit lower trapezoidal, so
+    partial pivoting picks p columns of E.  E has full row rank when the picked square
+    ``E1 = E[:, perm[:p]]`` is well conditioned (``sigma_p(E) >= sigma_min(E1)``, as ``E E^T``
+    contains ``E1 E1^T``); LAPACK's estimate from the same factors certifies it with the rule of
+    :func:`certifies_full_rank`.  ``N(E)`` is spanned by the columns of ``N = [W; I]`` (rows in
+    ``perm`` order) with ``W = -L1^{-T} L2^T``.  As ``N^T N = I + W^T W`` has its eigenvalues in
+    ``[1, 1 + |W|^2]``, one Cholesky QR step ``O = N C^{-1}`` (``C^T C = N^T N``) makes the basis
+    orthonormal to rounding when C is well conditioned (:data:`_CHOLQR_RCOND`).  ``x_p`` is the
+    minimum-norm solution: the basic one (zero off the picked columns) less its part in N(E).
+
+    About half the work of a Householder QR of ``E^T`` and the formation of its k null columns.
+    """
+    p, n = E.shape
+    k = n - p
+    if not np.all(np.diagonal(lu)[:p]):  # an exactly zero pivot
+        return None
+    perm = np.arange(n)
+    for i, j in enumerate(piv[:p].tolist()):  # the row interchanges of E^T, in order
+        perm[i], perm[j] = perm[j], perm[i]
+    # |E1^T|_1 is at most the largest 1-norm of a row of E: an upper bound only lowers the
+    # estimate of rcond, which makes the certificate more cautious.
+    anorm = float(np.abs(E).sum(axis=1).max())
+    rcond = float(lapack.dgecon(lu[:p, :p], anorm, norm="1")[0])
+    if not certifies_full_rank(rcond, E.shape):
+        return None
+    # dtrtrs reads L1 and U in place from lu (its leading dimension given), without copies.
+    W, info = lapack.dtrtrs(lu, np.asfortranarray(-lu[p:].T), lower=1, trans=1, unitdiag=1)
+    if info != 0:  # pragma: no cover - LAPACK argument error (L1 has a unit diagonal)
+        raise RuntimeError(f"LAPACK dtrtrs failed with info={info}")
+    gram = blas.dsyrk(1.0, W, trans=1, lower=0)
+    gram[np.diag_indices(k)] += 1.0
+    C, info = lapack.dpotrf(gram, lower=0, clean=1, overwrite_a=1)
+    if info != 0 or lapack.dtrcon(C, norm="1", uplo="U", diag="N")[0] < _CHOLQR_RCOND:
+        return None
+    O = np.empty((n, k))
+    O[perm[:p]] = blas.dtrsm(1.0, C, W, side=1, lower=0)
+    O[perm[p:]] = lapack.dtrtri(C, lower=0)[0]
+    v = lapack.dtrtrs(lu, e, lower=0, trans=1)[0]  # U^T v = e
+    basic = np.zeros(n)
+    basic[perm[:p]] = lapack.dtrtrs(lu, v, lower=1, trans=1, unitdiag=1)[0]  # L1^T u = v
+    return basic - O @ (O.T @ basic), O, rcond
 
 
 class NullBasis:
@@ -79,40 +135,21 @@ class EqualityFactor:
             self.rank, self.rank_ratio, self.x_p = 0, 1.0, np.zeros(n)
             self.basis: NullBasis = ExplicitBasis(np.eye(n))
             return
-        if p < n and self._try_unpivoted_wide(E, e):
+        if p < n and self._try_lu_wide(E, e):
             return
         if p >= n and self._try_unpivoted_tall(E, e):
             return
         self._pivoted(E, e, eps_rule)
 
-    def _try_unpivoted_wide(self, E, e) -> bool:
-        p = E.shape[0]
-        # LAPACK directly: scipy.linalg.qr would also copy out the triangle R (a tenth of the QR).
-        qr, tau, _work, info = lapack.dgeqrf(E.T, lwork=max(1, 64 * p))
-        if info != 0:  # pragma: no cover - LAPACK argument error
-            raise RuntimeError(f"LAPACK dgeqrf failed with info={info}")
-        R = qr[:p, :p]  # LAPACK reads only the upper triangle
-        rcond = lapack.dtrcon(R, norm="1", uplo="U", diag="N")[0]
-        if not certifies_full_rank(rcond, E.shape):
+    def _try_lu_wide(self, E, e) -> bool:
+        lu, piv, info = lapack.dgetrf(E.T)
+        if info < 0:  # pragma: no cover - LAPACK argument error
+            raise RuntimeError(f"LAPACK dgetrf failed with info={info}")
+        solved = wide_from_lu(E, e, lu, piv)
+        if solved is None:
             return False
-        # E = R^T Q1^T, so x_p = Q1 R^{-T} e; O = Q2.  One application of the reflectors to
-        # [[w, 0], [0, I]] gives both without forming the whole of Q.
-        # dtrtrs reads R in place from qr (its leading dimension given), without a copy of R.
-        w, info = lapack.dtrtrs(qr, e, lower=0, trans=1)
-        if info != 0:  # pragma: no cover - rcond above certified a non-zero diagonal
-            raise RuntimeError(f"LAPACK dtrtrs failed with info={info}")
-        k = self.n - p
-        c = np.zeros((self.n, 1 + k), order="F")
-        c[:p, 0] = w
-        c[p:, 1:] = np.eye(k)
-        # Workspace for blocks of up to 64 reflectors and their 65 x 64 triangular factor: with
-        # less, dormqr falls back to one reflector at a time (3x slower at k = 54).
-        lwork = 64 * (1 + k) + 65 * 64
-        out, _work, info = lapack.dormqr("L", "N", qr, tau, c, lwork=lwork, overwrite_c=1)
-        if info != 0:  # pragma: no cover - LAPACK argument error
-            raise RuntimeError(f"LAPACK dormqr failed with info={info}")
-        self.x_p = out[:, 0].copy()
-        self.rank, self.rank_ratio, self.basis = p, float(rcond), ExplicitBasis(out[:, 1:])
+        self.x_p, O, rcond = solved
+        self.rank, self.rank_ratio, self.basis = E.shape[0], rcond, ExplicitBasis(O)
         return True
 
     def _try_square_subset(self, E, e) -> bool:

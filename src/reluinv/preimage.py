@@ -11,8 +11,10 @@ unbounded, and returns certificates that :meth:`Preimage.verify` (or anyone) can
 
 Method, following Theorem 4 but exact where Algorithm 1 as printed is not:
 
-1. One pivoted QR factorisation of ``A_pos^T`` gives the rank of the equalities, an orthonormal
-   basis ``O`` of ``N(A_pos)`` (k = nullity) and a particular solution.  k = 0 is Theorem 4 i.
+1. One factorisation of the active rows gives the rank of the equalities, an orthonormal basis
+   ``O`` of ``N(A_pos)`` (k = nullity) and a particular solution (:mod:`reluinv._nullspace`: an
+   LU of ``A_pos^T`` whose condition estimate certifies full rank, else a pivoted QR).  k = 0 is
+   Theorem 4 i.
 2. A feasible point is found by a Chebyshev-centre LP in the null-space coordinates.  If it has
    slack in every inequality, P has more than one point (when k > 0).  Otherwise the inequalities
    tight there are tested for omnidirectionality in N(A_pos) (Theorem 12): if they are, the point
@@ -33,7 +35,8 @@ all hyperplanes pass through 0); both come from power-of-two exponents (``np.fre
 
 Tolerances, in these units: a constraint counts as satisfied when its violation is at most
 ``tolerance = rtol * max(1, |x_p|)`` with ``x_p`` the particular solution (``rtol`` defaults to
-1e-9); ranks count ``|R_jj| > max(m, n) * eps * |R_11|`` of the pivoted QR.
+1e-9); full rank is accepted when LAPACK's condition estimate of the factors exceeds
+``1e3 * max(m, n) * eps``, else ranks count ``|R_jj| > max(m, n) * eps * |R_11|`` of the pivoted QR.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ._interior import interior_point
+from ._interior import CONSTANT_ROW, interior_point
 from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
 from ._threads import single_blas_pool
@@ -323,6 +326,25 @@ class _UnitInequalities:
         return np.concatenate([layer, x[self.up_idx], -x[self.lo_idx]])
 
 
+class _RestrictedRows:
+    """``G[idx] @ O`` on demand, each row formed once per decision: the boundedness test, the
+    interior point and the LPs ask for overlapping rows, and each costs ``2 n k`` flops."""
+
+    def __init__(self, G: _UnitInequalities, O: F64) -> None:
+        self.G, self.O = G, O
+        self.position = np.full(G.size, -1, dtype=np.intp)  # row i is stored[position[i]]
+        self.stored = np.empty((0, O.shape[1]))
+
+    def __call__(self, idx: NDArray[np.intp]) -> F64:
+        idx = np.asarray(idx, dtype=np.intp)
+        missing = np.unique(idx[self.position[idx] < 0])
+        if missing.size:
+            self.position[missing] = self.stored.shape[0] + np.arange(missing.size)
+            self.stored = np.vstack([self.stored, self.G.restricted(missing, self.O)])
+        out: F64 = self.stored[self.position[idx]]
+        return out
+
+
 #: ``(M, norms, shift, zero)`` of :func:`_row_norms`.
 RowNorms = tuple[F64, F64, NDArray[np.int64], NDArray[np.bool_]]
 
@@ -497,7 +519,7 @@ class _LayerSystem:
         return None
 
     def _factor(self) -> None:
-        """One QR of A_pos^T: rank, null-space basis and a particular solution (module step 1)."""
+        """One factorisation of A_pos: rank, null-space basis and a particular solution (step 1)."""
         f = self.factor(self.E, self.e)
         self.r, self.rank_ratio, self.x_p, self.basis = f.rank, f.rank_ratio, f.x_p, f.basis
 
@@ -591,9 +613,10 @@ class _LayerSystem:
         # O has orthonormal columns: O z is a unit x-space direction for a unit z, so the
         # tolerance keeps its meaning on the restricted rows.
         G, O = self.G, self.O
-        rows_src = RowSource(
-            m=G.size, n=self.k, rows=lambda idx: G.restricted(idx, O), apply=lambda z: G.dot(O @ z)
-        )
+        self.restricted = _RestrictedRows(G, O)
+        self.c = self.h - G.dot(self.x_p)  # every row's slack at x_p
+        self.margin = _CAP * max(1.0, float(np.linalg.norm(self.x_p)))
+        rows_src = RowSource(m=G.size, n=self.k, rows=self.restricted, apply=lambda z: G.dot(O @ z))
         omni: OmniCertificate | None = None
         if not self.box_bounded:
             # An unbounded verdict with a strict direction also gives an interior point for free.
@@ -613,7 +636,7 @@ class _LayerSystem:
         tight = np.flatnonzero(slack <= tol)
         step_dir = None
         if tight.size:
-            pin = omni_lazy(RowSource.from_rows(self.G.restricted(tight, self.O)), rtol=self.rtol)
+            pin = omni_lazy(RowSource.from_rows(self.restricted(tight)), rtol=self.rtol)
             if pin.omnidirectional:
                 assert pin.rows is not None and pin.multipliers is not None
                 labels = self.labels[tight[pin.rows]]
@@ -666,7 +689,7 @@ class _LayerSystem:
         d = self.basis.expand(omni.direction)
         d /= np.linalg.norm(d)
         gd = self.G.dot(d)  # all <= -margin < 0
-        slack0 = self.h - self.G.dot(self.x_p)
+        slack0 = self.c
         # Walk along d until every inequality has slack of at least 1 (relative to |x| scale).
         target = max(1.0, float(np.linalg.norm(self.x_p))) * 1e-3
         t = float(np.max((target - slack0) / -gd))
@@ -699,10 +722,10 @@ class _LayerSystem:
         """
         G, O, x_p = self.G, self.O, self.x_p
         found = interior_point(
-            rows=lambda idx: G.restricted(idx, O),
+            rows=self.restricted,
             slack_at=lambda z: self.h - G.dot(x_p + O @ z),
-            c=self.h - G.dot(x_p),
-            margin=_CAP * max(1.0, float(np.linalg.norm(x_p))),
+            c=self.c,
+            margin=self.margin,
             tol=tol,
         )
         if found is not None:
@@ -724,9 +747,9 @@ class _LayerSystem:
         (1e-3 of the data scale) stops the search once the point is clearly interior.
         """
         G, k = self.G, self.k
-        h_bar = self.h - G.dot(self.x_p)
+        h_bar = self.c
         M = G.size
-        cap = _CAP * max(1.0, float(np.linalg.norm(self.x_p)))
+        cap = self.margin
         batch = max(2 * k, 32)
         subset = np.argsort(h_bar)[: min(M, 4 * k + 16)]
         if seed_rows is not None:
@@ -735,9 +758,9 @@ class _LayerSystem:
         lp.add_cols(np.eye(k + 1)[:, k:], np.array([cap]), np.zeros(1), np.array([np.inf]))
         in_lp: list[NDArray[np.intp]] = []
         while True:
-            rows = G.restricted(subset, self.O)
+            rows = self.restricted(subset)
             weights = np.linalg.norm(rows, axis=1)
-            constant = weights <= 1e-12
+            constant = weights <= CONSTANT_ROW
             if np.any(constant & (h_bar[subset] < -tol)):
                 i = int(subset[np.flatnonzero(constant & (h_bar[subset] < -tol))[0]])
                 return self._result(

@@ -26,10 +26,11 @@ projections 27%, the Stiemke LP 25%; cProfile over 32 images), none of it shared
 
 ``device`` (a torch device: ``"cuda"``, ``"cpu"``) moves step 1 of Theorem 4's method, the
 factorisation of the active rows, to batched torch float64 kernels: for each group of samples
-with fewer active rows than inputs, one ``geqrf`` of the zero-padded ``A_pos^T`` (zero columns
-leave the reflectors of the real ones unchanged) and ``householder_product`` for the whole
-orthogonal factor, which holds both the particular solution's range and the null-space basis;
-for the others, one batched LU of the same ``n`` picked rows that :class:`EqualityFactor` tries.
+with fewer active rows than inputs, one batched LU with partial pivoting of the zero-padded
+``A_pos^T`` (zero columns after the real ones change none of their pivots or factors), from
+which :func:`reluinv._nullspace.wide_from_lu` forms the particular solution and the orthonormal
+null-space basis on the CPU as :class:`EqualityFactor` does; for the others, one batched LU of
+the same ``n`` picked rows that :class:`EqualityFactor` tries.
 Rank is still certified on this machine with LAPACK's condition estimate of the returned factor
 (the rule of :mod:`reluinv._nullspace`); a factor that fails it, or a sample with no active row,
 is factorised by :class:`EqualityFactor` itself (pivoted QR).  The factors differ from LAPACK's
@@ -41,8 +42,8 @@ is tested with torch on the CPU, and on CUDA by a test marked ``cuda`` that has 
 
 Memory: the outputs (s x m float64; Figure 4 hands over 64 images at a time); on the torch path
 ``A``'s unit rows once (m x n float64) and, per group of at most ``group`` samples,
-``2 * group * n * n`` float64 on the device and as much on the host (64 samples of a 784-input
-layer: about 0.6 GiB each).
+``group * n * n`` float64 at most on the device and as much on the host (64 samples of a
+784-input layer: about 0.3 GiB each).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ import scipy.linalg
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-from ._nullspace import EqualityFactor, ExplicitBasis, certifies_full_rank, square_pick
+from ._nullspace import EqualityFactor, ExplicitBasis, certifies_full_rank, square_pick, wide_from_lu
 from ._threads import single_blas_pool
 from ._validate import as_bounds, as_finite_array
 from .geometry import DEFAULT_RTOL
@@ -210,7 +211,9 @@ def _torch_device(device: Any) -> Any:
 
 
 def _wide_factors(unit_t: Any, rows: list[NDArray[np.intp]]) -> list[Factor]:
-    """p < n active rows: Householder QR of ``E^T`` (n x p), padded to the group's widest p."""
+    """p < n active rows: LU with partial pivoting of ``E^T`` (n x p), padded to the group's
+    widest p with zero columns, which come after the real ones and so change none of their
+    pivots or factors."""
     import torch
 
     n = unit_t.shape[1]
@@ -218,22 +221,19 @@ def _wide_factors(unit_t: Any, rows: list[NDArray[np.intp]]) -> list[Factor]:
     Et = torch.zeros((len(rows), n, width), dtype=torch.float64, device=unit_t.device)
     for j, r in enumerate(rows):
         Et[j, :, : r.size] = unit_t[torch.from_numpy(r).to(unit_t.device)].T
-    qr, tau = torch.geqrf(Et)
-    V = torch.zeros((len(rows), n, n), dtype=torch.float64, device=unit_t.device)
-    V[:, :, :width] = qr
-    Q = torch.linalg.householder_product(V, tau).cpu().numpy()
-    R = qr[:, :width, :width].cpu().numpy()
-    return [_wide_factory(Q[j], R[j, : r.size, : r.size], r.size) for j, r in enumerate(rows)]
+    lu, pivots, _info = torch.linalg.lu_factor_ex(Et)  # the padded columns' zero pivots: ignored
+    LU, piv = lu.cpu().numpy(), pivots.cpu().numpy() - 1
+    return [_wide_factory(np.asfortranarray(LU[j, :, : r.size]), piv[j]) for j, r in enumerate(rows)]
 
 
-def _wide_factory(Q: F64, R: F64, p: int) -> Factor:
+def _wide_factory(LU: F64, piv: NDArray[np.integer]) -> Factor:
     def factor(E: F64, e: F64) -> EqualityFactor:
-        _check_rows(E, p)
-        rcond = float(lapack.dtrcon(R, norm="1", uplo="U", diag="N")[0])
-        if not certifies_full_rank(rcond, E.shape):
+        _check_rows(E, LU.shape[1])
+        solved = wide_from_lu(E, e, LU, piv)
+        if solved is None:
             return EqualityFactor(E, e)  # rank not certified: the pivoted QR decides
-        w = scipy.linalg.solve_triangular(R, e, trans="T", lower=False, check_finite=False)
-        return _Given(Q[:, :p] @ w, p, rcond, np.ascontiguousarray(Q[:, p:]))
+        x_p, O, rcond = solved
+        return _Given(x_p, E.shape[0], rcond, O)
 
     return factor
 

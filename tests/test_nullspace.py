@@ -1,0 +1,99 @@
+"""The equality factorisation of Theorem 4's step 1 (``reluinv._nullspace``) against SVD oracles:
+rank, a minimum-norm particular solution and an orthonormal null-space basis."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.linalg import lapack
+
+from reluinv import _nullspace
+from reluinv._nullspace import EqualityFactor, wide_from_lu
+
+
+def unit_rows(M):
+    return M / np.linalg.norm(M, axis=1, keepdims=True)
+
+
+def assert_matches_svd(f, E, e, rank):
+    """rank, x_p = pinv(E) e and O spanning N(E) orthonormally, checked against the SVD."""
+    assert f.rank == rank
+    null = scipy.linalg.null_space(E)
+    O = f.basis.matrix()
+    assert O.shape == null.shape
+    np.testing.assert_allclose(O.T @ O, np.eye(O.shape[1]), atol=1e-12)
+    np.testing.assert_allclose(O @ O.T, null @ null.T, atol=1e-10)  # the same subspace
+    np.testing.assert_allclose(f.x_p, np.linalg.pinv(E) @ e, atol=1e-10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 40),
+    gap=st.integers(1, 20),
+    seed=st.integers(0, 2**31 - 1),
+    decay=st.sampled_from([0.0, 2.0, 6.0]),
+)
+def test_wide_lu_factor_matches_the_svd(n, gap, seed, decay):
+    """Random wide systems, some with singular values spread over up to 6 decades."""
+    p = max(1, n - gap)
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((p, p)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, p)))
+    E = unit_rows(U @ np.diag(np.logspace(0, -decay, p)) @ V.T)
+    e = rng.standard_normal(p)
+    f = EqualityFactor(E, e)
+    assert_matches_svd(f, E, e, p)
+
+
+def test_pivoting_picks_other_columns_when_the_leading_ones_are_singular():
+    """The first p columns of E are zero: an LU without pivoting would break down."""
+    rng = np.random.default_rng(0)
+    E = np.zeros((5, 12))
+    E[:, 5:] = rng.standard_normal((5, 7))
+    E = unit_rows(E)
+    e = rng.standard_normal(5)
+    lu, piv, _ = lapack.dgetrf(E.T)
+    solved = wide_from_lu(E, e, lu, piv)
+    assert solved is not None
+    f = EqualityFactor(E, e)
+    assert_matches_svd(f, E, e, 5)
+
+
+def test_rank_deficient_rows_go_to_the_pivoted_qr():
+    rng = np.random.default_rng(1)
+    B = rng.standard_normal((4, 10))
+    E = unit_rows(np.vstack([B, B[:2].sum(axis=0)]))  # 5 rows of rank 4
+    e = E @ rng.standard_normal(10)  # consistent
+    lu, piv, _ = lapack.dgetrf(E.T)
+    assert wide_from_lu(E, e, lu, piv) is None
+    f = EqualityFactor(E, e)
+    assert f.rank == 4 == np.linalg.matrix_rank(E)
+    np.testing.assert_allclose(E @ f.x_p, e, atol=1e-10)
+    np.testing.assert_allclose(E @ f.basis.matrix(), 0.0, atol=1e-12)
+
+
+def test_an_ill_conditioned_null_basis_is_left_to_the_pivoted_qr(monkeypatch):
+    """When the Cholesky QR step is refused, the pivoted QR gives the same answer."""
+    rng = np.random.default_rng(2)
+    E = unit_rows(rng.standard_normal((6, 15)))
+    e = rng.standard_normal(6)
+    calls = []
+    pivoted = EqualityFactor._pivoted
+    monkeypatch.setattr(EqualityFactor, "_pivoted", lambda self, *a: calls.append(1) or pivoted(self, *a))
+    assert_matches_svd(EqualityFactor(E, e), E, e, 6)
+    assert calls == []
+    monkeypatch.setattr(_nullspace, "_CHOLQR_RCOND", 2.0)  # no factor passes
+    assert_matches_svd(EqualityFactor(E, e), E, e, 6)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("p", [1, 9, 10])
+def test_tall_and_square_and_single_row_systems(p):
+    rng = np.random.default_rng(p)
+    n = 10 if p < 10 else 9
+    E = unit_rows(rng.standard_normal((p if p != 10 else 14, n)))
+    x = rng.standard_normal(n)
+    e = E @ x
+    f = EqualityFactor(E, e)
+    assert_matches_svd(f, E, e, min(E.shape))
