@@ -65,9 +65,10 @@ def wide_from_lu(
     perm = np.arange(n)
     for i, j in enumerate(piv[:p].tolist()):  # the row interchanges of E^T, in order
         perm[i], perm[j] = perm[j], perm[i]
-    # |E1^T|_1 is at most the largest 1-norm of a row of E: an upper bound only lowers the
-    # estimate of rcond, which makes the certificate more cautious.
-    anorm = float(np.abs(E).sum(axis=1).max())
+    # |E1^T|_1, the largest 1-norm of a unit row of E restricted to p columns, is at most
+    # sqrt(p).  An upper bound only lowers the estimate of rcond (the certificate is more
+    # cautious: by about 1.4x for dense rows) and saves a pass over E.
+    anorm = float(np.sqrt(p))
     rcond = float(lapack.dgecon(lu[:p, :p], anorm, norm="1")[0])
     if not certifies_full_rank(rcond, E.shape):
         return None
