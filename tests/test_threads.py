@@ -50,3 +50,31 @@ def test_background_executor_runs_work_at_the_lowest_priority():
     if sys.platform.startswith("linux"):
         assert nice == 19
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller  # unchanged
+
+
+def test_deferred_work_runs_on_the_caller_when_the_executor_has_not_started_it():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reluinv.jacobian_svd import Deferred
+
+    release = threading.Event()
+    ran_on = []
+
+    def work(tag):
+        def run():
+            ran_on.append((tag, threading.get_ident()))
+            return np.array([float(tag)])
+
+        return run
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        executor.submit(release.wait)  # the only worker is busy
+        queued = Deferred(executor, work(1))
+        assert queued.result().tolist() == [1.0]  # not started: run here, not waited for
+        assert ran_on == [(1, threading.get_ident())]
+        assert queued.result().tolist() == [1.0]  # once only
+        release.set()
+        started = Deferred(executor, work(2))
+        assert started.result().tolist() == [2.0]
+    assert len(ran_on) == 2

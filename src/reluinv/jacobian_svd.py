@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -298,15 +300,33 @@ def _band_storage(R: NDArray[np.float64], ku: int) -> NDArray[np.float64]:
     return band
 
 
+class Deferred:
+    """``work()`` submitted to an executor; :meth:`result` runs it on the calling thread instead
+    when the executor has not started it yet (the caller would only wait: with dgbbrd queued at
+    the end of a spectrum, the caller and the executor's thread then share the remaining ones)."""
+
+    def __init__(self, executor: Executor, work: Callable[[], NDArray[np.float64]]) -> None:
+        self._work = work
+        self._future = executor.submit(work)
+        self._lock = threading.Lock()
+        self._value: NDArray[np.float64] | None = None
+
+    def result(self) -> NDArray[np.float64]:
+        with self._lock:
+            if self._value is None:
+                self._value = self._work() if self._future.cancel() else self._future.result()
+            return self._value
+
+
 class Pending:
     """Singular values, padded with zeros to ``size``, whose last stage may still be running on
     an executor's thread (module docstring, stage 3); :meth:`result` waits for them."""
 
-    def __init__(self, values: Future[NDArray[np.float64]] | NDArray[np.float64], size: int) -> None:
+    def __init__(self, values: Deferred | NDArray[np.float64], size: int) -> None:
         self._values, self.size = values, size
 
     def result(self) -> NDArray[np.float64]:
-        values = self._values.result() if isinstance(self._values, Future) else self._values
+        values = self._values.result() if isinstance(self._values, Deferred) else self._values
         return _padded(values, self.size)
 
     def resized(self, size: int) -> Pending:
@@ -350,7 +370,7 @@ def _triangular_pending(R: NDArray[np.float64], executor: Executor | None) -> Pe
     band = _band_storage(R, ku)
     if executor is None:
         return Pending(band_bidiagonal_svdvals(band, n, ku), n)
-    return Pending(executor.submit(band_bidiagonal_svdvals, band, n, ku), n)
+    return Pending(Deferred(executor, lambda: band_bidiagonal_svdvals(band, n, ku)), n)
 
 
 # --------------------------------------------------------------------------------------------
