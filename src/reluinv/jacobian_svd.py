@@ -32,9 +32,8 @@ few ``n x n`` float64 factors (75 MB each at n = 3072).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager, nullcontext
 
