@@ -479,11 +479,16 @@ def relu_pair_pending(
     if Jt.is_cuda:
         on_device = _device_pair_svdvals(Jt, kept, removed)
         return Pending(on_device[0], min(n, m)), Pending(on_device[1], min(n, m))
-    # torch gathers the rows (on all threads): numpy's fancy indexing took 4x longer here.
-    R_kept = tall_factor(Jt[:, kept].T.contiguous().numpy())
-    rows = torch.cat([torch.from_numpy(R_kept[(R_kept != 0).any(axis=1)]), Jt[:, removed].T]).numpy()
+    # torch gathers the rows (on all threads) by index, straight into place: numpy's fancy
+    # indexing took 4x longer, boolean masks and a concatenation 1.7x (3072 x 32768, 2 cores).
+    R_kept = tall_factor(Jt.index_select(1, torch.nonzero(kept).reshape(-1)).T.contiguous().numpy())
+    top = R_kept[(R_kept != 0).any(axis=1)]
+    removed_rows = torch.nonzero(removed).reshape(-1)
+    rows = torch.empty((top.shape[0] + removed_rows.numel(), n), dtype=Jt.dtype)
+    rows[: top.shape[0]] = torch.from_numpy(top)
+    rows[top.shape[0] :] = Jt.index_select(1, removed_rows).T
     pending_kept = _triangular_pending(R_kept, executor).resized(min(n, m))
-    return _rows_pending(rows, min(n, m), executor), pending_kept
+    return _rows_pending(rows.numpy(), min(n, m), executor), pending_kept
 
 
 def _device_pair_svdvals(
