@@ -51,7 +51,9 @@ def test_triangular_svdvals_match_lapack(monkeypatch, route, n, band):
     R = np.triu(R) - np.triu(R, band + 1)  # an upper band with `band` super-diagonals
     R[n // 3] = 0.0  # a missing pivot, as the staircase leaves them
     expected = scipy.linalg.svdvals(R)
+    given = R.copy()
     got = triangular_svdvals(R)
+    np.testing.assert_array_equal(R, given)  # the caller's R is left alone
     assert upper_bandwidth(R) == min(band, n - 1)
     np.testing.assert_allclose(got, expected, rtol=0, atol=30 * n * np.finfo(float).eps * expected[0])
     assert np.all(np.diff(got) <= 0)

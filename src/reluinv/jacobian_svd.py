@@ -345,11 +345,14 @@ def triangular_svdvals(R: NDArray[np.float64]) -> NDArray[np.float64]:
     n = R.shape[0]
     if R.shape != (n, n):
         raise ValueError(f"R must be square, got shape {R.shape}")
-    return _triangular_pending(R, None).result()
+    return _triangular_pending(R, None, overwrite=False).result()
 
 
-def _triangular_pending(R: NDArray[np.float64], executor: Executor | None) -> Pending:
-    """:func:`triangular_svdvals` with ``dgbbrd`` submitted to ``executor`` (when given).
+def _triangular_pending(
+    R: NDArray[np.float64], executor: Executor | None, *, overwrite: bool = True
+) -> Pending:
+    """:func:`triangular_svdvals` with ``dgbbrd`` submitted to ``executor`` (when given); the band
+    reduction works in ``R`` itself unless ``overwrite`` is False (or R is not writable).
 
     ``R`` is checked here rather than the (much larger) Jacobian it came from: a NaN or infinity in
     ``J`` reaches ``R`` through the Householder norms."""
@@ -364,7 +367,10 @@ def _triangular_pending(R: NDArray[np.float64], executor: Executor | None) -> Pe
     wide = pays < n and bool(np.diagonal(R, pays).any())
     ku = n - 1 if wide else upper_bandwidth(R)
     if ku >= pays:
-        R = band_reduce(torch.tensor(R, dtype=torch.float64), BAND).numpy()
+        in_place = overwrite and R.dtype == np.float64 and R.flags.c_contiguous and R.flags.writeable
+        R = band_reduce(
+            torch.from_numpy(R) if in_place else torch.tensor(R, dtype=torch.float64), BAND
+        ).numpy()
         ku = BAND
     band = _band_storage(R, ku)
     if executor is None:
