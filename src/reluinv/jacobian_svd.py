@@ -450,7 +450,7 @@ def transposed_pending(Jt: torch.Tensor, executor: Executor | None) -> Pending:
     n, m = Jt.shape
     if min(n, m) == 0:
         return Pending(np.zeros(0), 0)
-    live = (Jt != 0).any(dim=0)
+    live = Jt.any(dim=0)
     if not bool(live.all()):
         Jt = Jt[:, live]
     return _live_pending(Jt, min(n, m), executor)
@@ -478,7 +478,7 @@ def relu_pair_pending(
     """:func:`relu_pair_singular_values` on a float64 ``J^T`` as :func:`transposed_pending` does
     it: no up-front scan for NaN, the last stages on ``executor``."""
     n, m = Jt.shape
-    live = (Jt != 0).any(dim=0)
+    live = Jt.any(dim=0)
     kept, removed = live & keep, live & ~keep
     if int(kept.sum()) <= n or min(n, m) == 0:
         return transposed_pending(Jt, executor), transposed_pending(Jt * keep, executor)
