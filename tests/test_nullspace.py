@@ -97,3 +97,36 @@ def test_tall_and_square_and_single_row_systems(p):
     e = E @ x
     f = EqualityFactor(E, e)
     assert_matches_svd(f, E, e, min(E.shape))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_convolution_rows_rank_and_null_space_match_the_svd(seed):
+    """Sparse, structured rows (a convolution's active units), some with dependent filters."""
+    import torch
+
+    from reluinv.preimage import affine_matrix
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    channels_in, channels_out = int(rng.integers(1, 4)), int(rng.integers(2, 6))
+    conv = torch.nn.Conv2d(
+        channels_in, channels_out, int(rng.integers(1, 4)), stride=int(rng.integers(1, 3)), padding=1
+    ).double()
+    if seed % 3 == 0:
+        with torch.no_grad():
+            conv.weight[0] = 2 * conv.weight[-1]  # dependent rows
+    A, b, _ = affine_matrix(conv, (channels_in, 8, 8))
+    x = rng.standard_normal(A.shape[1])
+    active = (A @ x + b > 0) & (np.linalg.norm(A, axis=1) > 0)
+    E = unit_rows(A[active])
+    e = E @ x
+    f = EqualityFactor(E, e)
+    rank = np.linalg.matrix_rank(E)
+    if rank == min(E.shape):
+        assert_matches_svd(f, E, e, rank)
+    else:  # the null space is as well defined as the gap below sigma_rank allows: check it holds
+        O = f.basis.matrix()
+        assert f.rank == rank and O.shape == (E.shape[1], E.shape[1] - rank)
+        np.testing.assert_allclose(O.T @ O, np.eye(O.shape[1]), atol=1e-12)
+        np.testing.assert_allclose(E @ O, 0.0, atol=1e-10)
+        np.testing.assert_allclose(E @ f.x_p, e, atol=1e-10)
