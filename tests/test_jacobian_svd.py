@@ -129,6 +129,34 @@ def test_relu_pair_update_routes_match_lapack(removed, staircase):
     np.testing.assert_allclose(with_kept, scipy.linalg.svdvals(J[keep]), atol=1e-12 * np.abs(J).max())
 
 
+@pytest.mark.parametrize(("n", "r", "block"), [(23, 40, 5), (23, 7, 5), (23, 0, 4), (70, 90, 32), (9, 3, 16)])
+def test_triangle_update_is_the_qr_of_the_stack(n, r, block):
+    """R of [T; B] for upper triangular T (with a zero row, as a staircase factor has) against
+    the Gram identity R^T R = T^T T + B^T B and LAPACK's singular values of the stack."""
+    rng = np.random.default_rng(n + r + block)
+    T = np.triu(rng.standard_normal((n, n)))
+    T[n // 2] = 0.0
+    B = rng.standard_normal((r, n))
+    R = jacobian_svd.triangle_update(torch.tensor(T), torch.tensor(B), block).numpy()
+    assert np.all(np.tril(R, -1) == 0)
+    np.testing.assert_allclose(R.T @ R, T.T @ T + B.T @ B, atol=1e-12 * n * max(1.0, r))
+    np.testing.assert_allclose(
+        scipy.linalg.svdvals(R), scipy.linalg.svdvals(np.vstack([T, B])), atol=1e-12 * n
+    )
+
+
+def test_relu_pair_update_over_several_panels_matches_lapack():
+    # n = 70 > the update's panel width (32): the dense route's panels and trailing updates.
+    rng = np.random.default_rng(70)
+    n, kept, removed = 70, 150, 60
+    J = rng.standard_normal((kept + removed, n))
+    keep = np.zeros(kept + removed, dtype=bool)
+    keep[rng.permutation(kept + removed)[:kept]] = True
+    with_all, with_kept = relu_pair_singular_values(torch.tensor(J.T.copy()), torch.tensor(keep))
+    np.testing.assert_allclose(with_all, scipy.linalg.svdvals(J), atol=1e-12 * np.abs(J).max())
+    np.testing.assert_allclose(with_kept, scipy.linalg.svdvals(J[keep]), atol=1e-12 * np.abs(J).max())
+
+
 def test_singular_values_refuses_bad_matrices():
     with pytest.raises(ValueError, match="2-dimensional"):
         singular_values(np.zeros(3))

@@ -205,10 +205,44 @@ def tall_factor(J: NDArray[np.float64], *, block_rows: int = 1024) -> NDArray[np
     m, n = J.shape
     if m < n:
         raise ValueError(f"tall_factor needs at least as many rows as columns, got {J.shape}")
+    R = _staircase_if_cheaper(J, block_rows)
+    return R if R is not None else _numpy(torch.linalg.qr(torch.from_numpy(J), mode="r")[1])
+
+
+def _staircase_if_cheaper(J: NDArray[np.float64], block_rows: int) -> NDArray[np.float64] | None:
+    """:func:`_staircase_square` of ``J`` when its cost model predicts less than half the work of
+    a dense QR, else None."""
+    m, n = J.shape
     order, first, last = _staircase_profile(J)
     if _staircase_cost(order, first, last, n, block_rows) < 0.5 * _qr_flops(m, n):
         return _staircase_square(J, order, first, last, block_rows)
-    return _numpy(torch.linalg.qr(torch.from_numpy(J), mode="r")[1])
+    return None
+
+
+def triangle_update(T: torch.Tensor, B: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """``R`` of ``[T; B]`` (``R^T R = T^T T + B^T B``) for an upper triangular ``T`` (n x n, zero
+    rows allowed) and any ``B`` (r x n), computed in ``T``, which it returns; ``B`` is used as
+    work space.
+
+    Householder QR by column panels that leaves the zeros below ``T``'s diagonal alone: a panel's
+    reflectors are ``[e_j; v_B]``, so each touches one row of ``T`` and all of ``B``.  That is
+    ``2 r n^2`` flops instead of the ``2 (n + r) n^2 - 2/3 n^3`` of a dense QR of the stack (LAPACK
+    ``dtpqrt`` does the same; torch has no binding for it).  The ReLU pair update (module
+    docstring) stacks the kept rows' factor on the removed rows.
+    """
+    n = T.shape[0]
+    for j in range(0, n, block):
+        w = min(block, n - j)
+        with _one_thread(T.device):
+            a, tau = torch.geqrf(torch.cat([T[j : j + w, j : j + w], B[:, j : j + w]]))
+            V, factor = _block_reflector(a, tau)
+            T[j : j + w, j : j + w] = torch.triu(a[:w])
+        if j + w < n:
+            top, bottom = T[j : j + w, j + w :], B[:, j + w :]
+            W = factor.T @ (V[:w].T @ top + V[w:].T @ bottom)
+            top -= V[:w] @ W
+            bottom.addmm_(V[w:], W, alpha=-1)
+    return T
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,15 +448,6 @@ def _live_pending(Jt: torch.Tensor, size: int, executor: Executor | None) -> Pen
     return _triangular_pending(tall_factor(Jt.T.contiguous().numpy()), executor).resized(size)
 
 
-def _rows_pending(rows: NDArray[np.float64], size: int, executor: Executor | None) -> Pending:
-    """Singular values of the matrix with these (non-zero) rows, padded to ``size``."""
-    if rows.shape[0] < rows.shape[1]:
-        R = torch.linalg.qr(torch.from_numpy(rows.T), mode="r")[1].numpy()
-    else:
-        R = tall_factor(rows)
-    return _triangular_pending(R, executor).resized(size)
-
-
 def singular_values(
     J: NDArray[np.float64] | torch.Tensor, *, transposed: bool = False
 ) -> NDArray[np.float64]:
@@ -493,8 +518,15 @@ def relu_pair_pending(
     rows = torch.empty((top.shape[0] + removed_rows.numel(), n), dtype=Jt.dtype)
     rows[: top.shape[0]] = torch.from_numpy(top)
     rows[top.shape[0] :] = Jt.index_select(1, removed_rows).T
+    # R of [R_kept; J_removed]: the staircase QR where the rows' profile makes it cheaper, else
+    # the update that leaves R_kept's zeros alone (the band reduction below works in R_kept).
+    R_all = _staircase_if_cheaper(rows.numpy(), 1024) if rows.shape[0] >= n else None
+    update = torch.from_numpy(R_kept.copy()) if R_all is None else None
     pending_kept = _triangular_pending(R_kept, executor).resized(min(n, m))
-    return _rows_pending(rows.numpy(), min(n, m), executor), pending_kept
+    if update is not None:
+        R_all = triangle_update(update, rows[top.shape[0] :]).numpy()
+    assert R_all is not None
+    return _triangular_pending(R_all, executor).resized(min(n, m)), pending_kept
 
 
 def _device_pair_svdvals(
