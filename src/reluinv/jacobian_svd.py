@@ -23,7 +23,8 @@ computed values are those of a matrix within ``O(eps) ||J||`` of ``J``; ``J^T J`
 :func:`relu_pair_singular_values` reuses the work of a ReLU prefix for the prefix before it:
 the ReLU keeps a subset of the rows of ``J``, and ``R`` of the whole ``J`` is the QR update of
 ``R`` of the kept rows by the removed ones (``J = P [J_kept; J_removed]`` and
-``[J_kept; J_removed] = diag(Q_kept, I) [R_kept; J_removed]``): an update, never a downdate.
+``[J_kept; J_removed] = diag(Q_kept, I) [R_kept; J_removed]``): an update, never a downdate, by
+the staircase QR or by :func:`triangle_update`, which leaves the zeros of ``R_kept`` alone.
 
 Memory: besides ``J`` itself, one copy of it (the row-major rows, or LAPACK's working copy) and a
 few ``n x n`` float64 factors (75 MB each at n = 3072).
@@ -519,13 +520,12 @@ def relu_pair_pending(
     rows[: top.shape[0]] = torch.from_numpy(top)
     rows[top.shape[0] :] = Jt.index_select(1, removed_rows).T
     # R of [R_kept; J_removed]: the staircase QR where the rows' profile makes it cheaper, else
-    # the update that leaves R_kept's zeros alone (the band reduction below works in R_kept).
+    # the update that leaves R_kept's zeros alone.  The kept rows' band reduction goes first (its
+    # dgbbrd then overlaps the update), on a copy when the update still needs R_kept.
     R_all = _staircase_if_cheaper(rows.numpy(), 1024) if rows.shape[0] >= n else None
-    update = torch.from_numpy(R_kept.copy()) if R_all is None else None
-    pending_kept = _triangular_pending(R_kept, executor).resized(min(n, m))
-    if update is not None:
-        R_all = triangle_update(update, rows[top.shape[0] :]).numpy()
-    assert R_all is not None
+    pending_kept = _triangular_pending(R_kept, executor, overwrite=R_all is not None).resized(min(n, m))
+    if R_all is None:
+        R_all = triangle_update(torch.from_numpy(R_kept), rows[top.shape[0] :]).numpy()
     return _triangular_pending(R_all, executor).resized(min(n, m)), pending_kept
 
 
