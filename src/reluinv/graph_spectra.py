@@ -12,9 +12,10 @@ How (exact up to rounding, all float64):
 1. One pass pushes the identity basis of the input, as a batch of tangent vectors, through the
    graph with every slope and argmax frozen at ``x``; at each layer node the batch *is* ``J_l^T``.
    Nothing is recomputed per layer, and each tangent is freed after its last use.
-2. :func:`reluinv.jacobian_svd.singular_values` then gives all singular values of each ``J_l``
-   (zero rows dropped, values only, LAPACK's divide-and-conquer SVD, the staircase QR for
-   sparse convolutional Jacobians).
+2. :mod:`reluinv.jacobian_svd` then gives all singular values of each ``J_l`` (zero rows dropped,
+   values only: the staircase or dense QR, then the band reduction and ``dgbbrd`` + dqds), with
+   ``dgbbrd`` on a background thread of lowest priority while the pass goes on, as
+   :func:`reluinv.spectra` does for chains.
 
 Peak memory is about ``8 * n * (largest sum of simultaneously live activations)`` bytes plus one
 Jacobian for the SVD, ``n`` the number of varying inputs.  ``method="lanczos"`` never forms ``J``:
@@ -33,8 +34,9 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ._threads import background_executor
 from .graph import GraphNet, Layer, prepare_graph
-from .jacobian_svd import singular_values
+from .jacobian_svd import Pending, transposed_pending
 from .lanczos import golub_kahan
 from .layer_spectrum import LayerSpectrum, input_columns, rank_tolerance
 
@@ -69,16 +71,17 @@ def _basis(net: GraphNet, columns: NDArray[np.intp]) -> torch.Tensor:
 
 def _dense(net: GraphNet, columns: NDArray[np.intp], rank_rtol: float | None) -> list[LayerSpectrum]:
     layer_of = {layer.node: layer for layer in net.layers}
-    out = []
     n = columns.size
-    for name, tangent in net.evaluate("tangent", {net.input: _basis(net, columns)}):
-        layer = layer_of.get(name)
-        if layer is None:
-            continue
-        values = singular_values(tangent.reshape(n, -1), transposed=True)
-        values = np.concatenate([values, np.zeros(min(layer.out_dim, n) - values.size)])
-        out.append(_spectrum(layer, n, values, rank_rtol))
-    return out
+    pending: list[tuple[Layer, Pending]] = []
+    with background_executor("reluinv-dgbbrd") as executor:
+        for name, tangent in net.evaluate("tangent", {net.input: _basis(net, columns)}):
+            layer = layer_of.get(name)
+            if layer is not None:  # the factor now, dgbbrd on the executor meanwhile
+                pending.append((layer, transposed_pending(tangent.reshape(n, -1), executor)))
+        return [
+            _spectrum(layer, n, values.resized(min(layer.out_dim, n)).result(), rank_rtol)
+            for layer, values in pending
+        ]
 
 
 _Map = Callable[[torch.Tensor], torch.Tensor]
