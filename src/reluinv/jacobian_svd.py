@@ -46,6 +46,7 @@ from ._band_lapack import band_bidiagonal_svdvals
 
 __all__ = [
     "BAND",
+    "Deferred",
     "Pending",
     "band_reduce",
     "relu_pair_pending",
@@ -54,6 +55,7 @@ __all__ = [
     "staircase_r",
     "tall_factor",
     "transposed_pending",
+    "triangle_update",
     "triangular_svdvals",
     "upper_bandwidth",
 ]
