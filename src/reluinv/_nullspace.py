@@ -2,10 +2,11 @@
 
 Theorem 4 needs rank(A_pos), a point solving the equalities and an orthonormal basis ``O`` of
 N(A_pos).  The naive route takes two SVDs.  Dense layers almost always have independent active
-rows, so cheaper factorisations are tried first and accepted when LAPACK's condition estimate of
-their factors certifies full rank: with fewer rows than inputs (p < n) an LU of ``E^T`` with
-partial pivoting, whose null basis one Cholesky QR step makes orthonormal (:func:`wide_from_lu`;
-about half the work of a Householder QR and the formation of its null columns); with p >= n an
+rows, so cheaper factorisations are tried first and accepted when a condition estimate of their
+factors certifies full rank: with fewer rows than inputs (p < n) an LU of ``E^T`` with partial
+pivoting, whose null basis one Cholesky QR step makes orthonormal (:func:`wide_from_lu`; about
+half the work of a Householder QR and the formation of its null columns; the estimate is
+randomised, from probes that share the solves the basis needs); with p >= n an
 LU of n of the rows, then a QR of all of them.  Otherwise a rank-revealing QR with column
 pivoting decides.
 """
@@ -50,46 +51,76 @@ def wide_from_lu(
     ``lu`` (n x p) and ``piv`` (0-based row interchanges, in order) are LAPACK ``getrf``'s output
     for ``E^T``: ``E[:, perm] = U^T L^T`` with ``L = [L1; L2]`` unit lower trapezoidal, so
     partial pivoting picks p columns of E.  E has full row rank when the picked square
-    ``E1 = E[:, perm[:p]]`` is well conditioned (``sigma_p(E) >= sigma_min(E1)``, as ``E E^T``
-    contains ``E1 E1^T``); LAPACK's estimate from the same factors certifies it with the rule of
-    :func:`certifies_full_rank`.  ``N(E)`` is spanned by the columns of ``N = [W; I]`` (rows in
-    ``perm`` order) with ``W = -L1^{-T} L2^T``.  As ``N^T N = I + W^T W`` has its eigenvalues in
-    ``[1, 1 + |W|^2]``, one Cholesky QR step ``O = N C^{-1}`` (``C^T C = N^T N``) makes the basis
-    orthonormal to rounding when C is well conditioned (:data:`_CHOLQR_RCOND`).  ``x_p`` is the
-    minimum-norm solution: the basic one (zero off the picked columns) less its part in N(E).
+    ``E1 = E[:, perm[:p]] = U^T L1^T`` is well conditioned (``sigma_p(E) >= sigma_min(E1)``, as
+    ``E E^T`` contains ``E1 E1^T``); :func:`_inverse_norm_estimate` gauges ``|E1^{-1}|_2`` and the
+    rule of :func:`certifies_full_rank` decides.  ``N(E)`` is spanned by the columns of
+    ``N = [W; I]`` (rows in ``perm`` order) with ``W = -L1^{-T} L2^T``.  As ``N^T N = I + W^T W``
+    has its eigenvalues in ``[1, 1 + |W|^2]``, one Cholesky QR step ``O = N C^{-1}``
+    (``C^T C = N^T N``) makes the basis orthonormal to rounding when C is well conditioned
+    (:data:`_CHOLQR_RCOND`).  ``x_p`` is the minimum-norm solution: the basic one (zero off the
+    picked columns) less its part in N(E).
 
     About half the work of a Householder QR of ``E^T`` and the formation of its k null columns.
+    The triangular solves share passes over the factors: one with ``U^T`` (for ``e`` and the
+    estimate's probes), one with ``L1^T`` (for ``L2^T``, ``e`` and the probes).
     """
     p, n = E.shape
     k = n - p
     if not np.all(np.diagonal(lu)[:p]):  # an exactly zero pivot
         return None
-    perm = np.arange(n)
-    for i, j in enumerate(piv[:p].tolist()):  # the row interchanges of E^T, in order
-        perm[i], perm[j] = perm[j], perm[i]
-    # |E1^T|_1, the largest 1-norm of a unit row of E restricted to p columns, is at most
-    # sqrt(p).  An upper bound only lowers the estimate of rcond (the certificate is more
-    # cautious: by about 1.4x for dense rows) and saves a pass over E.
-    anorm = float(np.sqrt(p))
-    rcond = float(lapack.dgecon(lu[:p, :p], anorm, norm="1")[0])
+    # The row interchanges of E^T, in order, applied to 0 .. n-1 (exact in float64).
+    perm = lapack.dlaswp(np.arange(n, dtype=np.float64)[:, None], piv[:p])[:, 0].astype(np.intp)
+    probes = _probes(p)
+    t = probes.shape[1]
+    rhs = np.empty((p, 1 + t), order="F")
+    rhs[:, 0], rhs[:, 1:] = e, probes
+    v = lapack.dtrtrs(lu, rhs, lower=0, trans=1, overwrite_b=1)[0]  # U^T v = [e, probes]
+    both = np.empty((p, k + 1 + t), order="F")
+    both[:, :k], both[:, k:] = lu[p:].T, v
+    # L1^T [-W, u, Y] = [L2^T, v]: -W, the basic solution u = E1^{-1} e, Y = E1^{-1} probes.
+    solved = lapack.dtrtrs(lu, both, lower=1, trans=1, unitdiag=1, overwrite_b=1)[0]
+    neg_w, u, Y = solved[:, :k], solved[:, k], solved[:, k + 1 :]
+    # |E1|_2 <= |E1|_F <= sqrt(p) for unit rows: an upper bound only lowers the estimate.
+    rcond = 1.0 / (np.sqrt(p) * _inverse_norm_estimate(lu, Y))
     if not certifies_full_rank(rcond, E.shape):
         return None
-    # dtrtrs reads L1 and U in place from lu (its leading dimension given), without copies.
-    W, info = lapack.dtrtrs(lu, np.asfortranarray(-lu[p:].T), lower=1, trans=1, unitdiag=1)
-    if info != 0:  # pragma: no cover - LAPACK argument error (L1 has a unit diagonal)
-        raise RuntimeError(f"LAPACK dtrtrs failed with info={info}")
-    gram = blas.dsyrk(1.0, W, trans=1, lower=0)
+    gram = blas.dsyrk(1.0, neg_w, trans=1, lower=0)
     gram[np.diag_indices(k)] += 1.0
     C, info = lapack.dpotrf(gram, lower=0, clean=1, overwrite_a=1)
     if info != 0 or lapack.dtrcon(C, norm="1", uplo="U", diag="N")[0] < _CHOLQR_RCOND:
         return None
     O = np.empty((n, k))
-    O[perm[:p]] = blas.dtrsm(1.0, C, W, side=1, lower=0)
+    O[perm[:p]] = blas.dtrsm(-1.0, C, neg_w, side=1, lower=0)  # W C^{-1}
     O[perm[p:]] = lapack.dtrtri(C, lower=0)[0]
-    v = lapack.dtrtrs(lu, e, lower=0, trans=1)[0]  # U^T v = e
     basic = np.zeros(n)
-    basic[perm[:p]] = lapack.dtrtrs(lu, v, lower=1, trans=1, unitdiag=1)[0]  # L1^T u = v
-    return basic - O @ (O.T @ basic), O, rcond
+    basic[perm[:p]] = u
+    return basic - O @ (O.T @ basic), O, float(rcond)
+
+
+#: Random probes of the estimate of ``|E1^{-1}|_2`` (fixed seed: the same answer every run).
+_PROBES = 4
+
+
+def _probes(p: int) -> NDArray[np.float64]:
+    return np.random.default_rng(p).standard_normal((p, _PROBES))
+
+
+def _inverse_norm_estimate(lu: NDArray[np.float64], Y: NDArray[np.float64]) -> float:
+    """A lower estimate of ``|E1^{-1}|_2`` from ``Y = E1^{-1} Z`` (Z: random probes), with
+    ``E1^T = L1 U`` in ``lu``: one step of the power method on ``E1^{-T} E1^{-1}``, the largest
+    ``|E1^{-T} y| / |y|`` over the probes (at most the norm; randomised condition estimation).
+
+    A nearly singular E1 has an inverse dominated by one direction, which random probes meet
+    with probability 1, so the estimate is then close to the norm; ``inf`` when the solves
+    overflow (the certificate is refused).  Two triangular solves with the probes, where
+    LAPACK's ``dgecon`` makes about ten with one vector each.
+    """
+    X = lapack.dtrtrs(lu, Y, lower=1, trans=0, unitdiag=1)[0]  # L1 X = Y
+    Y2 = lapack.dtrtrs(lu, X, lower=0, trans=0, overwrite_b=1)[0]  # U Y2 = X: E1^{-T} Y
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ratio = np.linalg.norm(Y2, axis=0) / np.linalg.norm(Y, axis=0)
+    estimate = float(np.max(ratio))
+    return estimate if np.isfinite(estimate) else np.inf
 
 
 class NullBasis:
@@ -123,8 +154,9 @@ class EqualityFactor:
 
     Attributes:
         rank: rank of E (``|R_jj| > max(p, n) * eps * |R_11|`` of a pivoted QR, or full rank
-            certified by ``rcond > 1e3 * max(p, n) * eps`` of the unpivoted QR, or, when p >= n, of
-            the LU factors of n of the rows).
+            certified by ``rcond > 1e3 * max(p, n) * eps``: for p < n of the LU of ``E^T``
+            (:func:`wide_from_lu`), for p >= n of the LU factors of n of the rows or of the
+            unpivoted QR).
         rank_ratio: how clearly the rank was decided (rcond estimate or |R_rr| / |R_11|).
         x_p: a solution of the first ``rank`` independent equations (min-norm when E has full row rank).
         basis: :class:`NullBasis` of N(E).

@@ -35,7 +35,7 @@ all hyperplanes pass through 0); both come from power-of-two exponents (``np.fre
 
 Tolerances, in these units: a constraint counts as satisfied when its violation is at most
 ``tolerance = rtol * max(1, |x_p|)`` with ``x_p`` the particular solution (``rtol`` defaults to
-1e-9); full rank is accepted when LAPACK's condition estimate of the factors exceeds
+1e-9); full rank is accepted when a condition estimate of the factors exceeds
 ``1e3 * max(m, n) * eps``, else ranks count ``|R_jj| > max(m, n) * eps * |R_11|`` of the pivoted QR.
 """
 

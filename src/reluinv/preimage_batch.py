@@ -31,7 +31,7 @@ with fewer active rows than inputs, one batched LU with partial pivoting of the 
 which :func:`reluinv._nullspace.wide_from_lu` forms the particular solution and the orthonormal
 null-space basis on the CPU as :class:`EqualityFactor` does; for the others, one batched LU of
 the same ``n`` picked rows that :class:`EqualityFactor` tries.
-Rank is still certified on this machine with LAPACK's condition estimate of the returned factor
+Rank is still certified on this machine with a condition estimate of the returned factor
 (the rule of :mod:`reluinv._nullspace`); a factor that fails it, or a sample with no active row,
 is factorised by :class:`EqualityFactor` itself (pivoted QR).  The factors differ from LAPACK's
 in rounding only, so verdicts, ranks and nullities agree away from the tolerances and the margins
