@@ -6,9 +6,14 @@ implementation follows the appendix literally: ``numpy.linalg.matrix_rank`` for 
 ``scipy.linalg.null_space`` for the null space and ``scipy.optimize.linprog`` on the printed LP
 over all inactive rows.  Both see the same cases; the verdicts must agree (bounded vs unbounded,
 singleton by rank).  Each case also times the floor: one unpivoted QR of ``A_pos^T`` (LAPACK
-geqrf), which any exact decision needs.  Per case it prints the median seconds (of ``--repeats``
-interleaved runs) of reluinv, of the floor and of the naive version, reluinv / floor and the
-speed-up over the naive version, twice:
+geqrf), which any exact decision needs.
+
+reluinv and the floor are each timed in two states, the same for both: *cold*, right after the
+naive version (other numerical work, which leaves the caches and the processor busy elsewhere),
+and *warm*, right after an untimed call of the same thing (as in a sweep over a layer, where
+decisions follow each other).  Per case it prints the median seconds (of ``--repeats``
+interleaved runs) of reluinv and of the floor in both states, reluinv / floor in both, the
+naive version's seconds and the speed-up over it (against reluinv cold), twice:
 
 * BLAS as installed: both run with the thread settings the user has.  With numpy's and scipy's
   PyPI wheels that is two OpenBLAS pools; ``reluinv.preimage`` runs them single-threaded while it
@@ -86,49 +91,87 @@ def qr_floor(A, y) -> float:
         return time.perf_counter() - t0
 
 
-def time_case(A, b, y, repeats: int) -> tuple[str, int, str, float, float, float]:
-    """Median seconds of reluinv, of the QR floor and of the naive Algorithm 1, interleaved."""
-    ours, floor, naive = [], [], []
+def cold_and_warm(run, before) -> tuple[float, float, object]:
+    """``run()`` gives ``(seconds, result)``: its seconds right after ``before()`` and right after
+    itself, and its result."""
+    before()
+    cold, _ = run()
+    warm, result = run()
+    return cold, warm, result
+
+
+def time_reluinv(A, b, y):
+    t0 = time.perf_counter()
+    r = reluinv.preimage(A, b, y)
+    return time.perf_counter() - t0, r
+
+
+def time_case(A, b, y, repeats: int) -> dict:
+    """Medians of reluinv and of the QR floor (cold and warm) and of the naive Algorithm 1,
+    interleaved, with the verdicts."""
+    times: dict[str, list[float]] = {k: [] for k in ("ours_cold", "ours", "floor_cold", "floor", "naive")}
+
+    verdicts = []
+
+    def naive():
+        t0 = time.perf_counter()
+        verdicts.append(naive_algorithm1(A, b, y))
+        times["naive"].append(time.perf_counter() - t0)
+
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        r = reluinv.preimage(A, b, y)
-        ours.append(time.perf_counter() - t0)
-        floor.append(qr_floor(A, y))
-        t0 = time.perf_counter()
-        v = naive_algorithm1(A, b, y)
-        naive.append(time.perf_counter() - t0)
-    med = statistics.median
-    return r.kind, r.nullity, v, med(ours), med(floor), med(naive)
+        cold, warm, r = cold_and_warm(lambda: time_reluinv(A, b, y), naive)
+        times["ours_cold"].append(cold)
+        times["ours"].append(warm)
+        cold, warm, _ = cold_and_warm(lambda: (qr_floor(A, y), None), naive)
+        times["floor_cold"].append(cold)
+        times["floor"].append(warm)
+    out = {k: statistics.median(t) for k, t in times.items()}
+    return {**out, "kind": r.kind, "nullity": r.nullity, "naive_kind": verdicts[0]}
 
 
-def run_pass(A, cases, repeats: int, label: str) -> tuple[float, float, float, float]:
+def run_pass(A, cases, repeats: int, label: str) -> dict:
     """Time reluinv, the QR floor and the naive version on every case (median of ``repeats``
-    each); returns the medians over cases of reluinv's time, the naive time, reluinv / floor,
-    and the largest reluinv / floor."""
+    each); returns the medians over cases of reluinv's time (warm) and the naive time, and the
+    median and largest reluinv / floor, warm and cold."""
     print(f"\n-- {label}")
-    print("active nullity  reluinv kind  reluinv s   QR floor s  /floor   naive kind  naive s   speed-up")
-    ours_t, naive_t, ratios, kinds = [], [], [], {}
+    print(
+        "                             ---------- warm ----------   ---------- cold ----------\n"
+        "active nullity  reluinv kind  reluinv s  floor s  /floor   reluinv s  floor s  /floor"
+        "   naive kind  naive s  speed-up"
+    )
+    rows, kinds = [], {}
     for b, y in cases:
-        kind, nullity, v, t_ours, t_floor, t_naive = time_case(A, b, y, repeats)
+        t = time_case(A, b, y, repeats)
         active = int((y > 0).sum())
+        kind, v = t["kind"], t["naive_kind"]
         if not same_verdict(kind, v):
             raise SystemExit(f"verdicts differ at {active} active units: reluinv {kind}, naive {v}")
         kinds[kind] = kinds.get(kind, 0) + 1
-        ours_t.append(t_ours)
-        naive_t.append(t_naive)
-        ratios.append(t_ours / t_floor)
+        rows.append(t)
         print(
-            f"{active:6d} {nullity:7d}  {kind:12s} {t_ours:9.4f}  {t_floor:11.4f}  {t_ours / t_floor:6.2f}x"
-            f"  {v:10s} {t_naive:8.4f}  {t_naive / t_ours:7.1f}x",
+            f"{active:6d} {t['nullity']:7d}  {kind:12s} {t['ours']:9.4f} {t['floor']:8.4f} "
+            f"{t['ours'] / t['floor']:6.2f}x  {t['ours_cold']:9.4f} {t['floor_cold']:8.4f} "
+            f"{t['ours_cold'] / t['floor_cold']:6.2f}x   {v:10s} {t['naive']:8.4f} "
+            f"{t['naive'] / t['ours_cold']:7.1f}x",
             flush=True,
         )
-    mo, mn = statistics.median(ours_t), statistics.median(naive_t)
+    med = statistics.median
+    summary = {
+        "ours": med([t["ours"] for t in rows]),
+        "naive": med([t["naive"] for t in rows]),
+        "speed_up": med([t["naive"] / t["ours_cold"] for t in rows]),
+    }
+    for state, key in (("warm", "ours"), ("cold", "ours_cold")):
+        ratios = [t[key] / t["floor" if key == "ours" else "floor_cold"] for t in rows]
+        summary[state] = (med(ratios), max(ratios))
     print(f"verdicts agree on all {len(cases)} cases: {kinds}")
     print(
-        f"median per case: reluinv {mo:.4f}s  naive Algorithm 1 {mn:.4f}s  ratio {mn / mo:.1f}x; "
-        f"reluinv / QR floor: median {statistics.median(ratios):.2f}x, largest {max(ratios):.2f}x"
+        f"median per case: reluinv {summary['ours']:.4f}s (warm)  naive Algorithm 1 "
+        f"{summary['naive']:.4f}s  speed-up {summary['speed_up']:.1f}x (against reluinv cold); "
+        f"reluinv / QR floor: warm median {summary['warm'][0]:.2f}x, largest {summary['warm'][1]:.2f}x; "
+        f"cold median {summary['cold'][0]:.2f}x, largest {summary['cold'][1]:.2f}x"
     )
-    return mo, mn, statistics.median(ratios), max(ratios)
+    return summary
 
 
 def main() -> None:
@@ -156,11 +199,13 @@ def main() -> None:
         with threadpool_limits(limits=1, user_api="blas"):
             single = run_pass(A, cases, args.repeats, "BLAS single-threaded for both")
         results.append(("BLAS single-threaded", single))
-    print("\nsummary (median seconds per case, same cases, same run)")
-    for label, (mo, mn, rf, worst) in results:
+    print("\nsummary (median per case, same cases, same run)")
+    for label, r in results:
         print(
-            f"  {label:22s} reluinv {mo:.4f}s  naive {mn:.4f}s  ratio {mn / mo:.1f}x  "
-            f"reluinv / QR floor median {rf:.2f}x, largest {worst:.2f}x"
+            f"  {label:22s} reluinv {r['ours']:.4f}s  naive {r['naive']:.4f}s  "
+            f"speed-up {r['speed_up']:.1f}x  "
+            f"reluinv / QR floor: warm median {r['warm'][0]:.2f}x, largest {r['warm'][1]:.2f}x; "
+            f"cold median {r['cold'][0]:.2f}x, largest {r['cold'][1]:.2f}x"
         )
 
 

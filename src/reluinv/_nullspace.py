@@ -14,6 +14,7 @@ pivoting decides.
 from __future__ import annotations
 
 import warnings
+from functools import cache
 
 import numpy as np
 import scipy.linalg
@@ -89,9 +90,11 @@ def wide_from_lu(
     C, info = lapack.dpotrf(gram, lower=0, clean=1, overwrite_a=1)
     if info != 0 or lapack.dtrcon(C, norm="1", uplo="U", diag="N")[0] < _CHOLQR_RCOND:
         return None
+    C_inv = lapack.dtrtri(C, lower=0)[0]
     O = np.empty((n, k))
-    O[perm[:p]] = blas.dtrsm(-1.0, C, neg_w, side=1, lower=0)  # W C^{-1}
-    O[perm[p:]] = lapack.dtrtri(C, lower=0)[0]
+    # W C^{-1} by a product with the inverse (half the time of the solve; C is well conditioned)
+    O[perm[:p]] = blas.dtrmm(-1.0, C_inv, neg_w, side=1, lower=0, overwrite_b=1)
+    O[perm[p:]] = C_inv
     basic = np.zeros(n)
     basic[perm[:p]] = u
     return basic - O @ (O.T @ basic), O, float(rcond)
@@ -101,8 +104,11 @@ def wide_from_lu(
 _PROBES = 4
 
 
+@cache
 def _probes(p: int) -> NDArray[np.float64]:
-    return np.random.default_rng(p).standard_normal((p, _PROBES))
+    probes = np.random.default_rng(p).standard_normal((p, _PROBES))
+    probes.flags.writeable = False
+    return probes
 
 
 def _inverse_norm_estimate(lu: NDArray[np.float64], Y: NDArray[np.float64]) -> float:
