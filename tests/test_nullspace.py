@@ -166,3 +166,22 @@ def test_a_nearly_singular_square_block_is_refused():
     E = unit_rows(U @ np.diag(np.r_[np.ones(29), 1e-14]) @ V.T)
     lu, piv, _ = lapack.dgetrf(E.T)
     assert wide_from_lu(E, rng.standard_normal(30), lu, piv) is None
+
+
+@pytest.mark.parametrize("deficient", [False, True])
+def test_with_a_source_the_lu_works_in_place_and_the_fallback_gets_a_fresh_copy(deficient):
+    """``source``: the LU overwrites the E it was given; a pivoted QR after a refused LU factors
+    ``source()``, so the answers equal those of a factorisation that copies."""
+    rng = np.random.default_rng(7)
+    B = rng.standard_normal((6, 14))
+    E = unit_rows(np.vstack([B, B[:2].sum(axis=0)]) if deficient else B)
+    e = E @ rng.standard_normal(14)
+    given, sources = E.copy(), []
+    f = EqualityFactor(given, e, source=lambda: sources.append(1) or E.copy())
+    copying = EqualityFactor(E, e)
+    assert not np.array_equal(given, E)  # overwritten by the LU
+    assert sources == ([1] if deficient else [])
+    assert f.rank == copying.rank == np.linalg.matrix_rank(E)
+    np.testing.assert_allclose(f.x_p, copying.x_p, atol=1e-12)
+    np.testing.assert_allclose(E @ f.basis.matrix(), 0.0, atol=1e-12)
+    assert f.basis.k == E.shape[1] - f.rank

@@ -14,6 +14,7 @@ pivoting decides.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import cache
 
 import numpy as np
@@ -168,7 +169,15 @@ class EqualityFactor:
         basis: :class:`NullBasis` of N(E).
     """
 
-    def __init__(self, E: NDArray[np.float64], e: NDArray[np.float64]):
+    def __init__(
+        self,
+        E: NDArray[np.float64],
+        e: NDArray[np.float64],
+        source: Callable[[], NDArray[np.float64]] | None = None,
+    ):
+        """``source``: where given, a function that returns E anew; E itself may then be
+        overwritten (the LU of ``E^T`` runs in place, saving a copy) and ``source()`` gives the
+        pivoted QR its E."""
         p, n = E.shape
         self.n = n
         eps_rule = max(p, n, 1) * np.finfo(float).eps
@@ -176,14 +185,17 @@ class EqualityFactor:
             self.rank, self.rank_ratio, self.x_p = 0, 1.0, np.zeros(n)
             self.basis: NullBasis = ExplicitBasis(np.eye(n))
             return
-        if p < n and self._try_lu_wide(E, e):
-            return
+        if p < n:
+            if self._try_lu_wide(E, e, overwrite=source is not None):
+                return
+            if source is not None:
+                E = source()
         if p >= n and self._try_unpivoted_tall(E, e):
             return
         self._pivoted(E, e, eps_rule)
 
-    def _try_lu_wide(self, E, e) -> bool:
-        lu, piv, info = lapack.dgetrf(E.T)
+    def _try_lu_wide(self, E, e, overwrite: bool = False) -> bool:
+        lu, piv, info = lapack.dgetrf(E.T, overwrite_a=overwrite)
         if info < 0:  # pragma: no cover - LAPACK argument error
             raise RuntimeError(f"LAPACK dgetrf failed with info={info}")
         solved = wide_from_lu(E, e, lu, piv)

@@ -320,9 +320,9 @@ class _UnitInequalities:
         out *= self.layer_scale[idx, None]
         return out
 
-    def dot(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        """``G @ x`` for x of shape (n,)."""
-        layer = (self.A @ x)[self.layer_rows] * self.layer_scale
+    def dot(self, x: F64, product: F64 | None = None) -> F64:
+        """``G @ x`` for x of shape (n,); ``product``: ``A @ x`` where the caller has it."""
+        layer = (self.A @ x if product is None else product)[self.layer_rows] * self.layer_scale
         return np.concatenate([layer, x[self.up_idx], -x[self.lo_idx]])
 
 
@@ -445,8 +445,7 @@ class _LayerSystem:
         # Equalities E x = e (active rows), inequalities G x <= h (inactive rows, then box rows),
         # every row of unit norm, x in units of 2^Q.
         act = self.active[~self.zero_norm[self.active]]
-        self.E = M[act]
-        self.E *= inv[act, None]  # in place: a broadcast product into a new array is 4x slower
+        self.M = M
         self.e = rho[act]
         self.eq_rows = act
         inact = np.flatnonzero((y <= 0) & ~self.zero_norm)
@@ -518,15 +517,26 @@ class _LayerSystem:
                 return f"row {i} has a_i = 0 and b_i = {b} > 0, so y_i cannot be 0"
         return None
 
+    def _equalities(self) -> F64:
+        """E, the active rows at unit norm, as a new array (the factorisation may overwrite it)."""
+        E: F64 = self.M[self.eq_rows]
+        E *= self.inv[self.eq_rows, None]  # in place: a broadcast product into a new array is 4x slower
+        return E
+
     def _factor(self) -> None:
-        """One factorisation of A_pos: rank, null-space basis and a particular solution (step 1)."""
-        f = self.factor(self.E, self.e)
+        """One factorisation of A_pos: rank, null-space basis and a particular solution (step 1).
+        The default factorisation may work in place on its copy of E (asking for another when it
+        falls back to a pivoted QR)."""
+        if self.factor is EqualityFactor:
+            f = EqualityFactor(self._equalities(), self.e, source=self._equalities)
+        else:
+            f = self.factor(self._equalities(), self.e)
         self.r, self.rank_ratio, self.x_p, self.basis = f.rank, f.rank_ratio, f.x_p, f.basis
 
     def _farkas_from_ineq(self, lam: NDArray[np.float64], rows: NDArray[np.intp]) -> PreimageCertificate:
         """Complete inequality multipliers ``lam`` with equality multipliers ``nu`` (Farkas)."""
         g = self.G.rows(rows).T @ lam
-        nu = np.linalg.lstsq(self.E.T, -g, rcond=None)[0] if self.E.shape[0] else np.zeros(0)
+        nu = np.linalg.lstsq(self._equalities().T, -g, rcond=None)[0] if self.e.size else np.zeros(0)
         labels = self.labels[rows]
         nu_user, lam_user = self._multipliers(nu, self.eq_rows, lam, labels)
         return PreimageCertificate(
@@ -571,9 +581,16 @@ class _LayerSystem:
         if conflict is not None:
             return self._result("empty", None, None, 1.0, PreimageCertificate(reason=conflict), self.rtol)
         tol = self.rtol * max(1.0, float(np.linalg.norm(self.x_p)))
-        eq_res = float(np.max(np.abs(self.E @ self.x_p - self.e))) if self.E.shape[0] else 0.0
+        # One pass over the layer gives the equations' residual and every inequality's slack.
+        self.product = self.M @ self.x_p
+        eq_res = (
+            float(np.max(np.abs(self.product[self.eq_rows] * self.inv[self.eq_rows] - self.e)))
+            if self.e.size
+            else 0.0
+        )
         if eq_res > tol:
-            res = self.e - self.E @ np.linalg.lstsq(self.E, self.e, rcond=None)[0]
+            E = self._equalities()
+            res = self.e - E @ np.linalg.lstsq(E, self.e, rcond=None)[0]
             cert = PreimageCertificate(
                 reason="the equations A_pos x + b_pos = y_pos have no solution",
                 farkas_equalities=self._expand_eq(self._multipliers(-res, self.eq_rows)[0]),
@@ -588,7 +605,7 @@ class _LayerSystem:
         return self._decide_with_nullspace(tol)
 
     def _decide_full_rank(self, tol: float) -> Preimage:
-        slack = self.h - self.G.dot(self.x_p)
+        slack = self.h - self.G.dot(self.x_p, self.product)
         if slack.size and slack.min() < -tol:
             i = int(np.argmin(slack))
             return self._result(
@@ -614,7 +631,7 @@ class _LayerSystem:
         # tolerance keeps its meaning on the restricted rows.
         G, O = self.G, self.O
         self.restricted = _RestrictedRows(G, O)
-        self.c = self.h - G.dot(self.x_p)  # every row's slack at x_p
+        self.c = self.h - G.dot(self.x_p, self.product)  # every row's slack at x_p
         self.margin = _CAP * max(1.0, float(np.linalg.norm(self.x_p)))
         rows_src = RowSource(m=G.size, n=self.k, rows=self.restricted, apply=lambda z: G.dot(O @ z))
         omni: OmniCertificate | None = None
