@@ -200,33 +200,3 @@ def test_alternating_projections_certify_spread_rows(seed):
     np.testing.assert_allclose(rows[cert.rows].T @ cert.multipliers, 0, atol=1e-9 * cert.multipliers.sum())
     assert np.linalg.matrix_rank(rows[cert.rows]) == n
     assert brute_force_omni(rows)
-
-
-def test_a_hint_of_rows_joins_the_first_projection_subset():
-    """Rows leaning to +e_1 but for a few leaning back (the hint, off the spread grid): the
-    ``2n + 32`` spread rows alone are not omnidirectional, the hint and the spread rows together
-    are certified by the first alternating projections, without an LP."""
-    from reluinv.geometry import RowSource, _initial_subset, omni_lazy
-
-    rng = np.random.default_rng(0)
-    n, m = 10, 400
-    rows = rng.standard_normal((m, n))
-    rows[:, 0] = np.abs(rows[:, 0]) + 1.0
-    spread = _initial_subset(m, 2 * n + 32)
-    back = np.setdiff1d(np.linspace(3, m - 5, 20).round().astype(int), spread)
-    rows[back, 0] *= -1.0
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    assert brute_force_omni(rows) and not brute_force_omni(rows[spread])
-    asked = []
-
-    def form(idx):
-        asked.append(np.asarray(idx).copy())
-        return rows[idx]
-
-    cert = omni_lazy(RowSource(m=m, n=n, rows=form, apply=lambda z: rows @ z), rtol=1e-9, hint=back)
-    assert cert.omnidirectional and "alternating projections" in cert.reason
-    assert len(asked) == 1 and np.array_equal(asked[0], np.union1d(back, spread))
-    np.testing.assert_allclose(rows[cert.rows].T @ cert.multipliers, 0, atol=1e-9 * cert.multipliers.sum())
-    assert cert.multipliers.min() > 0 and np.linalg.matrix_rank(rows[cert.rows]) == n
-    without = omni_lazy(RowSource(m=m, n=n, rows=lambda idx: rows[idx], apply=lambda z: rows @ z), rtol=1e-9)
-    assert without.omnidirectional  # decided without the hint too, by a later stage

@@ -22,7 +22,7 @@ import scipy.linalg
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-__all__ = ["CONSTANT_ROW", "interior_point", "interior_rows"]
+__all__ = ["CONSTANT_ROW", "interior_point"]
 
 F64 = NDArray[np.float64]
 Idx = NDArray[np.intp]
@@ -57,7 +57,7 @@ def interior_point(
         margin: the slack aimed for, per unit of row norm (half of it is accepted per row).
         tol: the slack every row must exceed for the point to be returned.
     """
-    subset = interior_rows(c, margin)
+    subset = np.flatnonzero(c < _FIRST * margin)
     R = rows(subset)
     z: F64 | None = None
     for _ in range(MAX_ROUNDS):
@@ -78,12 +78,6 @@ def interior_point(
         subset = np.concatenate([subset, fresh])
         R = np.vstack([R, rows(fresh)])
     return None
-
-
-def interior_rows(c: F64, margin: float) -> Idx:
-    """The rows :func:`interior_point` forms first: those with slack below ``8 * margin`` at
-    ``z = 0``."""
-    return np.flatnonzero(c < _FIRST * margin)
 
 
 def _newton(R: F64, c: F64, slack: F64, start: F64 | None) -> F64 | None:

@@ -48,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ._interior import CONSTANT_ROW, interior_point, interior_rows
+from ._interior import CONSTANT_ROW, interior_point
 from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
 from ._threads import single_blas_pool
@@ -637,7 +637,7 @@ class _LayerSystem:
         omni: OmniCertificate | None = None
         if not self.box_bounded:
             # An unbounded verdict with a strict direction also gives an interior point for free.
-            omni = omni_lazy(rows_src, rtol=self.rtol, hint=interior_rows(self.c, self.margin))
+            omni = omni_lazy(rows_src, rtol=self.rtol)
             if not omni.omnidirectional and omni.margin > NEAR_FACTOR * tol:
                 return self._unbounded_from_strict_direction(omni, tol)
         # Rows that certified boundedness seed the Chebyshev LP, unless they are (nearly) all rows.
