@@ -16,6 +16,16 @@ def unit_rows(M):
     return M / np.linalg.norm(M, axis=1, keepdims=True)
 
 
+def wide_system(n, gap, seed, decay):
+    """``(E, rng)``: ``p = max(1, n - gap)`` unit rows in R^n whose singular values before the
+    row scaling span ``decay`` decades, and the generator that drew them."""
+    p = max(1, n - gap)
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((p, p)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, p)))
+    return unit_rows(U @ np.diag(np.logspace(0, -decay, p)) @ V.T), rng
+
+
 def assert_matches_svd(f, E, e, rank):
     """rank, x_p = pinv(E) e and O spanning N(E) orthonormally, checked against the SVD."""
     assert f.rank == rank
@@ -27,20 +37,16 @@ def assert_matches_svd(f, E, e, rank):
     np.testing.assert_allclose(f.x_p, np.linalg.pinv(E) @ e, atol=1e-10)
 
 
+#: Sizes and seeds of :func:`wide_system` for hypothesis.
+WIDE_SYSTEMS = {"n": st.integers(2, 50), "gap": st.integers(1, 20), "seed": st.integers(0, 2**31 - 1)}
+
+
 @settings(max_examples=60, deadline=None)
-@given(
-    n=st.integers(2, 40),
-    gap=st.integers(1, 20),
-    seed=st.integers(0, 2**31 - 1),
-    decay=st.sampled_from([0.0, 2.0, 6.0]),
-)
+@given(**WIDE_SYSTEMS, decay=st.sampled_from([0.0, 2.0, 6.0]))
 def test_wide_lu_factor_matches_the_svd(n, gap, seed, decay):
     """Random wide systems, some with singular values spread over up to 6 decades."""
-    p = max(1, n - gap)
-    rng = np.random.default_rng(seed)
-    U, _ = np.linalg.qr(rng.standard_normal((p, p)))
-    V, _ = np.linalg.qr(rng.standard_normal((n, p)))
-    E = unit_rows(U @ np.diag(np.logspace(0, -decay, p)) @ V.T)
+    E, rng = wide_system(n, gap, seed, decay)
+    p = E.shape[0]
     e = rng.standard_normal(p)
     f = EqualityFactor(E, e)
     assert_matches_svd(f, E, e, p)
@@ -133,21 +139,13 @@ def test_convolution_rows_rank_and_null_space_match_the_svd(seed):
 
 
 @settings(max_examples=80, deadline=None)
-@given(
-    n=st.integers(2, 50),
-    gap=st.integers(1, 20),
-    seed=st.integers(0, 2**31 - 1),
-    decay=st.sampled_from([0.0, 3.0, 8.0]),
-)
+@given(**WIDE_SYSTEMS, decay=st.sampled_from([0.0, 3.0, 8.0]))
 def test_the_randomised_estimate_of_the_inverse_norm_is_close_below_it(n, gap, seed, decay):
     """``|E1^{-1}|_2`` of the square block the LU picks, against its smallest singular value:
     never above it (beyond rounding), and well within a factor 5 below it (2.3 at worst over
     3000 random cases)."""
-    p = max(1, n - gap)
-    rng = np.random.default_rng(seed)
-    U, _ = np.linalg.qr(rng.standard_normal((p, p)))
-    V, _ = np.linalg.qr(rng.standard_normal((n, p)))
-    E = unit_rows(U @ np.diag(np.logspace(0, -decay, p)) @ V.T)
+    E, _ = wide_system(n, gap, seed, decay)
+    p = E.shape[0]
     lu, piv, _ = lapack.dgetrf(E.T)
     perm = np.arange(n)
     for i, j in enumerate(piv[:p].tolist()):
