@@ -10,8 +10,9 @@ geqrf), which any exact decision needs.
 
 reluinv and the floor are each timed in two states, the same for both: *cold*, right after the
 naive version (other numerical work, which leaves the caches and the processor busy elsewhere),
-and *warm*, right after an untimed call of the same thing (as in a sweep over a layer, where
-decisions follow each other).  Per case it prints the median seconds (of ``--repeats``
+and *warm*, right after that cold call (as in a sweep over a layer, where decisions follow each
+other).  (This benchmark once timed reluinv right after the naive version and the floor right
+after reluinv: reluinv cold against the floor warm.)  Per case it prints the median seconds (of ``--repeats``
 interleaved runs) of reluinv and of the floor in both states, reluinv / floor in both, the
 naive version's seconds and the speed-up over it (against reluinv cold), twice:
 
