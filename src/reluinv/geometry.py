@@ -423,7 +423,8 @@ def _project_subset(
         return None
     project, rcond = factor
     v = np.ones(m)
-    for _ in range(_PROJECTION_ROUNDS):
+    past: list[tuple[NDArray[np.float64], NDArray[np.float64]]] = []
+    for round_ in range(_PROJECTION_ROUNDS):
         lam = v - project(v)
         # Positive by far more than the rounding of the projection (~ eps * |v|), not by noise.
         if lam.min() > 1e-6 * v.max():
@@ -435,8 +436,44 @@ def _project_subset(
                 f"a strictly positive combination of {m} rows of rank {n} "
                 f"vanishes (Theorems 5, 11; alternating projections)",
             )
-        v = lam + _RELAX * (np.maximum(lam, 1.0) - lam)  # relaxed projection onto {v >= 1}
+        step = lam + _RELAX * (np.maximum(lam, 1.0) - lam)  # relaxed projection onto {v >= 1}
+        v = step if round_ < _PLAIN_ROUNDS else _anderson(past, v, step)
     return None
+
+
+#: Rounds of plain relaxed projections before Anderson acceleration joins (sets that pass in a
+#: few rounds never pay for its least squares), and how many past rounds it combines.  On the
+#: first layer of the quick Table 2 MLP with the first-bias start -0.5 (Fashion-MNIST test
+#: images, 214-712 active units), the 3k + 32 spread rows of 25 preimages took 546 ms in
+#: :func:`_project_subset` plain and 270 ms accelerated, factorisations included (115 rounds down
+#: to 31 at 236 active units); without the bias start (726-783 active units, nullity at most 58)
+#: 10 ms and 8 ms, and one set that ran out of plain rounds passed in 64 accelerated ones.
+_PLAIN_ROUNDS = 16
+_ANDERSON_MEMORY = 5
+
+
+def _anderson(
+    past: list[tuple[NDArray[np.float64], NDArray[np.float64]]],
+    v: NDArray[np.float64],
+    step: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """The next iterate of the alternating projections ``v -> step`` by Anderson acceleration
+    (type II): the combination of the last rounds whose residuals ``step - v`` cancel best, in
+    least squares.  ``past`` keeps those rounds.  Every iterate is still projected and checked
+    before it is accepted, so the acceleration changes how soon a certificate is found, never
+    what is accepted; a non-finite combination falls back to the plain step."""
+    past.append((v, step - v))
+    del past[: -(_ANDERSON_MEMORY + 1)]
+    if len(past) < 2:
+        return step
+    d_v = np.diff(np.array([p[0] for p in past]), axis=0).T
+    d_res = np.diff(np.array([p[1] for p in past]), axis=0).T
+    gamma = np.linalg.lstsq(d_res, past[-1][1], rcond=None)[0]
+    nxt: NDArray[np.float64] = step - (d_v + d_res) @ gamma
+    if not np.all(np.isfinite(nxt)):
+        past.clear()
+        return step
+    return nxt
 
 
 #: Relaxation of the projection onto ``{lam >= 1}`` (in (0, 2), where relaxed alternating
