@@ -626,14 +626,7 @@ class _LayerSystem:
                 reason="no inequality constrains N(A_pos) (Theorem 4 iii)", second_point=self.x_p + d
             )
             return self._result("unbounded", self.x_p.copy(), d, self.rank_ratio, cert, tol)
-        self.O = self.basis.matrix()
-        # O has orthonormal columns: O z is a unit x-space direction for a unit z, so the
-        # tolerance keeps its meaning on the restricted rows.
-        G, O = self.G, self.O
-        self.restricted = _RestrictedRows(G, O)
-        self.c = self.h - G.dot(self.x_p, self.product)  # every row's slack at x_p
-        self.margin = _CAP * max(1.0, float(np.linalg.norm(self.x_p)))
-        rows_src = RowSource(m=G.size, n=self.k, rows=self.restricted, apply=lambda z: G.dot(O @ z))
+        rows_src = self._restrict_to_nullspace()
         omni: OmniCertificate | None = None
         if not self.box_bounded:
             # An unbounded verdict with a strict direction also gives an interior point for free.
@@ -700,6 +693,19 @@ class _LayerSystem:
             reason="direction d in N(A_pos) with A_zero d <= 0 (Theorem 4 iii)", second_point=x0 + d
         )
         return self._result("unbounded", x0, d, min(self.rank_ratio, omni.margin), cert, tol)
+
+    def _restrict_to_nullspace(self) -> RowSource:
+        """The basis ``O``, the inequalities restricted to N(A_pos) (formed on demand), every
+        row's slack ``c`` at x_p and the slack sought for a point; the restricted rows as a
+        :class:`RowSource` for the boundedness test."""
+        self.O = self.basis.matrix()
+        # O has orthonormal columns: O z is a unit x-space direction for a unit z, so the
+        # tolerance keeps its meaning on the restricted rows.
+        G, O = self.G, self.O
+        self.restricted = _RestrictedRows(G, O)
+        self.c = self.h - G.dot(self.x_p, self.product)
+        self.margin = _CAP * max(1.0, float(np.linalg.norm(self.x_p)))
+        return RowSource(m=G.size, n=self.k, rows=self.restricted, apply=lambda z: G.dot(O @ z))
 
     def _unbounded_from_strict_direction(self, omni: OmniCertificate, tol: float) -> Preimage:
         assert omni.direction is not None
