@@ -111,7 +111,6 @@ def time_case(A, b, y, repeats: int) -> dict:
     """Medians of reluinv and of the QR floor (cold and warm) and of the naive Algorithm 1,
     interleaved, with the verdicts."""
     times: dict[str, list[float]] = {k: [] for k in ("ours_cold", "ours", "floor_cold", "floor", "naive")}
-
     verdicts = []
 
     def naive():
@@ -162,17 +161,22 @@ def run_pass(A, cases, repeats: int, label: str) -> dict:
         "naive": med([t["naive"] for t in rows]),
         "speed_up": med([t["naive"] / t["ours_cold"] for t in rows]),
     }
-    for state, key in (("warm", "ours"), ("cold", "ours_cold")):
-        ratios = [t[key] / t["floor" if key == "ours" else "floor_cold"] for t in rows]
+    for state, ours, floor in (("warm", "ours", "floor"), ("cold", "ours_cold", "floor_cold")):
+        ratios = [t[ours] / t[floor] for t in rows]
         summary[state] = (med(ratios), max(ratios))
     print(f"verdicts agree on all {len(cases)} cases: {kinds}")
-    print(
-        f"median per case: reluinv {summary['ours']:.4f}s (warm)  naive Algorithm 1 "
-        f"{summary['naive']:.4f}s  speed-up {summary['speed_up']:.1f}x (against reluinv cold); "
-        f"reluinv / QR floor: warm median {summary['warm'][0]:.2f}x, largest {summary['warm'][1]:.2f}x; "
+    print(f"median per case: {describe(summary)}")
+    return summary
+
+
+def describe(summary: dict) -> str:
+    """One line of a pass's :func:`run_pass` summary."""
+    return (
+        f"reluinv {summary['ours']:.4f}s (warm)  naive Algorithm 1 {summary['naive']:.4f}s  "
+        f"speed-up {summary['speed_up']:.1f}x (against reluinv cold); reluinv / QR floor: "
+        f"warm median {summary['warm'][0]:.2f}x, largest {summary['warm'][1]:.2f}x; "
         f"cold median {summary['cold'][0]:.2f}x, largest {summary['cold'][1]:.2f}x"
     )
-    return summary
 
 
 def main() -> None:
@@ -202,12 +206,7 @@ def main() -> None:
         results.append(("BLAS single-threaded", single))
     print("\nsummary (median per case, same cases, same run)")
     for label, r in results:
-        print(
-            f"  {label:22s} reluinv {r['ours']:.4f}s  naive {r['naive']:.4f}s  "
-            f"speed-up {r['speed_up']:.1f}x  "
-            f"reluinv / QR floor: warm median {r['warm'][0]:.2f}x, largest {r['warm'][1]:.2f}x; "
-            f"cold median {r['cold'][0]:.2f}x, largest {r['cold'][1]:.2f}x"
-        )
+        print(f"  {label:22s} {describe(r)}")
 
 
 if __name__ == "__main__":
