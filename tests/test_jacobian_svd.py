@@ -115,8 +115,8 @@ def test_relu_pair_matches_each_matrix_separately(m, n, keep_fraction, seed):
 
 @pytest.mark.parametrize(("removed", "staircase"), [(5, False), (40, False), (40, True)])
 def test_relu_pair_update_routes_match_lapack(removed, staircase):
-    # The kept rows' factor stacked over the removed rows: dense (fewer or more removed rows
-    # than columns, dense QR) and banded (staircase QR of the stacked rows).
+    # Fewer or more removed rows than columns, dense or banded: at these sizes the kept rows'
+    # factor is updated by the removed rows (the staircase over all rows would cost more).
     rng = np.random.default_rng(removed + staircase)
     n, kept = 24, 60
     J = rng.standard_normal((kept + removed, n))
@@ -127,6 +127,75 @@ def test_relu_pair_update_routes_match_lapack(removed, staircase):
     with_all, with_kept = relu_pair_singular_values(torch.tensor(J.T.copy()), torch.tensor(keep))
     np.testing.assert_allclose(with_all, scipy.linalg.svdvals(J), atol=1e-12 * np.abs(J).max())
     np.testing.assert_allclose(with_kept, scipy.linalg.svdvals(J[keep]), atol=1e-12 * np.abs(J).max())
+
+
+def _banded(rng: np.random.Generator, m: int, n: int, width: int) -> np.ndarray:
+    """m x n rows with ``width`` consecutive non-zeros each, their first column rising with the
+    row (shuffled), as a convolution's Jacobian has them in pixel-major columns."""
+    J = np.zeros((m, n))
+    for i in range(m):
+        start = (i * (n - width)) // m
+        J[i, start : start + width] = rng.standard_normal(width)
+    return J[rng.permutation(m)]
+
+
+@pytest.mark.parametrize(
+    ("keep_fraction", "banded", "routes"),
+    [
+        (0.3, True, ("staircase", "staircase")),  # many removed rows: the staircase over all rows
+        (0.9, True, ("staircase", "update")),  # few removed rows: the update of R_kept
+        (0.6, False, ("dense", "update")),
+    ],
+)
+def test_relu_pair_routes_read_the_rows_in_place(monkeypatch, keep_fraction, banded, routes):
+    """Each way to the two factors, checked against LAPACK; the staircase reads J's rows from the
+    column-major view J^T gives (no copy), so every route also sees a J it did not lay out."""
+    rng = np.random.default_rng(int(10 * keep_fraction))
+    m, n = 6000, 120
+    J = _banded(rng, m, n, 6) if banded else rng.standard_normal((m, n))
+    J[rng.random(m) < 0.1] = 0.0  # dead rows
+    keep = rng.random(m) < keep_fraction
+    taken: list[str] = []
+    staircase, update = jacobian_svd._staircase_square, jacobian_svd.triangle_update
+
+    def spy_staircase(*args, **kwargs):
+        taken.append("staircase")
+        return staircase(*args, **kwargs)
+
+    def spy_update(*args, **kwargs):
+        taken.append("update")
+        return update(*args, **kwargs)
+
+    monkeypatch.setattr(jacobian_svd, "_staircase_square", spy_staircase)
+    monkeypatch.setattr(jacobian_svd, "triangle_update", spy_update)
+    with_all, with_kept = relu_pair_singular_values(torch.tensor(J.T.copy()), torch.tensor(keep))
+    assert tuple(taken) == tuple(r for r in routes if r != "dense")
+    np.testing.assert_allclose(with_all, scipy.linalg.svdvals(J), atol=1e-12 * np.abs(J).max())
+    np.testing.assert_allclose(with_kept, scipy.linalg.svdvals(J[keep]), atol=1e-12 * np.abs(J).max())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=70),
+    st.integers(min_value=1, max_value=30),
+    st.sampled_from([1, 4, 32]),
+    st.booleans(),
+    st.integers(min_value=0, max_value=2**31 - 1),
+)
+def test_row_profile_matches_a_scan_of_each_row(n, m, block, column_major, seed):
+    """First and last non-zero column of every row of J, from J^T in either memory order,
+    against a plain scan; rows of zeros (and a NaN, which is not zero) included."""
+    rng = np.random.default_rng(seed)
+    J = rng.standard_normal((m, n)) * (rng.random((m, n)) < 0.15)
+    J[rng.random(m) < 0.2] = 0.0
+    if J.size:
+        J.flat[rng.integers(J.size)] = np.nan
+    Jt = torch.tensor(J).T if column_major else torch.tensor(J.T.copy())
+    first, last, live = jacobian_svd._row_profile(Jt, block)
+    for i, row in enumerate(J):
+        columns = np.flatnonzero(row != 0)
+        assert live[i] == (columns.size > 0)
+        assert (first[i], last[i]) == ((columns[0], columns[-1]) if columns.size else (n, -1))
 
 
 @pytest.mark.parametrize(("n", "r", "block"), [(23, 40, 5), (23, 7, 5), (23, 0, 4), (70, 90, 32), (9, 3, 16)])

@@ -34,9 +34,10 @@ Everything is float64.  How the dense spectra are computed fast (all of it exact
    background thread of lowest priority runs it while the main thread factors the next prefixes.
 
 Memory: the batch of tangents (``in_dim x widest layer`` float64, at most ``batch_bytes``) twice
-(the step's input and output), plus one row-major copy of the Jacobian being factored and a few
-``in_dim x in_dim`` factors: at most 3.1 GiB resident (measured, process included) for WideCIFAR at
-3x32x32, whose first layer (32768 x 3072) is the largest.
+(the step's input and output), plus, where a dense QR factors the Jacobian, LAPACK's copy of the
+rows it factors, and a few ``in_dim x in_dim`` factors: at most 1.5 GiB resident (measured, process
+included) for WideCIFAR at 3x32x32, whose first layer (32768 x 3072) is the largest; 1.3 GiB for
+ThinCIFAR.
 """
 
 from __future__ import annotations
