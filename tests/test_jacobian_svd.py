@@ -17,6 +17,7 @@ from reluinv.jacobian_svd import (
     band_reduce,
     relu_pair_singular_values,
     singular_values,
+    staircase_r,
     tall_factor,
     triangular_svdvals,
     upper_bandwidth,
@@ -172,6 +173,18 @@ def test_relu_pair_routes_read_the_rows_in_place(monkeypatch, keep_fraction, ban
     assert tuple(taken) == tuple(r for r in routes if r != "dense")
     np.testing.assert_allclose(with_all, scipy.linalg.svdvals(J), atol=1e-12 * np.abs(J).max())
     np.testing.assert_allclose(with_kept, scipy.linalg.svdvals(J[keep]), atol=1e-12 * np.abs(J).max())
+
+
+def test_empty_jacobians_have_no_singular_values():
+    # No rows or no columns: nothing to factor, on every route.
+    for m, n in ((0, 4), (3, 0), (0, 0)):
+        assert staircase_r(np.zeros((m, n))).shape == (0, n)
+        with_all, with_kept = relu_pair_singular_values(
+            torch.zeros(n, m, dtype=torch.float64), torch.ones(m, dtype=torch.bool)
+        )
+        assert with_all.size == with_kept.size == min(m, n) == 0
+    first, last, live = jacobian_svd._row_profile(torch.zeros(0, 3, dtype=torch.float64))
+    assert first.tolist() == [0, 0, 0] and last.tolist() == [-1, -1, -1] and not live.any()
 
 
 @settings(max_examples=60, deadline=None)
