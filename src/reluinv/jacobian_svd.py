@@ -90,9 +90,11 @@ def _numpy(tensor: torch.Tensor) -> NDArray[np.float64]:
 # --------------------------------------------------------------------------------------------
 
 
-def _row_profile(
-    Jt: torch.Tensor, block: int = 32
-) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]]:
+#: ``(first, last, live)`` of :func:`_row_profile`.
+RowProfile = tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]]
+
+
+def _row_profile(Jt: torch.Tensor, block: int = 32) -> RowProfile:
     """``(first, last, live)`` of ``J``, given as ``J^T`` (n x m, any layout): the first and last
     non-zero column of each row of ``J`` and whether the row has one (``first = n``, ``last = -1``
     for zero rows).
@@ -486,21 +488,6 @@ def _padded(values: NDArray[np.float64], size: int) -> NDArray[np.float64]:
     return out
 
 
-def _live_pending(Jt: torch.Tensor, size: int, executor: Executor | None) -> Pending:
-    """Singular values of ``J`` given as ``J^T`` (n x m) without zero columns, padded to ``size``."""
-    n, m = Jt.shape
-    if m == 0:
-        return Pending(np.zeros(0), size)
-    if Jt.is_cuda:
-        A = Jt.T
-        if m > n:
-            A = torch.linalg.qr(A, mode="r")[1]
-        return Pending(_finite(_numpy(torch.linalg.svdvals(A)))[0], size)
-    if m <= n:  # wide or square J: factor J^T (tall) instead
-        return _triangular_pending(torch.linalg.qr(Jt, mode="r")[1].numpy(), executor).resized(size)
-    return _triangular_pending(tall_factor(Jt.T.numpy()), executor).resized(size)  # a view of J
-
-
 def singular_values(
     J: NDArray[np.float64] | torch.Tensor, *, transposed: bool = False
 ) -> NDArray[np.float64]:
@@ -525,13 +512,47 @@ def singular_values(
 def transposed_pending(Jt: torch.Tensor, executor: Executor | None) -> Pending:
     """:func:`singular_values` of ``J`` given as the float64 ``J^T``, without the up-front scan
     for NaN (the triangular factor is checked instead), the last stage on ``executor``."""
+    return _profiled_pending(Jt, None if Jt.is_cuda else _row_profile(Jt), executor)
+
+
+def _profiled_pending(Jt: torch.Tensor, profile: RowProfile | None, executor: Executor | None) -> Pending:
+    """:func:`transposed_pending` with the :func:`_row_profile` of ``J`` already known (None on a
+    GPU), padded to ``min(m, n)``.  Zero rows are dropped; a tall ``J`` on the CPU is factored from
+    its rows where they lie (:func:`_rows_factor`), a wide one through ``J^T``."""
     n, m = Jt.shape
-    if min(n, m) == 0:
-        return Pending(np.zeros(0), 0)
-    live = Jt.any(dim=0)
-    if not bool(live.all()):
+    size = min(n, m)
+    live = Jt.any(dim=0) if profile is None else torch.from_numpy(profile[2])
+    rows = int(live.sum())
+    if rows == 0:
+        return Pending(np.zeros(0), size)
+    if profile is not None and rows > n:
+        first, last, live_rows = profile
+        R = _rows_factor(Jt, np.flatnonzero(live_rows), first, last)
+        return _triangular_pending(R, executor).resized(size)
+    if rows < m:
         Jt = Jt[:, live]
-    return _live_pending(Jt, min(n, m), executor)
+    if Jt.is_cuda:
+        A = Jt.T
+        if rows > n:
+            A = torch.linalg.qr(A, mode="r")[1]
+        return Pending(_finite(_numpy(torch.linalg.svdvals(A)))[0], size)
+    # Wide or square J (at most n non-zero rows): factor J^T, which is tall.
+    return _triangular_pending(torch.linalg.qr(Jt, mode="r")[1].numpy(), executor).resized(size)
+
+
+def _rows_factor(
+    Jt: torch.Tensor, rows: NDArray[np.intp], first: NDArray[np.intp], last: NDArray[np.intp]
+) -> NDArray[np.float64]:
+    """``n x n`` upper triangular ``R`` of the rows ``rows`` of ``J`` (more than n of them; ``J``
+    given as ``J^T`` on the CPU, with its :func:`_row_profile`): the staircase QR, which reads the
+    rows where they lie in ``J^T`` (``J = Jt.T`` is a column-major view), when its cost model
+    predicts less than half the work of a dense QR; else a dense QR of the rows, gathered straight
+    into the column-major layout LAPACK wants."""
+    n = Jt.shape[0]
+    R = _staircase_if_cheaper(Jt.T.numpy(), rows, first, last, 0.5 * _qr_flops(rows.size, n))
+    if R is not None:
+        return R
+    return _numpy(torch.linalg.qr(Jt.index_select(1, torch.from_numpy(rows)).T, mode="r")[1])
 
 
 def relu_pair_singular_values(
@@ -556,32 +577,43 @@ def relu_pair_pending(
     """:func:`relu_pair_singular_values` on a float64 ``J^T`` as :func:`transposed_pending` does
     it: no up-front scan for NaN, the last stages on ``executor``."""
     n, m = Jt.shape
-    profile = None if Jt.is_cuda else _row_profile(Jt)
-    live = Jt.any(dim=0) if profile is None else torch.from_numpy(profile[2])
-    kept, removed = live & keep, live & ~keep
-    if int(kept.sum()) <= n or min(n, m) == 0:
-        return transposed_pending(Jt, executor), transposed_pending(Jt * keep, executor)
-    if profile is None:
-        on_device = _device_pair_svdvals(Jt, kept, removed)
-        return Pending(on_device[0], min(n, m)), Pending(on_device[1], min(n, m))
-    first, last, _ = profile
-    kept_rows, removed_rows = torch.nonzero(kept).reshape(-1), torch.nonzero(removed).reshape(-1)
-    # The staircase reads J's rows where they lie in J^T (J = Jt.T is a column-major view); only
-    # the dense routes gather rows, straight into the column-major layout LAPACK wants.
-    J = Jt.T.numpy()
-    R_kept = _staircase_if_cheaper(J, kept_rows.numpy(), first, last, 0.5 * _qr_flops(kept_rows.numel(), n))
-    if R_kept is None:
-        R_kept = _numpy(torch.linalg.qr(Jt.index_select(1, kept_rows).T, mode="r")[1])
+    if Jt.is_cuda:
+        return _device_pair_pending(Jt, keep, executor)
+    first, last, live = _row_profile(Jt)
+    kept_mask = live & keep.numpy()
+    kept, removed = np.flatnonzero(kept_mask), np.flatnonzero(live & ~kept_mask)
+    if kept.size <= n:
+        # D J has the profile of J on the kept rows: no second pass over J^T, no copy of D J.
+        return (
+            _profiled_pending(Jt, (first, last, live), executor),
+            _profiled_pending(Jt, (first, last, kept_mask), executor),
+        )
+    R_kept = _rows_factor(Jt, kept, first, last)
     # R of all of J: the staircase over all its rows where the profile makes that cheaper than
     # the update of R_kept by the removed rows (2 r n^2 flops), which leaves R_kept's zeros alone.
-    update_flops = 2.0 * removed_rows.numel() * n * n
-    R_all = _staircase_if_cheaper(J, np.flatnonzero(profile[2]), first, last, 0.5 * update_flops)
+    update_flops = 2.0 * removed.size * n * n
+    R_all = _staircase_if_cheaper(Jt.T.numpy(), np.flatnonzero(live), first, last, 0.5 * update_flops)
     # The kept rows' band reduction goes first (its dgbbrd then overlaps the update), on a copy
     # when the update still needs R_kept.
     pending_kept = _triangular_pending(R_kept, executor, overwrite=R_all is not None).resized(min(n, m))
     if R_all is None:
-        R_all = triangle_update(torch.from_numpy(R_kept), Jt.index_select(1, removed_rows).T).numpy()
+        removed_rows = Jt.index_select(1, torch.from_numpy(removed)).T
+        R_all = triangle_update(torch.from_numpy(R_kept), removed_rows).numpy()
     return _triangular_pending(R_all, executor).resized(min(n, m)), pending_kept
+
+
+def _device_pair_pending(
+    Jt: torch.Tensor, keep: torch.Tensor, executor: Executor | None
+) -> tuple[Pending, Pending]:
+    """:func:`relu_pair_pending` on a GPU: the update by :func:`_device_pair_svdvals` when more
+    than ``n`` non-zero rows are kept, else each matrix on its own."""
+    n, m = Jt.shape
+    live = Jt.any(dim=0)
+    kept, removed = live & keep, live & ~keep
+    if int(kept.sum()) <= n:
+        return transposed_pending(Jt, executor), transposed_pending(Jt * keep, executor)
+    values_all, values_kept = _device_pair_svdvals(Jt, kept, removed)
+    return Pending(values_all, min(n, m)), Pending(values_kept, min(n, m))
 
 
 def _device_pair_svdvals(
