@@ -22,7 +22,15 @@ naive version's seconds and the speed-up over it (against reluinv cold), twice:
 * BLAS single-threaded for both (threadpoolctl around the whole pass): the same conditions for
   both, as in the worker processes of a sweep.
 
+``--shift MU`` adds ``MU`` to every weight and draws non-negative, sparse inputs (as images are),
+so that the inactive rows lean to one side of the null space: with ``--shift 0.02`` the preimages
+of fewer than about 400 active units are unbounded, as on the paper-recipe layer of Figure 4's
+full mode, where the direction search, not the factorisation, sets reluinv's time.  The literal
+algorithm's hull LP over every inactive row then takes seconds per case (5.5 s at 359 active
+units) and minutes further down (over 200 s at 150), hence the range below.
+
     python benchmarks/preimage_speed.py [--cases 24] [--repeats 1] [--seed 0] [--passes both]
+    python benchmarks/preimage_speed.py --shift 0.02 --active 350 880 --cases 6 --passes single
 """
 
 from __future__ import annotations
@@ -57,15 +65,19 @@ def naive_algorithm1(A, b, y) -> str:
     return "bounded" if res.status == 0 else "unbounded"
 
 
-def make_layer(rng, m=3500, n=784):
-    """Gaussian rows.  With 600-783 active units the preimages are compact (random inactive rows
-    are omnidirectional in the null space), which is the costlier path for reluinv: it must prove
-    boundedness and find a point; from 784 active units on they are singletons."""
-    return rng.standard_normal((m, n)) / np.sqrt(n)
+def make_layer(rng, m=3500, n=784, shift=0.0):
+    """Gaussian rows (plus ``shift`` on every weight).  Unshifted, with 600-783 active units the
+    preimages are compact (random inactive rows are omnidirectional in the null space), which is
+    the costlier path for reluinv: it must prove boundedness and find a point; from 784 active
+    units on they are singletons."""
+    return rng.standard_normal((m, n)) / np.sqrt(n) + shift
 
 
-def make_case(rng, A, n_active):
-    x = rng.standard_normal(A.shape[1])
+def make_case(rng, A, n_active, nonnegative=False):
+    """``(b, y)``: a common bias that leaves exactly ``n_active`` units on at a random input
+    (standard normal, or with ``nonnegative`` uniform on [0, 1) with half its entries 0)."""
+    n = A.shape[1]
+    x = rng.random(n) * (rng.random(n) < 0.5) if nonnegative else rng.standard_normal(n)
     z = A @ x
     threshold = np.sort(z)[-n_active - 1 : -n_active + 1].mean()
     b = -threshold * np.ones(A.shape[0])
@@ -184,6 +196,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shift", type=float, default=0.0, help="added to every weight (see above)")
+    parser.add_argument("--active", type=int, nargs=2, default=(600, 900), metavar=("LO", "HI"))
     parser.add_argument(
         "--passes",
         choices=["both", "installed", "single"],
@@ -192,9 +206,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    A = make_layer(rng)
-    actives = np.linspace(600, 900, args.cases).round().astype(int)
-    cases = [make_case(rng, A, int(n_active)) for n_active in actives]
+    A = make_layer(rng, shift=args.shift)
+    actives = np.linspace(*args.active, args.cases).round().astype(int)
+    cases = [make_case(rng, A, int(n_active), nonnegative=args.shift != 0) for n_active in actives]
     pools = [f"{i['internal_api']} x{i['num_threads']}" for i in threadpool_info() if i["user_api"] == "blas"]
     results = []
     if args.passes in ("both", "installed"):
