@@ -202,6 +202,68 @@ def test_alternating_projections_certify_spread_rows(seed):
     assert brute_force_omni(rows)
 
 
+def _counting_projector(monkeypatch, geometry, calls):
+    projector = geometry._range_projector
+
+    def counting(r):
+        project, rcond = projector(r)
+        return (lambda v: calls.append(1) or project(v)), rcond
+
+    monkeypatch.setattr(geometry, "_range_projector", counting)
+
+
+def test_projections_give_up_on_rows_with_a_direction(monkeypatch):
+    """Rows that all lean to +e_1 (not omnidirectional: -e_1 is a strict direction): the
+    projections stop as soon as their gap is such a direction, in a few of the 200 rounds they
+    ran to before, with the same answer (None, and the direction search decides)."""
+    from reluinv import geometry
+
+    rng = np.random.default_rng(3)
+    n = 30
+    rows = rng.standard_normal((3 * n + 32, n))
+    rows[:, 0] = np.abs(rows[:, 0]) + 0.3
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    assert not brute_force_omni(rows)
+    calls: list[int] = []
+    _counting_projector(monkeypatch, geometry, calls)
+    subset = np.arange(rows.shape[0])
+    assert geometry._project_subset(rows, subset, n, 1e-9) is None
+    early = len(calls)
+    calls.clear()
+    monkeypatch.setattr(geometry, "_HOPELESS", -np.inf)  # never give up
+    assert geometry._project_subset(rows, subset, n, 1e-9) is None
+    assert len(calls) == geometry._PROJECTION_ROUNDS
+    assert early < 0.5 * geometry._PROJECTION_ROUNDS
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), lean=st.floats(0.0, 1.0), n=st.integers(2, 12))
+def test_giving_up_never_changes_what_the_projections_answer(seed, lean, n):
+    """Random row sets from spread around 0 to leaning to one side: the projections answer the
+    same (a certificate on the same rows with the same multipliers, or None) with and without
+    giving up early, and a certificate is one (checked here directly)."""
+    from reluinv import geometry
+
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((3 * n + 32, n))
+    rows[:, 0] += lean * 2.0 * (np.abs(rows[:, 0]) + 0.1)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    subset = np.arange(rows.shape[0])
+    found = geometry._project_subset(rows, subset, n, 1e-9)
+    original = geometry._HOPELESS
+    try:
+        geometry._HOPELESS = -np.inf
+        reference = geometry._project_subset(rows, subset, n, 1e-9)
+    finally:
+        geometry._HOPELESS = original
+    assert (found is None) == (reference is None)
+    if found is not None:
+        assert reference is not None
+        np.testing.assert_array_equal(found.multipliers, reference.multipliers)
+        np.testing.assert_allclose(rows.T @ found.multipliers, 0, atol=1e-9 * found.multipliers.sum())
+        assert found.multipliers.min() > 0 and brute_force_omni(rows)
+
+
 def test_anderson_acceleration_finds_the_certificate_in_fewer_projections(monkeypatch):
     """Rows leaning to +e_1 with two pointing back (omnidirectional, but the plain alternating
     projections crawl): the accelerated rounds return a valid certificate, checked here
@@ -215,14 +277,8 @@ def test_anderson_acceleration_finds_the_certificate_in_fewer_projections(monkey
     rows[:2, 0] = -np.sqrt(n)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     assert brute_force_omni(rows)
-    calls = []
-    projector = geometry._range_projector
-
-    def counting(r):
-        project, rcond = projector(r)
-        return (lambda v: calls.append(1) or project(v)), rcond
-
-    monkeypatch.setattr(geometry, "_range_projector", counting)
+    calls: list[int] = []
+    _counting_projector(monkeypatch, geometry, calls)
     subset = np.arange(rows.shape[0])
     cert = geometry._project_subset(rows, subset, n, 1e-9)
     accelerated = len(calls)
