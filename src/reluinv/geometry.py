@@ -428,8 +428,9 @@ def _project_subset(
     for round_ in range(_PROJECTION_ROUNDS):
         gap = project(v)  # rows @ w for some w: rows @ (-w) = -gap
         lam = v - gap
-        # Positive by far more than the rounding of the projection (~ eps * |v|), not by noise.
-        if lam.min() > 1e-6 * v.max():
+        # Positive by far more than the rounding of the projection (~ eps * |v|), not by noise
+        # (the largest |v_i| is max(v) except after an Anderson step that overshoots below 0).
+        if lam.min() > 1e-6 * np.abs(v).max():
             return _multiplier_certificate(
                 subset,
                 lam / lam.min(),
@@ -449,8 +450,8 @@ def _project_subset(
 #: ``rows @ d <= hopeless * max(-rows @ d)`` with ``hopeless = _HOPELESS / m^1.5`` (m rows).  Any
 #: ``lam > 0`` with ``rows^T lam = 0`` has ``lam . (rows @ d) = 0``, so its entry on the row where
 #: ``rows @ d`` is most negative is at most ``m * hopeless`` times ``max(lam)``, and
-#: ``max(lam) <= |v| <= sqrt(m) max(v)``: no later round could pass the test
-#: ``min(lam) > 1e-6 max(v)``.  The rounds left would be wasted (until
+#: ``max(lam) <= |v| <= sqrt(m) max|v_i|`` (lam is an orthogonal projection of v): no later round
+#: could pass the test ``min(lam) > 1e-6 max|v_i|``.  The rounds left would be wasted (until
 #: :data:`_PROJECTION_ROUNDS`); the row set is not omnidirectional, or only within the tolerance,
 #: and the caller goes on to the direction search.  On a layer whose preimages are unbounded
 #: (``benchmarks/preimage_speed.py --shift 0.02``, 350 active units, nullity 434) the gap
