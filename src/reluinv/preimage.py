@@ -325,6 +325,15 @@ class _UnitInequalities:
         layer = (self.A @ x if product is None else product)[self.layer_rows] * self.layer_scale
         return np.concatenate([layer, x[self.up_idx], -x[self.lo_idx]])
 
+    def dot_rows(self, x: F64, idx: NDArray[np.intp]) -> F64:
+        """``G[idx] @ x``, reading only those rows of the layer."""
+        layer = idx < self.n_layer
+        out = np.empty(idx.size)
+        out[layer] = (self.A[self.layer_rows[idx[layer]]] @ x) * self.layer_scale[idx[layer]]
+        if not layer.all():
+            out[~layer] = self.rows(idx[~layer]) @ x  # box rows
+        return out
+
 
 class _RestrictedRows:
     """``G[idx] @ O`` on demand, each row formed once per decision: the boundedness test, the
@@ -746,7 +755,9 @@ class _LayerSystem:
         G, O, x_p = self.G, self.O, self.x_p
         found = interior_point(
             rows=self.restricted,
-            slack_at=lambda z: self.h - G.dot(x_p + O @ z),
+            slack_at=lambda z, idx: (
+                self.h - G.dot(x_p + O @ z) if idx is None else self.h[idx] - G.dot_rows(x_p + O @ z, idx)
+            ),
             c=self.c,
             margin=self.margin,
             tol=tol,
