@@ -417,9 +417,43 @@ def test_unit_inequalities_restricted_to_a_subspace(with_box):
     unit = A[inactive] / np.linalg.norm(A[inactive], axis=1, keepdims=True)
     explicit = np.vstack([unit, np.eye(5)[up_idx], -np.eye(5)[lo_idx]])
     O = np.linalg.qr(rng.standard_normal((5, 3)))[0]
+    x = rng.standard_normal(5)
     for idx in (np.arange(G.size), np.array([3, 0]), np.arange(G.size)[::-1], np.zeros(0, np.intp)):
-        np.testing.assert_allclose(G.restricted(idx, O), explicit[idx] @ O, atol=1e-14)
+        out = np.full((idx.size, 3), np.nan)
+        G.restricted(idx, O, out)
+        np.testing.assert_allclose(out, explicit[idx] @ O, atol=1e-14)
         np.testing.assert_allclose(G.rows(idx), explicit[idx], atol=1e-15)
+        np.testing.assert_allclose(G.dot_rows(x, idx), explicit[idx] @ x, atol=1e-14)
+
+
+def test_restricted_rows_are_formed_once_and_returned_in_the_order_asked():
+    # The store of a decision's restricted rows: overlapping requests in any order (past its
+    # first capacity, so it grows) give G[idx] @ O, read-only, and form each row once.
+    from reluinv.preimage import _RestrictedRows, _UnitInequalities
+
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((200, 6))
+    inactive = np.arange(0, 200, 2)  # 100 layer rows and 3 box rows, more than the first room (74)
+    G = _UnitInequalities(A, 1.0 / np.linalg.norm(A, axis=1), inactive, np.array([2]), np.array([0, 5]))
+    explicit = np.vstack(
+        [A[inactive] / np.linalg.norm(A[inactive], axis=1, keepdims=True), np.eye(6)[[2]], -np.eye(6)[[0, 5]]]
+    )
+    O = np.linalg.qr(rng.standard_normal((6, 2)))[0]
+    store = _RestrictedRows(G, O)
+    formed = []
+    restricted = G.restricted
+    G.restricted = lambda idx, O, out: (formed.extend(idx.tolist()), restricted(idx, O, out))
+    for idx in (
+        np.arange(5),
+        np.array([4, 3, 30]),
+        np.arange(G.size)[::-1],
+        np.arange(10, 40),
+        np.array([62, 0, 61]),
+    ):
+        rows = store(idx)
+        np.testing.assert_allclose(rows, explicit[idx] @ O, atol=1e-14)
+        assert not rows.flags.writeable
+    assert sorted(formed) == list(range(G.size))
 
 
 def test_a_violated_row_that_is_constant_in_the_null_space_means_empty():

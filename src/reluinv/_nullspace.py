@@ -22,6 +22,8 @@ import scipy.linalg
 from numpy.typing import NDArray
 from scipy.linalg import blas, lapack
 
+from ._scratch import work_array
+
 #: Full rank is accepted from a factor whose rcond exceeds this multiple of the rank rule.
 _SAFETY = 1e3
 
@@ -77,7 +79,7 @@ def wide_from_lu(
     rhs = np.empty((p, 1 + t), order="F")
     rhs[:, 0], rhs[:, 1:] = e, probes
     v = lapack.dtrtrs(lu, rhs, lower=0, trans=1, overwrite_b=1)[0]  # U^T v = [e, probes]
-    both = np.empty((p, k + 1 + t), order="F")
+    both = work_array("null basis solves", (p, k + 1 + t), order="F")
     both[:, :k], both[:, k:] = lu[p:].T, v
     # L1^T [-W, u, Y] = [L2^T, v]: -W, the basic solution u = E1^{-1} e, Y = E1^{-1} probes.
     solved = lapack.dtrtrs(lu, both, lower=1, trans=1, unitdiag=1, overwrite_b=1)[0]

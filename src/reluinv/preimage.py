@@ -51,6 +51,7 @@ from numpy.typing import NDArray
 from ._interior import CONSTANT_ROW, interior_point
 from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
+from ._scratch import gathered_rows
 from ._threads import single_blas_pool
 from ._validate import as_bounds, as_finite_array, as_model_input, as_real_array
 from .geometry import DEFAULT_RTOL, ZERO_ROW, OmniCertificate, RowSource, omni_lazy, row_exponents
@@ -276,6 +277,10 @@ def affine_matrix(
 # --- the decision ---------------------------------------------------------------------------
 
 
+#: Rows per block of :meth:`_UnitInequalities.dot_rows` (64 rows of 784 entries: 400 KB).
+_ROW_BLOCK = 64
+
+
 class _UnitInequalities:
     """``G x <= h``: the inactive layer rows (``a_i x <= -b_i``), then ``x_j <= upper_j``, then
     ``-x_j <= -lower_j``, every row scaled to unit norm.
@@ -309,16 +314,14 @@ class _UnitInequalities:
         out[box[~upper], self.lo_idx[j[~upper] - self.up_idx.size]] = -1.0
         return out
 
-    def restricted(self, idx: NDArray[np.intp], O: F64) -> F64:
-        """``G[idx] @ O``: the rows restricted to the span of O's columns.  Layer rows are
+    def restricted(self, idx: NDArray[np.intp], O: F64, out: F64) -> None:
+        """``out = G[idx] @ O``: the rows restricted to the span of O's columns.  Layer rows are
         scaled after the product (k columns instead of n)."""
-        idx = np.asarray(idx, dtype=np.intp)
         if idx.size and idx.max() >= self.n_layer:
-            out: F64 = self.rows(idx) @ O
-            return out
-        out = self.A[self.layer_rows[idx]] @ O
+            np.matmul(self.rows(idx), O, out=out)
+            return
+        np.matmul(gathered_rows(self.A, self.layer_rows[idx], "layer rows"), O, out=out)
         out *= self.layer_scale[idx, None]
-        return out
 
     def dot(self, x: F64, product: F64 | None = None) -> F64:
         """``G @ x`` for x of shape (n,); ``product``: ``A @ x`` where the caller has it."""
@@ -326,12 +329,18 @@ class _UnitInequalities:
         return np.concatenate([layer, x[self.up_idx], -x[self.lo_idx]])
 
     def dot_rows(self, x: F64, idx: NDArray[np.intp]) -> F64:
-        """``G[idx] @ x``, reading only those rows of the layer."""
-        layer = idx < self.n_layer
+        """``G[idx] @ x``, reading only those rows of the layer, a few at a time (each block is
+        still in cache for its product; twice as fast as gathering them all first)."""
         out = np.empty(idx.size)
-        out[layer] = (self.A[self.layer_rows[idx[layer]]] @ x) * self.layer_scale[idx[layer]]
-        if not layer.all():
-            out[~layer] = self.rows(idx[~layer]) @ x  # box rows
+        layer = np.flatnonzero(idx < self.n_layer)
+        rows = self.layer_rows[idx[layer]]
+        for start in range(0, layer.size, _ROW_BLOCK):
+            block = slice(start, start + _ROW_BLOCK)
+            out[layer[block]] = self.A[rows[block]] @ x
+        out[layer] *= self.layer_scale[idx[layer]]
+        if layer.size < idx.size:
+            box = np.flatnonzero(idx >= self.n_layer)
+            out[box] = self.rows(idx[box]) @ x
         return out
 
 
@@ -342,15 +351,30 @@ class _RestrictedRows:
     def __init__(self, G: _UnitInequalities, O: F64) -> None:
         self.G, self.O = G, O
         self.position = np.full(G.size, -1, dtype=np.intp)  # row i is stored[position[i]]
-        self.stored = np.empty((0, O.shape[1]))
+        k = O.shape[1]
+        # Room for the boundedness test's 3k + 32 rows and the interior point's first ones.
+        self.stored = np.empty((min(G.size, 5 * k + 64), k))
+        self.count = 0
 
     def __call__(self, idx: NDArray[np.intp]) -> F64:
+        """``G[idx] @ O``, read-only (a view of the store where the rows lie in one block)."""
         idx = np.asarray(idx, dtype=np.intp)
         missing = np.unique(idx[self.position[idx] < 0])
         if missing.size:
-            self.position[missing] = self.stored.shape[0] + np.arange(missing.size)
-            self.stored = np.vstack([self.stored, self.G.restricted(missing, self.O)])
-        out: F64 = self.stored[self.position[idx]]
+            end = self.count + missing.size
+            if end > self.stored.shape[0]:
+                grown = np.empty((max(end, 2 * self.stored.shape[0]), self.stored.shape[1]))
+                grown[: self.count] = self.stored[: self.count]
+                self.stored = grown
+            self.G.restricted(missing, self.O, out=self.stored[self.count : end])
+            self.position[missing] = np.arange(self.count, end)
+            self.count = end
+        at = self.position[idx]
+        if at.size and at[-1] - at[0] == at.size - 1 and np.all(np.diff(at) == 1):
+            out: F64 = self.stored[at[0] : at[-1] + 1]
+        else:
+            out = self.stored[at]
+        out.flags.writeable = False
         return out
 
 
@@ -526,9 +550,10 @@ class _LayerSystem:
                 return f"row {i} has a_i = 0 and b_i = {b} > 0, so y_i cannot be 0"
         return None
 
-    def _equalities(self) -> F64:
-        """E, the active rows at unit norm, as a new array (the factorisation may overwrite it)."""
-        E: F64 = self.M[self.eq_rows]
+    def _equalities(self, work: bool = False) -> F64:
+        """E, the active rows at unit norm; a new array, or with ``work`` this thread's work
+        array for it (:mod:`reluinv._scratch`).  The factorisation may overwrite either."""
+        E: F64 = gathered_rows(self.M, self.eq_rows, "layer rows") if work else self.M[self.eq_rows]
         E *= self.inv[self.eq_rows, None]  # in place: a broadcast product into a new array is 4x slower
         return E
 
@@ -537,7 +562,7 @@ class _LayerSystem:
         The default factorisation may work in place on its copy of E (asking for another when it
         falls back to a pivoted QR)."""
         if self.factor is EqualityFactor:
-            f = EqualityFactor(self._equalities(), self.e, source=self._equalities)
+            f = EqualityFactor(self._equalities(work=True), self.e, source=self._equalities)
         else:
             f = self.factor(self._equalities(), self.e)
         self.r, self.rank_ratio, self.x_p, self.basis = f.rank, f.rank_ratio, f.x_p, f.basis
