@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -417,9 +418,13 @@ def _min_norm_certificate(every: NDArray[np.float64], rtol: float) -> OmniCertif
     return None
 
 
+@lru_cache(maxsize=64)
 def _initial_subset(m: int, size: int) -> NDArray[np.intp]:
-    """``size`` row indices spread evenly over ``0 .. m-1``."""
-    return np.unique(np.linspace(0, m - 1, min(m, size)).round().astype(np.intp))
+    """``size`` row indices spread evenly over ``0 .. m-1`` (read-only; cached, as a decision
+    asks for the same few sets again and again)."""
+    subset = np.unique(np.linspace(0, m - 1, min(m, size)).round().astype(np.intp))
+    subset.flags.writeable = False
+    return subset
 
 
 def _project_subset(
