@@ -202,33 +202,6 @@ def test_alternating_projections_certify_spread_rows(seed):
     assert brute_force_omni(rows)
 
 
-@pytest.mark.parametrize("n_known", [0, 20, 200])
-def test_projections_use_the_rows_a_source_has_formed(n_known):
-    """A source's formed rows join the spread rows of the first projections, which shrink from
-    3n + 32 by as many (to 2n + 32 at least); the certificate holds on the rows it names."""
-    from reluinv.geometry import RowSource, _initial_subset, _projection_certificate
-
-    rng = np.random.default_rng(n_known)
-    m, n = 600, 12
-    R = rng.standard_normal((m, n))
-    R /= np.linalg.norm(R, axis=1, keepdims=True)
-    known = np.sort(rng.choice(m, n_known, replace=False))
-    asked = []
-    src = RowSource(
-        m=m,
-        n=n,
-        rows=lambda idx: asked.append(np.array(idx)) or R[idx],
-        apply=lambda d: R @ d,
-        formed=(lambda: known) if n_known else None,
-    )
-    cert = _projection_certificate(src, 1e-9)
-    spread = _initial_subset(m, max(2 * n + 32, 3 * n + 32 - n_known))
-    np.testing.assert_array_equal(asked[0], np.union1d(spread, known))
-    assert cert is not None and cert.omnidirectional
-    np.testing.assert_allclose(R[cert.rows].T @ cert.multipliers, 0, atol=1e-9 * cert.multipliers.sum())
-    assert cert.multipliers.min() > 0
-
-
 def _counting_projector(monkeypatch, geometry, calls):
     projector = geometry._range_projector
 
