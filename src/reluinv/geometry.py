@@ -164,15 +164,13 @@ def unit_rows(M: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.i
 class RowSource:
     """Rows of a (possibly restricted) system, produced on demand so large systems are never formed.
 
-    ``rows(idx)`` returns the requested rows; ``apply(d)`` returns all rows times ``d``;
-    ``formed()``, where given, the indices of rows the source has already formed (free to use).
+    ``rows(idx)`` returns the requested rows; ``apply(d)`` returns all rows times ``d``.
     """
 
     m: int
     n: int
     rows: Callable[[NDArray[np.intp]], NDArray[np.float64]]
     apply: Callable[[NDArray[np.float64]], NDArray[np.float64]]
-    formed: Callable[[], NDArray[np.intp]] | None = None
 
     @staticmethod
     def from_matrix(A: NDArray[np.float64]) -> RowSource:
@@ -344,16 +342,8 @@ def _projection_certificate(src: RowSource, rtol: float) -> OmniCertificate | No
     Rows spread around the origin, as a layer's inactive rows in the null space of its active
     ones usually are, pass in a few rounds.  A subset suffices (a superset of an omnidirectional
     set is omnidirectional); :func:`omni_lazy` tries all rows with :func:`_project_subset` later.
-
-    Rows the source has formed already (``src.formed``) join the spread rows, which then number
-    ``3n + 32`` less those, but ``2n + 32`` at least.  A decision forms the rows near their bound
-    for its interior point anyway: on the 3500 x 784 layer of ``benchmarks/preimage_speed.py`` at
-    nullity 184 they are 255, and 400 spread rows with them pass in as many rounds (12-19 against
-    7-14 at nullity 106-184) as 584 spread rows alone, with about 200 fewer rows formed.
     """
-    known = src.formed() if src.formed is not None else np.zeros(0, np.intp)
-    spread = _initial_subset(src.m, min(src.m, max(2 * src.n + 32, 3 * src.n + 32 - known.size)))
-    subset = np.union1d(spread, known)
+    subset = _initial_subset(src.m, min(src.m, 3 * src.n + 32))
     return _project_subset(src.rows(subset), subset, src.n, rtol)
 
 

@@ -48,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ._interior import CONSTANT_ROW, first_rows, interior_point
+from ._interior import CONSTANT_ROW, interior_point
 from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
 from ._scratch import gathered_rows
@@ -376,10 +376,6 @@ class _RestrictedRows:
             out = self.stored[at]
         out.flags.writeable = False
         return out
-
-    def formed(self) -> NDArray[np.intp]:
-        """The indices of the rows formed so far."""
-        return np.flatnonzero(self.position >= 0)
 
 
 #: ``(M, norms, shift, zero)`` of :func:`_row_norms`.
@@ -743,18 +739,7 @@ class _LayerSystem:
         self.restricted = _RestrictedRows(G, O)
         self.c = self.h - G.dot(self.x_p, self.product)
         self.margin = _CAP * max(1.0, float(np.linalg.norm(self.x_p)))
-        # The interior point's first rows, formed now, also serve the boundedness test (unless
-        # they are more than the test's own spread rows would be).
-        first = first_rows(self.c, self.margin)
-        if first.size <= 3 * self.k + 32:
-            self.restricted(first)
-        return RowSource(
-            m=G.size,
-            n=self.k,
-            rows=self.restricted,
-            apply=lambda z: G.dot(O @ z),
-            formed=self.restricted.formed,
-        )
+        return RowSource(m=G.size, n=self.k, rows=self.restricted, apply=lambda z: G.dot(O @ z))
 
     def _unbounded_from_strict_direction(self, omni: OmniCertificate, tol: float) -> Preimage:
         assert omni.direction is not None
