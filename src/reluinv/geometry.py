@@ -270,17 +270,24 @@ def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
         return _direction_certificate(
             d, src.apply(d), rtol, f"Corollary 6: {m} non-zero rows <= dimension {n}"
         )
-    # Cheapest first: projections on a few rows (omnidirectional sets usually pass), the nearest
-    # hull point (sets with a direction usually give it), projections on every row, then the LP.
-    # (Not ``or``: a certificate's truth value is its verdict.)
+    # Cheapest first: projections on a few rows (omnidirectional sets usually pass), projections
+    # on every row, the nearest hull point (sets with a direction give it), then the LP.  The
+    # projections on every row go before the hull point because they give up within a few dozen
+    # rounds on a set with a direction (see _HOPELESS), while the hull point's least squares cost
+    # seconds on a set without one: on the first layer of the quick Table 2 MLP with the
+    # first-bias start -0.5, where the few rows fail for 85 % of the images, it took 1.9 s of a
+    # 2.5 s compact decision at nullity 762 and 0.35 s of 0.58 s at 485, where the projections
+    # on every row then passed in 0.26 s and 0.05 s.  (Not ``or``: a certificate's truth value is
+    # its verdict.)
     quick = _projection_certificate(src, rtol)
     few = min(m, 3 * n + 32)
     if quick is None and (m * n <= _MIN_NORM_ENTRIES or few < m):
         every = src.rows(np.arange(m))  # formed once for both
-        if m * n <= _MIN_NORM_ENTRIES:
-            quick = _min_norm_certificate(every, rtol)
-        if quick is None and few < m:
-            quick = _project_subset(every, np.arange(m), n, rtol)
+        leaning: list[NDArray[np.float64]] = []
+        if few < m:
+            quick = _project_subset(every, np.arange(m), n, rtol, gave_up=leaning)
+        if quick is None and m * n <= _MIN_NORM_ENTRIES:
+            quick = _min_norm_certificate(every, rtol, toward=leaning[0] if leaning else None)
     if quick is not None:
         return quick
     subset = _initial_subset(m, 2 * n + 16)
@@ -373,19 +380,37 @@ def _nearest_hull_point(rows: NDArray[np.float64]) -> NDArray[np.float64] | None
     return point
 
 
-def _min_norm_certificate(every: NDArray[np.float64], rtol: float) -> OmniCertificate | None:
+def _min_norm_certificate(
+    every: NDArray[np.float64], rtol: float, toward: NDArray[np.float64] | None = None
+) -> OmniCertificate | None:
     """Try a direction before any LP: minus the point ``p`` of the rows' convex hull nearest 0.
 
     If ``p != 0`` it is the projection of 0 onto the hull, so ``<a_i, -p> <= -|p|^2`` for every
     row and ``d = -p / |p|`` is a strict direction of Corollary 2 iv.  ``p`` is computed on a
-    growing subset of the rows: the ``2n`` rows most violated by the first candidate, minus the
-    rows' mean, then those most violated by each candidate.  Every candidate is checked on all
-    rows (``every``, all of them), so an inexact or partial ``p`` only costs the shortcut.  When 0
-    is in the subset's hull or after :data:`_MIN_NORM_ROUNDS` rounds the LP decides;
+    growing subset of the rows: the ``2n`` rows most violated by the first candidate, then those
+    most violated by each candidate.  The first candidate is ``toward`` where given (the
+    direction the alternating projections gave up on: the rows nearest its bound, which it does
+    not hold strictly, are then the ones that hold the hull away from 0), and minus the rows'
+    mean otherwise or when that start finds nothing.  On the shifted layers of
+    ``benchmarks/preimage_speed.py --shift 0.02`` (unbounded, nullity 434-534) the start from
+    ``toward`` took 165-325 ms against 377-733 ms from the mean.  Every candidate is checked on
+    all rows (``every``, all of them), so an inexact or partial ``p`` only costs the shortcut.
+    When 0 is in the subset's hull or after :data:`_MIN_NORM_ROUNDS` rounds the LP decides;
     :func:`omni_lazy` skips this for row sets over :data:`_MIN_NORM_ENTRIES` entries.
     """
+    if toward is not None:
+        found = _min_norm_rounds(every, rtol, every @ toward)
+        if found is not None:
+            return found
+    return _min_norm_rounds(every, rtol, every @ -every.mean(axis=0))
+
+
+def _min_norm_rounds(
+    every: NDArray[np.float64], rtol: float, prod: NDArray[np.float64]
+) -> OmniCertificate | None:
+    """The rounds of :func:`_min_norm_certificate`, starting from the 2n rows where ``prod`` (the
+    rows' products with a first candidate direction) is largest."""
     n = every.shape[1]
-    prod = every @ -every.mean(axis=0)
     subset = np.argsort(-prod)[: 2 * n]
     for _ in range(_MIN_NORM_ROUNDS):
         p = _nearest_hull_point(every[subset])
@@ -418,8 +443,17 @@ def _initial_subset(m: int, size: int) -> NDArray[np.intp]:
 
 
 def _project_subset(
-    rows: NDArray[np.float64], subset: NDArray[np.intp], n: int, rtol: float
+    rows: NDArray[np.float64],
+    subset: NDArray[np.intp],
+    n: int,
+    rtol: float,
+    gave_up: list[NDArray[np.float64]] | None = None,
 ) -> OmniCertificate | None:
+    """Alternating projections on ``rows`` (see :func:`_projection_certificate`): a multiplier
+    certificate, or None.  Then the unit direction ``d`` of their last gap is appended to
+    ``gave_up`` where given: when they gave up because the gap is a direction of the rows (see
+    :data:`_HOPELESS`), ``rows @ d <= 0`` but for a tiny part of its largest entry, not
+    strictly; after all rounds, the direction they were heading for."""
     m = rows.shape[0]
     if m <= n:
         return None
@@ -429,7 +463,7 @@ def _project_subset(
     project, rcond = factor
     v = np.ones(m)
     past: list[tuple[NDArray[np.float64], NDArray[np.float64]]] = []
-    hopeless = _HOPELESS / m**1.5
+    hopeless = _HOPELESS / np.sqrt(m)
     for round_ in range(_PROJECTION_ROUNDS):
         gap = project(v)  # rows @ w for some w: rows @ (-w) = -gap
         lam = v - gap
@@ -444,23 +478,31 @@ def _project_subset(
                 f"a strictly positive combination of {m} rows of rank {n} "
                 f"vanishes (Theorems 5, 11; alternating projections)",
             )
-        if gap.max() > 0 and gap.min() >= -hopeless * gap.max():
-            return None  # the rows have a direction: no round can pass (see _HOPELESS)
+        if gap.max() > 0 and -np.minimum(gap, 0.0).sum() <= hopeless * gap.max():
+            break  # the rows have a direction: no round can pass (see _HOPELESS)
         step = lam + _RELAX * (np.maximum(lam, 1.0) - lam)  # relaxed projection onto {v >= 1}
         v = step if round_ < _PLAIN_ROUNDS else _anderson(past, v, step)
+    if gave_up is not None:
+        w = project.coefficients(v)  # gap = rows @ w, so rows @ (-w) = -gap
+        norm = float(np.linalg.norm(w))
+        if np.isfinite(norm) and norm > 0:
+            gave_up.append(-w / norm)
     return None
 
 
-#: The projections give up on a row set once ``d = -w`` (``project(v) = rows @ w``) has
-#: ``rows @ d <= hopeless * max(-rows @ d)`` with ``hopeless = _HOPELESS / m^1.5`` (m rows).  Any
-#: ``lam > 0`` with ``rows^T lam = 0`` has ``lam . (rows @ d) = 0``, so its entry on the row where
-#: ``rows @ d`` is most negative is at most ``m * hopeless`` times ``max(lam)``, and
-#: ``max(lam) <= |v| <= sqrt(m) max|v_i|`` (lam is an orthogonal projection of v): no later round
-#: could pass the test ``min(lam) > 1e-6 max|v_i|``.  The rounds left would be wasted (until
-#: :data:`_PROJECTION_ROUNDS`); the row set is not omnidirectional, or only within the tolerance,
-#: and the caller goes on to the direction search.  On a layer whose preimages are unbounded
-#: (``benchmarks/preimage_speed.py --shift 0.02``, 350 active units, nullity 434) the gap
-#: converged to such a direction within about 30 of the 200 rounds.
+#: The projections give up on a row set once ``d = -w`` (``project(v) = rows @ w``, so
+#: ``rows @ d = -gap``) holds every row but for a total ``s`` (the sum of the gap's negative
+#: entries, in magnitude) of at most ``hopeless * max(gap)`` with ``hopeless = _HOPELESS /
+#: sqrt(m)`` (m rows).  Any ``lam > 0`` with ``rows^T lam = 0`` has ``lam . gap = 0``, so its
+#: entry on the row of the largest gap is at most ``s / max(gap) <= hopeless`` times
+#: ``max(lam)``, and ``max(lam) <= |v| <= sqrt(m) max|v_i|`` (lam is an orthogonal projection of
+#: v): no later round could pass the test ``min(lam) > 1e-6 max|v_i|``.  The rounds left would
+#: be wasted (until :data:`_PROJECTION_ROUNDS`); the row set is not omnidirectional, or only
+#: within the tolerance, and the caller goes on to the direction search.  (Bounding ``s`` by m
+#: times the most negative entry, as this test once did, gave up 5-7x later on the shifted
+#: layers below.)  On a layer whose preimages are unbounded (``benchmarks/preimage_speed.py
+#: --shift 0.02``, 350 active units, nullity 434) the gap became such a direction within about
+#: 30 of the 200 rounds on 3k + 32 rows.
 _HOPELESS = 1e-7
 
 #: Rounds of plain relaxed projections before Anderson acceleration joins (sets that pass in a
@@ -507,12 +549,25 @@ _RELAX = 1.8
 _GRAM_RCOND = 1e-4
 
 
-def _range_projector(
-    rows: NDArray[np.float64],
-) -> tuple[Callable[[NDArray[np.float64]], NDArray[np.float64]], float] | None:
-    """``(P, rcond)``: the orthogonal projector ``P v`` onto range(rows) (m x n, m > n) and the
-    reciprocal condition estimate of the triangular factor R (``rows = Q R``), or None when the
-    rank is below n.
+class _Projector:
+    """``P(v)``: the orthogonal projection of v onto range(rows); ``P.coefficients(v)``: the w
+    with ``P(v) = rows @ w``."""
+
+    def __init__(
+        self,
+        coefficients: Callable[[NDArray[np.float64]], NDArray[np.float64]],
+        project: Callable[[NDArray[np.float64]], NDArray[np.float64]],
+    ) -> None:
+        self.coefficients, self._project = coefficients, project
+
+    def __call__(self, v: NDArray[np.float64]) -> NDArray[np.float64]:
+        return self._project(v)
+
+
+def _range_projector(rows: NDArray[np.float64]) -> tuple[_Projector, float] | None:
+    """``(P, rcond)``: the orthogonal projector ``P v`` onto range(rows) (m x n, m > n; see
+    :class:`_Projector`) and the reciprocal condition estimate of the triangular factor R
+    (``rows = Q R``), or None when the rank is below n.
 
     The rank test is absolute (the rows are unit rows or their restrictions to a subspace, so
     restrictions that are zero up to rounding must not pass as a basis).  R comes from the
@@ -527,12 +582,20 @@ def _range_projector(
         rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]
         if rcond > _GRAM_RCOND and rcond * min(float(np.abs(np.diag(r)).max()), 1.0) > rank_rule:
             inv = lapack.dtrtri(r, lower=0)[0]  # R^-1 (upper; zeros below, as r is clean)
-            return (lambda v: rows @ (inv @ (inv.T @ (rows.T @ v)))), float(rcond)
+
+            def gram_coefficients(v: NDArray[np.float64]) -> NDArray[np.float64]:
+                return np.asarray(inv @ (inv.T @ (rows.T @ v)))
+
+            return _Projector(gram_coefficients, lambda v: rows @ gram_coefficients(v)), float(rcond)
     q, r = scipy.linalg.qr(rows, mode="economic", check_finite=False)
     rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]
     if not rcond * min(float(np.abs(np.diag(r)).max()), 1.0) > rank_rule:
         return None
-    return (lambda v: q @ (q.T @ v)), float(rcond)
+
+    def qr_coefficients(v: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(scipy.linalg.solve_triangular(r, q.T @ v, check_finite=False))
+
+    return _Projector(qr_coefficients, lambda v: q @ (q.T @ v)), float(rcond)
 
 
 def _multiplier_certificate(
