@@ -178,6 +178,10 @@ def test_range_projector_matches_an_svd_projector(cond):
     project, rcond = found
     v = rng.standard_normal(m)
     np.testing.assert_allclose(project(v), U @ (U.T @ v), atol=1e-9 * cond**0.5 * np.linalg.norm(v))
+    # the coefficients w with project(v) = rows @ w: the least-squares solution of rows w = v
+    np.testing.assert_allclose(
+        project.coefficients(v), np.linalg.lstsq(rows, v, rcond=None)[0], rtol=1e-6 * cond, atol=1e-9
+    )
     assert rcond == pytest.approx(1.0 / cond, rel=10.0)  # LAPACK's estimate is within a factor n
     assert (rcond > _GRAM_RCOND) == (cond < 1e4)  # which factor was used
     assert _range_projector(np.hstack([rows[:, :-1], rows[:, :1]])) is None  # rank n - 1
@@ -234,6 +238,75 @@ def test_projections_give_up_on_rows_with_a_direction(monkeypatch):
     assert geometry._project_subset(rows, subset, n, 1e-9) is None
     assert len(calls) == geometry._PROJECTION_ROUNDS
     assert early < 0.5 * geometry._PROJECTION_ROUNDS
+
+
+def test_projections_report_the_direction_they_give_up_on():
+    """Rows leaning to +e_1 (not omnidirectional): the projections give up and report a unit
+    direction that the rows hold but for rounding (not strictly), which points against the lean."""
+    from reluinv import geometry
+
+    rng = np.random.default_rng(3)
+    n = 30
+    rows = rng.standard_normal((3 * n + 32, n))
+    rows[:, 0] = np.abs(rows[:, 0]) + 0.3
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    gave_up: list[np.ndarray] = []
+    assert geometry._project_subset(rows, np.arange(rows.shape[0]), n, 1e-9, gave_up=gave_up) is None
+    (d,) = gave_up
+    assert np.linalg.norm(d) == pytest.approx(1.0)
+    products = rows @ d
+    assert products.max() <= 1e-9 * np.abs(products).max()
+    assert d[0] < 0
+
+
+def test_every_row_is_projected_before_the_hull_point_is_sought(monkeypatch):
+    """An omnidirectional set whose spread 3n + 32 rows are not (they all lean to +e_1; the rows
+    pointing back lie elsewhere): the projections on every row certify it, and the hull point's
+    least squares, which cost seconds on such sets, never run."""
+    from reluinv import geometry
+
+    rng = np.random.default_rng(4)
+    n, m = 20, 400
+    rows = rng.standard_normal((m, n))
+    rows[:, 0] = np.abs(rows[:, 0]) + 0.5
+    spread = geometry._initial_subset(m, 3 * n + 32)
+    back = np.setdiff1d(np.arange(m), spread)[:4]
+    rows[back, 0] = -3.0 * np.sqrt(n)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    assert brute_force_omni(rows) and not brute_force_omni(rows[spread])
+
+    def no_hull_point(*args, **kwargs):
+        raise AssertionError("the hull point was sought")
+
+    monkeypatch.setattr(geometry, "_min_norm_certificate", no_hull_point)
+    cert = geometry.omni_lazy(geometry.RowSource.from_rows(rows), rtol=1e-9)
+    assert cert.omnidirectional and "alternating projections" in cert.reason
+    check_certificate(rows, cert)
+
+
+@pytest.mark.parametrize("toward", ["gave up", "poor"])
+def test_hull_point_search_from_a_given_direction(toward):
+    """Rows with a direction (they lean to +e_1): the search for the hull point nearest 0, started
+    from the direction the projections gave up on or from a poor one (+e_1, the lean itself; the
+    search falls back to its start from the rows' mean if that finds nothing), gives a strict
+    direction that holds on every row."""
+    from reluinv import geometry
+
+    rng = np.random.default_rng(5)
+    n = 15
+    rows = rng.standard_normal((400, n))
+    rows[:, 0] = np.abs(rows[:, 0]) + 0.3
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    if toward == "gave up":
+        found: list[np.ndarray] = []
+        geometry._project_subset(rows, np.arange(rows.shape[0]), n, 1e-9, gave_up=found)
+        start = found[0]
+    else:
+        start = np.eye(n)[0]
+    cert = geometry._min_norm_certificate(rows, 1e-9, toward=start)
+    assert cert is not None and not cert.omnidirectional and "nearest 0" in cert.reason
+    assert cert.margin > 0
+    check_certificate(rows, cert)
 
 
 @settings(max_examples=40, deadline=None)
