@@ -22,6 +22,15 @@ naive version's seconds and the speed-up over it (against reluinv cold), twice:
 * BLAS single-threaded for both (threadpoolctl around the whole pass): the same conditions for
   both, as in the worker processes of a sweep.
 
+``--allocator keep`` tells glibc to keep freed memory in the process (``mallopt``: no trimming, no
+``mmap`` for large blocks), so that neither reluinv nor the floor pays page faults for memory it
+freed a moment before; the ratios then compare computation alone.  By default glibc returns large
+freed blocks to the system and a later call faults them back in, a page at a time, as many times
+as the heap's history makes it: in a loop alternating the two at nullity 184, 1,100-2,800 faults
+per QR and 2,400 per decision before reluinv kept its largest temporaries in per-thread work
+arrays (``reluinv._scratch``), 200-900 after.  In this benchmark's order the two settings gave
+ratios within 0.05 of each other.
+
 ``--shift MU`` adds ``MU`` to every weight and draws non-negative, sparse inputs (as images are),
 so that the inactive rows lean to one side of the null space: with ``--shift 0.02`` the preimages
 of fewer than about 400 active units are unbounded, as on the paper-recipe layer of Figure 4's
@@ -30,12 +39,15 @@ algorithm's hull LP over every inactive row then takes seconds per case (5.5 s a
 units) and minutes further down (over 200 s at 150), hence the range below.
 
     python benchmarks/preimage_speed.py [--cases 24] [--repeats 1] [--seed 0] [--passes both]
+                                        [--allocator default|keep]
     python benchmarks/preimage_speed.py --shift 0.02 --active 350 880 --cases 6 --passes single
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import statistics
 import time
 
@@ -63,6 +75,18 @@ def naive_algorithm1(A, b, y) -> str:
     b_eq = np.concatenate([np.zeros(k), [1.0]])
     res = linprog(np.ones(k_bar), A_eq=a_eq, b_eq=b_eq, bounds=(0, 1), method="highs")
     return "bounded" if res.status == 0 else "unbounded"
+
+
+def keep_freed_memory() -> None:
+    """glibc: keep freed memory in the process (``--allocator keep``)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        raise SystemExit("--allocator keep needs glibc (mallopt); this C library has none") from None
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not (mallopt(m_trim_threshold, 1 << 30) and mallopt(m_mmap_threshold, 1 << 30)):
+        raise SystemExit("--allocator keep: glibc refused the mallopt settings")
 
 
 def make_layer(rng, m=3500, n=784, shift=0.0):
@@ -204,7 +228,15 @@ def main() -> None:
         default="both",
         help="BLAS as installed, single-threaded, or both (default)",
     )
+    parser.add_argument(
+        "--allocator",
+        choices=["default", "keep"],
+        default="default",
+        help="glibc as configured, or keeping freed memory in the process (see above)",
+    )
     args = parser.parse_args()
+    if args.allocator == "keep":
+        keep_freed_memory()
     rng = np.random.default_rng(args.seed)
     A = make_layer(rng, shift=args.shift)
     actives = np.linspace(*args.active, args.cases).round().astype(int)
@@ -218,7 +250,7 @@ def main() -> None:
         with threadpool_limits(limits=1, user_api="blas"):
             single = run_pass(A, cases, args.repeats, "BLAS single-threaded for both")
         results.append(("BLAS single-threaded", single))
-    print("\nsummary (median per case, same cases, same run)")
+    print(f"\nsummary (median per case, same cases, same run; allocator: {args.allocator})")
     for label, r in results:
         print(f"  {label:22s} {describe(r)}")
 
