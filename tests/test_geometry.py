@@ -284,6 +284,27 @@ def test_every_row_is_projected_before_the_hull_point_is_sought(monkeypatch):
     check_certificate(rows, cert)
 
 
+@pytest.mark.parametrize("m", [150, 400])
+def test_spread_rows_are_tried_first_only_when_they_are_few(monkeypatch, m):
+    """n = 20: the 92 spread rows are 61 % of 150 rows, so every row is projected at once, and 23 %
+    of 400, where they are tried first; both certify the (Gaussian, omnidirectional) rows."""
+    from reluinv import geometry
+
+    rng = np.random.default_rng(m)
+    n = 20
+    rows = rng.standard_normal((m, n))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    sizes: list[int] = []
+    project = geometry._project_subset
+    monkeypatch.setattr(
+        geometry, "_project_subset", lambda r, *a, **k: sizes.append(r.shape[0]) or project(r, *a, **k)
+    )
+    cert = geometry.omni_lazy(geometry.RowSource.from_rows(rows), rtol=1e-9)
+    assert cert.omnidirectional
+    check_certificate(rows, cert)
+    assert sizes[0] == (m if m == 150 else 3 * n + 32)
+
+
 @pytest.mark.parametrize("toward", ["gave up", "poor"])
 def test_hull_point_search_from_a_given_direction(toward):
     """Rows with a direction (they lean to +e_1): the search for the hull point nearest 0, started
