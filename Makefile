@@ -36,12 +36,14 @@ bench: setup
 	$(PY) benchmarks/spectra_speed.py
 	$(PY) benchmarks/invariance_speed.py
 
-# The full Figure 4 scan on Fashion-MNIST's 10,000 test images (Debian's dataset-fashion-mnist).
+# The full Figure 4 scan on Fashion-MNIST's 10,000 test images (Debian's dataset-fashion-mnist),
+# and preimages on a trained layer with few active units.
 bench-fig4: setup
 	test -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || \
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
-	  echo "dataset-fashion-mnist not installed: the benchmark falls back to synthetic inputs"
+	  echo "dataset-fashion-mnist not installed: the benchmarks fall back to other inputs"
 	$(PY) benchmarks/fig4_scan.py
+	$(PY) benchmarks/preimage_trained.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
