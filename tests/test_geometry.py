@@ -285,24 +285,29 @@ def test_every_row_is_projected_before_the_hull_point_is_sought(monkeypatch):
 
 
 @pytest.mark.parametrize("m", [150, 400])
-def test_spread_rows_are_tried_first_only_when_they_are_few(monkeypatch, m):
-    """n = 20: the 92 spread rows are 61 % of 150 rows, so every row is projected at once, and 23 %
-    of 400, where they are tried first; both certify the (Gaussian, omnidirectional) rows."""
+def test_spread_rows_get_few_rounds_when_they_are_many(monkeypatch, m):
+    """n = 20: the 92 spread rows are 61 % of 150 rows, so their projections get the short round
+    budget before every row is projected, and 23 % of 400, where they get all rounds; both
+    certify the (Gaussian, omnidirectional) rows."""
     from reluinv import geometry
 
     rng = np.random.default_rng(m)
     n = 20
     rows = rng.standard_normal((m, n))
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    sizes: list[int] = []
+    calls: list[tuple[int, int]] = []
     project = geometry._project_subset
-    monkeypatch.setattr(
-        geometry, "_project_subset", lambda r, *a, **k: sizes.append(r.shape[0]) or project(r, *a, **k)
-    )
+
+    def recording(r, *args, rounds=geometry._PROJECTION_ROUNDS, **kwargs):
+        calls.append((r.shape[0], rounds))
+        return project(r, *args, rounds=rounds, **kwargs)
+
+    monkeypatch.setattr(geometry, "_project_subset", recording)
     cert = geometry.omni_lazy(geometry.RowSource.from_rows(rows), rtol=1e-9)
     assert cert.omnidirectional
     check_certificate(rows, cert)
-    assert sizes[0] == (m if m == 150 else 3 * n + 32)
+    few = geometry._FEW_ROUNDS if m == 150 else geometry._PROJECTION_ROUNDS
+    assert calls[0] == (3 * n + 32, few)
 
 
 @pytest.mark.parametrize("toward", ["gave up", "poor"])

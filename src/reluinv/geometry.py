@@ -272,15 +272,18 @@ def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
         )
     # Cheapest first: projections on a few rows (omnidirectional sets usually pass), projections
     # on every row, the nearest hull point (sets with a direction give it), then the LP.  The
-    # projections on every row go before the hull point because they give up within a few dozen
-    # rounds on a set with a direction (see _HOPELESS), while the hull point's least squares cost
-    # seconds on a set without one: on the first layer of the quick Table 2 MLP with the
+    # projections on every row go before the hull point because they give up after at most 200
+    # cheap rounds on a set with a direction (see _HOPELESS; 40-150 on the shifted layers of
+    # benchmarks/preimage_speed.py), while the hull point's least squares cost seconds on a set
+    # without one: on the first layer of the quick Table 2 MLP with the
     # first-bias start -0.5, where the few rows fail for 85 % of the images, it took 1.9 s of a
     # 2.5 s compact decision at nullity 762 and 0.35 s of 0.58 s at 485, where the projections
     # on every row then passed in 0.26 s and 0.05 s.  (Not ``or``: a certificate's truth value is
     # its verdict.)
     few = min(m, 3 * n + 32)
-    quick = _projection_certificate(src, rtol) if few <= _FEW_FRACTION * m else None
+    quick = _projection_certificate(
+        src, rtol, rounds=_PROJECTION_ROUNDS if few <= _FEW_FRACTION * m else _FEW_ROUNDS
+    )
     if quick is None and (m * n <= _MIN_NORM_ENTRIES or few < m):
         every = src.rows(np.arange(m))  # formed once for both
         leaning: list[NDArray[np.float64]] = []
@@ -338,7 +341,9 @@ _RANK_SLACK = 1e3
 _PROJECTION_ROUNDS = 200
 
 
-def _projection_certificate(src: RowSource, rtol: float) -> OmniCertificate | None:
+def _projection_certificate(
+    src: RowSource, rtol: float, rounds: int = _PROJECTION_ROUNDS
+) -> OmniCertificate | None:
     """Try a Stiemke certificate by alternating projections on about 3n rows before any LP.
 
     The multipliers with ``A^T lam = 0`` form the orthogonal complement of range(A).  Projecting
@@ -351,18 +356,22 @@ def _projection_certificate(src: RowSource, rtol: float) -> OmniCertificate | No
     set is omnidirectional); :func:`omni_lazy` tries all rows with :func:`_project_subset` later.
     """
     subset = _initial_subset(src.m, min(src.m, 3 * src.n + 32))
-    return _project_subset(src.rows(subset), subset, src.n, rtol)
+    return _project_subset(src.rows(subset), subset, src.n, rtol, rounds=rounds)
 
 
-#: The projections try the 3n + 32 spread rows first only when those are at most this fraction of
-#: all rows.  Beyond it they save little per round and fail often on trained layers, whose
-#: inactive rows cluster: on the first layer of the quick Table 2 MLP with the first-bias start
-#: -0.5 (58 images, 22-592 active units) they failed on 85 % of the images, and projecting on
-#: every row at once made the compact decisions 1.8x faster in total (5.0 s against 8.9 s; the
-#: slowest single case 1.05x slower), unbounded ones on shifted layers 1.08x.  The Gaussian cases
-#: of ``benchmarks/preimage_speed.py`` (nullity up to 184: 584 of 2,900 rows, 0.2) keep their
-#: spread rows, which pass there; at 0.2 the case at nullity 184 took 1.7x longer.
+#: When the 3n + 32 spread rows are more than this fraction of all rows, their projections get
+#: :data:`_FEW_ROUNDS` rounds instead of :data:`_PROJECTION_ROUNDS` before every row is projected.
+#: So many rows save little per round, and on trained layers, whose inactive rows cluster, they
+#: often never pass: on the first layer of the quick Table 2 MLP with the first-bias start -0.5
+#: (58 Fashion-MNIST test images, 22-592 active units) they failed on 85 % of the images, after
+#: up to 200 rounds.  Where they pass they do so early: in 9-19 rounds on the quick embedded-digits
+#: model with sparse random images (nullity 407-594, 48 % of the rows).  Measured on those two sets
+#: and 30 shifted layers of ``benchmarks/preimage_speed.py``: compact decisions on the trained
+#: layer 6.2 s in all against 9.1 s with 200 rounds (5.5 s without trying the spread rows, which
+#: made the random-image decisions 1.6x slower), the others unchanged, the slowest single case
+#: 1.08x.  The Gaussian cases of ``benchmarks/preimage_speed.py`` (at most 20 %) keep all rounds.
 _FEW_FRACTION = 0.3
+_FEW_ROUNDS = 32
 
 #: Rounds of row generation for the min-norm direction before the LP takes over.
 _MIN_NORM_ROUNDS = 8
@@ -458,6 +467,7 @@ def _project_subset(
     n: int,
     rtol: float,
     gave_up: list[NDArray[np.float64]] | None = None,
+    rounds: int = _PROJECTION_ROUNDS,
 ) -> OmniCertificate | None:
     """Alternating projections on ``rows`` (see :func:`_projection_certificate`): a multiplier
     certificate, or None.  Then the unit direction ``d`` of their last gap is appended to
@@ -474,7 +484,7 @@ def _project_subset(
     v = np.ones(m)
     past: list[tuple[NDArray[np.float64], NDArray[np.float64]]] = []
     hopeless = _HOPELESS / np.sqrt(m)
-    for round_ in range(_PROJECTION_ROUNDS):
+    for round_ in range(rounds):
         gap = project(v)  # rows @ w for some w: rows @ (-w) = -gap
         lam = v - gap
         # Positive by far more than the rounding of the projection (~ eps * |v|), not by noise
