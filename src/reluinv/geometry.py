@@ -518,11 +518,11 @@ def _project_subset(
 #: ``max(lam)``, and ``max(lam) <= |v| <= sqrt(m) max|v_i|`` (lam is an orthogonal projection of
 #: v): no later round could pass the test ``min(lam) > 1e-6 max|v_i|``.  The rounds left would
 #: be wasted (until :data:`_PROJECTION_ROUNDS`); the row set is not omnidirectional, or only
-#: within the tolerance, and the caller goes on to the direction search.  (Bounding ``s`` by m
-#: times the most negative entry, as this test once did, gave up 15-20 % later on the shifted
-#: layers below: after 159 rounds instead of 129 on every row at 350 active units.)  On a layer whose preimages are unbounded (``benchmarks/preimage_speed.py
-#: --shift 0.02``, 350 active units, nullity 434) the gap became such a direction within about
-#: 30 of the 200 rounds on 3k + 32 rows.
+#: within the tolerance, and the caller goes on to the direction search.  On a layer whose
+#: preimages are unbounded (``benchmarks/preimage_speed.py --shift 0.02``, 350 active units,
+#: nullity 434) the gap became such a direction within 21 of the 200 rounds on the 3k + 32 spread
+#: rows and 129 on every row.  (Bounding ``s`` by m times the most negative entry, as this test
+#: once did, gave up 15-20 % later there: after 24 and 159 rounds.)
 _HOPELESS = 1e-7
 
 #: Rounds of plain relaxed projections before Anderson acceleration joins (sets that pass in a
