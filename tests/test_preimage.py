@@ -476,3 +476,31 @@ def test_a_violated_row_that_is_constant_in_the_null_space_means_empty():
     r = reluinv.preimage(A, b, y)
     assert r.kind == "empty", r.certificate.reason
     r.verify(A, b, y)
+
+
+def test_compact_preimage_next_to_the_strip_is_certified_by_the_projections(monkeypatch):
+    """A shifted layer (every weight + 0.02, sparse non-negative inputs; the --shift 0.02 --seed 1
+    cases of benchmarks/preimage_speed.py) at 390 active units, nullity 394, just past where
+    preimages turn unbounded: its inactive rows pass the projections on every row only after about
+    300 rounds.  They get them (they keep closing in on the test), so the Stiemke LP, which took
+    6 s here, is never built; the certificate is checked independently."""
+    from reluinv import geometry
+
+    rng = np.random.default_rng(1)
+    m, n = 3500, 784
+    A = rng.standard_normal((m, n)) / np.sqrt(n) + 0.02
+    for n_active in (380, 390):  # the benchmark's draws, in its order
+        x = rng.random(n) * (rng.random(n) < 0.5)
+        z = A @ x
+        b = -np.sort(z)[-n_active - 1 : -n_active + 1].mean() * np.ones(m)
+    y = np.maximum(A @ x + b, 0.0)
+
+    class NoLP:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("the Stiemke LP was built")
+
+    monkeypatch.setattr(geometry, "_StiemkeLP", NoLP)
+    r = reluinv.preimage(A, b, y)
+    assert r.kind == "compact" and r.nullity == 394
+    assert "omnidirectional" in r.certificate.reason
+    r.verify(A, b, y)

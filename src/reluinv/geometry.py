@@ -288,7 +288,7 @@ def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
         every = src.rows(np.arange(m))  # formed once for both
         leaning: list[NDArray[np.float64]] = []
         if few < m:
-            quick = _project_subset(every, np.arange(m), n, rtol, gave_up=leaning)
+            quick = _project_subset(every, np.arange(m), n, rtol, gave_up=leaning, rounds=_EVERY_ROW_ROUNDS)
         if quick is None and m * n <= _MIN_NORM_ENTRIES:
             quick = _min_norm_certificate(every, rtol, toward=leaning[0] if leaning else None)
     if quick is not None:
@@ -339,6 +339,21 @@ _RANK_SLACK = 1e3
 
 #: Rounds of alternating projection tried before the LP (each costs two products with an m x n basis).
 _PROJECTION_ROUNDS = 200
+
+#: Rounds for the projections on every row, the last try before the hull point and the LP.  Next
+#: to the strip where preimages turn from unbounded to compact they pass, but slowly: on the
+#: shifted layer of ``benchmarks/preimage_speed.py --shift 0.02 --seed 1 --active 380 420`` the
+#: compact preimages at 390 and 410 active units passed after 323 and 281 rounds (0.34 and 0.28
+#: s), where with 200 the Stiemke LP decided them in 6.4 and 5.7 s.  There the shortfall of the
+#: acceptance test (``-min(lam) / max|v_i|``) shrank 2.5-3x every 50 rounds; on an unbounded
+#: preimage whose projections neither pass nor give up it shrank 1.1x (the seed-0 layer at 400
+#: active units: it would have run all 1,000 rounds, 0.8 s).  So past :data:`_PROJECTION_ROUNDS`
+#: the rounds go on only while every :data:`_PROGRESS_WINDOW` rounds shrink the shortfall by
+#: :data:`_PROGRESS_FACTOR` at least.  Sets that have a direction give up long before (see
+#: :data:`_HOPELESS`).
+_EVERY_ROW_ROUNDS = 1000
+_PROGRESS_WINDOW = 50
+_PROGRESS_FACTOR = 1.5
 
 
 def _projection_certificate(
@@ -484,6 +499,7 @@ def _project_subset(
     v = np.ones(m)
     past: list[tuple[NDArray[np.float64], NDArray[np.float64]]] = []
     hopeless = _HOPELESS / np.sqrt(m)
+    last_shortfall = np.inf
     for round_ in range(rounds):
         gap = project(v)  # rows @ w for some w: rows @ (-w) = -gap
         lam = v - gap
@@ -500,6 +516,11 @@ def _project_subset(
             )
         if gap.max() > 0 and -np.minimum(gap, 0.0).sum() <= hopeless * gap.max():
             break  # the rows have a direction: no round can pass (see _HOPELESS)
+        if round_ >= _PROJECTION_ROUNDS and round_ % _PROGRESS_WINDOW == 0:
+            shortfall = -lam.min() / np.abs(v).max()  # what the test above still lacks
+            if shortfall > last_shortfall / _PROGRESS_FACTOR:
+                break  # beyond the usual rounds only while clearly getting there (_EVERY_ROW_ROUNDS)
+            last_shortfall = shortfall
         step = lam + _RELAX * (np.maximum(lam, 1.0) - lam)  # relaxed projection onto {v >= 1}
         v = step if round_ < _PLAIN_ROUNDS else _anderson(past, v, step)
     if gave_up is not None:
