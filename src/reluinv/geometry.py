@@ -272,10 +272,10 @@ def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
         )
     # Cheapest first: projections on a few rows (omnidirectional sets usually pass), projections
     # on every row, the nearest hull point (sets with a direction give it), then the LP.  The
-    # projections on every row go before the hull point because they give up after at most 200
-    # cheap rounds on a set with a direction (see _HOPELESS; 40-150 on the shifted layers of
-    # benchmarks/preimage_speed.py), while the hull point's least squares cost seconds on a set
-    # without one: on the first layer of the quick Table 2 MLP with the
+    # projections on every row go before the hull point because they give up within a few hundred
+    # cheap rounds on a set with a direction (see _HOPELESS and _EVERY_ROW_ROUNDS; 40-290 on the
+    # shifted layers of benchmarks/preimage_speed.py), while the hull point's least squares cost
+    # seconds on a set without one: on the first layer of the quick Table 2 MLP with the
     # first-bias start -0.5, where the few rows fail for 85 % of the images, it took 1.9 s of a
     # 2.5 s compact decision at nullity 762 and 0.35 s of 0.58 s at 485, where the projections
     # on every row then passed in 0.26 s and 0.05 s.  (Not ``or``: a certificate's truth value is
