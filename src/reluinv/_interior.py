@@ -101,7 +101,7 @@ def _checked_slack(
     ``|R_i| |z - z0| <= |z - z0|`` on the way to z, so ``s0 - |z - z0|`` bounds it from below and
     only rows where that bound is under ``near`` are recomputed.  Near a converged point the move
     is short: on the 3500 x 784 layer of ``benchmarks/preimage_speed.py`` at nullity 184 the
-    second round's check recomputed 450 of 2900 rows.  When more than :data:`_RECHECK_FRACTION`
+    second round's check recomputed 586 of 2,900 rows.  When more than :data:`_RECHECK_FRACTION`
     of them would need it (or with nothing checked yet), one pass over every row.
     """
     if checked is None:

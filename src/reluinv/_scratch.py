@@ -12,8 +12,8 @@ only as a temporary inside one decision and never return it.  Arrays over :data:
 are allocated afresh each time, so at most that much stays allocated per name and thread (two
 names: 32 MiB per thread at most, 4.6 MiB after a decision on the 3500 x 784 layer).  The active
 rows and the rows later restricted to the null space share one work array ("layer rows"): the
-first is dead before the second is gathered, and separate arrays, each kept warm in no cache,
-cost about 1 ms per decision there when no page faults were at stake.
+first is dead before the second is gathered.  Two separate arrays made a decision there about 1 ms
+slower even with no page faults at stake, as more memory then competes for the caches.
 """
 
 from __future__ import annotations
