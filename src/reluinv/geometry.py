@@ -152,7 +152,7 @@ def unit_rows(M: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.i
     p = row_exponents(M)
     zero = p == ZERO_ROW
     S = np.ldexp(M, np.where(zero, 0, -p)[:, None])
-    s = np.sqrt(np.einsum("ij,ij->i", S, S))
+    s = np.sqrt(np.vecdot(S, S))
     U = S / np.where(zero, 1.0, s)[:, None]
     return U, p, s
 

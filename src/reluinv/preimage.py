@@ -388,9 +388,10 @@ def _row_norms(A: F64) -> RowNorms:
     The common case costs one pass over A and no copy: every squared row norm lies in
     ``[2^-800, 2^800]`` (or the row is exactly zero), so ``M = A``.  Otherwise each row is scaled
     by the power of two of its largest entry (exact), and the norms of the copy cannot overflow
-    or underflow.
+    or underflow.  The squares are summed by ``np.vecdot`` (a BLAS dot per row): 1.2-1.3 ms for the
+    3500 x 784 layer of ``benchmarks/preimage_speed.py`` where ``np.einsum`` took 1.9-2.3 ms.
     """
-    sq = np.einsum("ij,ij->i", A, A)
+    sq = np.vecdot(A, A)
     outside = np.flatnonzero(~((sq >= 2.0**-800) & (sq <= 2.0**800)))
     zero = np.zeros(A.shape[0], dtype=bool)
     if all(sq[i] == 0 and not A[i].any() for i in outside):
@@ -400,7 +401,7 @@ def _row_norms(A: F64) -> RowNorms:
     zero = p == ZERO_ROW
     shift = np.where(zero, 0, p).astype(np.int64)
     M = np.ldexp(A, (-shift[:, None]).astype(np.int32))  # entries below 1 in magnitude
-    return M, np.sqrt(np.einsum("ij,ij->i", M, M)), shift, zero
+    return M, np.sqrt(np.vecdot(M, M)), shift, zero
 
 
 def _unit_rhs(
