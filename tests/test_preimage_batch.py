@@ -131,12 +131,26 @@ def counting_fallback(monkeypatch):
 
     calls = []
 
-    def counted(E, e):
+    def counted(E, e, **options):
         calls.append(E.shape)
-        return EqualityFactor(E, e)
+        return EqualityFactor(E, e, **options)
 
     monkeypatch.setattr(module, "EqualityFactor", counted)
     return calls
+
+
+def counting_lu_tries(monkeypatch):
+    """Count the LU factorisations EqualityFactor tries before its QRs."""
+    tries = []
+    for name in ("_try_lu_wide", "_try_square_subset"):
+        tried = getattr(EqualityFactor, name)
+
+        def counted(self, E, e, *args, _name=name, _tried=tried, **kwargs):
+            tries.append(_name)
+            return _tried(self, E, e, *args, **kwargs)
+
+        monkeypatch.setattr(EqualityFactor, name, counted)
+    return tries
 
 
 def test_rank_deficient_active_rows_fall_back_to_the_pivoted_qr(one_thread, monkeypatch):
@@ -155,9 +169,11 @@ def test_rank_deficient_active_rows_fall_back_to_the_pivoted_qr(one_thread, monk
             same_result(reluinv.preimage(A, b, y), q, A, b, y)
             assert q.kind == brute_force_kind(A, b, y)
     calls = counting_fallback(monkeypatch)
+    tries = counting_lu_tries(monkeypatch)
     first = preimage_batch(A, b, Y[:1], device="cpu")[0]
     assert (first.n_active, first.rank) == (9, 3)
     assert calls == [(9, n)]  # the torch factor was refused, the pivoted QR decided
+    assert tries == []  # without repeating the LU the torch factor had been
 
 
 def test_tall_singular_pick_falls_back(one_thread, monkeypatch):
@@ -176,8 +192,12 @@ def test_tall_singular_pick_falls_back(one_thread, monkeypatch):
             same_result(reluinv.preimage(A, b, y), q, A, b, y)
             assert (q.kind, q.rank) == ("singleton", n)
     calls = counting_fallback(monkeypatch)
+    tries = counting_lu_tries(monkeypatch)
     preimage_batch(A, b, Y, device="cpu")
     assert calls == [(2 * n, n)] * 3  # every batched LU was refused
+    assert tries == []  # and the QR of all rows decided without repeating it
+    reluinv.preimage(A, b, Y[0])
+    assert tries == ["_try_square_subset"]  # the per-sample path tries that LU itself
 
 
 def test_empty_batch_and_zero_rows(one_thread):

@@ -176,10 +176,14 @@ class EqualityFactor:
         E: NDArray[np.float64],
         e: NDArray[np.float64],
         source: Callable[[], NDArray[np.float64]] | None = None,
+        *,
+        lu_refused: bool = False,
     ):
         """``source``: where given, a function that returns E anew; E itself may then be
         overwritten (the LU of ``E^T`` runs in place, saving a copy) and ``source()`` gives the
-        pivoted QR its E."""
+        pivoted QR its E.  ``lu_refused``: the LU tried first (of ``E^T`` for p < n, of the n
+        picked rows for p >= n) was already computed elsewhere and did not certify full rank
+        (:mod:`reluinv.preimage_batch`), so it is not repeated."""
         p, n = E.shape
         self.n = n
         eps_rule = max(p, n, 1) * np.finfo(float).eps
@@ -187,12 +191,12 @@ class EqualityFactor:
             self.rank, self.rank_ratio, self.x_p = 0, 1.0, np.zeros(n)
             self.basis: NullBasis = ExplicitBasis(np.eye(n))
             return
-        if p < n:
+        if p < n and not lu_refused:
             if self._try_lu_wide(E, e, overwrite=source is not None):
                 return
             if source is not None:
                 E = source()
-        if p >= n and self._try_unpivoted_tall(E, e):
+        if p >= n and self._try_unpivoted_tall(E, e, try_square_subset=not lu_refused):
             return
         self._pivoted(E, e, eps_rule)
 
@@ -225,8 +229,8 @@ class EqualityFactor:
         self.basis = ExplicitBasis(np.zeros((n, 0)))
         return True
 
-    def _try_unpivoted_tall(self, E, e) -> bool:
-        if self._try_square_subset(E, e):
+    def _try_unpivoted_tall(self, E, e, try_square_subset: bool = True) -> bool:
+        if try_square_subset and self._try_square_subset(E, e):
             return True
         (qr, tau), _ = scipy.linalg.qr(E, mode="raw", check_finite=False)
         n = self.n

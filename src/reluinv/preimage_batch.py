@@ -231,7 +231,7 @@ def _wide_factory(LU: F64, piv: NDArray[np.integer]) -> Factor:
         _check_rows(E, LU.shape[1])
         solved = wide_from_lu(E, e, LU, piv)
         if solved is None:
-            return EqualityFactor(E, e)  # rank not certified: the pivoted QR decides
+            return EqualityFactor(E, e, lu_refused=True)  # rank not certified: the pivoted QR decides
         x_p, O, rcond = solved
         return _Given(x_p, E.shape[0], rcond, O)
 
@@ -257,7 +257,7 @@ def _tall_factory(LU: F64, piv: NDArray[np.int32], anorm: float, p: int, n: int)
         _check_rows(E, p)
         rcond = float(lapack.dgecon(LU, anorm, norm="1")[0])
         if not certifies_full_rank(rcond, E.shape):
-            return EqualityFactor(E, e)  # QR of all rows, then pivoted QR, decide
+            return EqualityFactor(E, e, lu_refused=True)  # QR of all rows, then pivoted QR, decide
         x_p = scipy.linalg.lu_solve((LU, piv), e[square_pick(p, n)], check_finite=False)
         return _Given(x_p, n, rcond, np.zeros((n, 0)))
 
