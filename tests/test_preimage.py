@@ -1,5 +1,7 @@
 """Preimage of one ReLU layer (Theorem 4, Remark 3) against the 2n-LP oracle and known cases."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -428,7 +430,8 @@ def test_unit_inequalities_restricted_to_a_subspace(with_box):
 
 def test_restricted_rows_are_formed_once_and_returned_in_the_order_asked():
     # The store of a decision's restricted rows: overlapping requests in any order (past its
-    # first capacity, so it grows) give G[idx] @ O, read-only, and form each row once.
+    # first capacity, so it grows) give G[idx] @ O, read-only, and form each row once, in the
+    # order first asked for.
     from reluinv.preimage import _RestrictedRows, _UnitInequalities
 
     rng = np.random.default_rng(5)
@@ -443,17 +446,59 @@ def test_restricted_rows_are_formed_once_and_returned_in_the_order_asked():
     formed = []
     restricted = G.restricted
     G.restricted = lambda idx, O, out: (formed.extend(idx.tolist()), restricted(idx, O, out))
+    first_asked: list[int] = []
     for idx in (
         np.arange(5),
-        np.array([4, 3, 30]),
+        np.array([4, 3, 30, 30]),
+        np.array([62, 0, 61]),
         np.arange(G.size)[::-1],
         np.arange(10, 40),
-        np.array([62, 0, 61]),
     ):
         rows = store(idx)
         np.testing.assert_allclose(rows, explicit[idx] @ O, atol=1e-14)
         assert not rows.flags.writeable
-    assert sorted(formed) == list(range(G.size))
+        first_asked += [i for i in dict.fromkeys(idx.tolist()) if i not in first_asked]
+    assert formed == first_asked  # each row once, in the order it was first asked for
+
+
+def test_the_boundedness_test_and_the_interior_point_share_one_product(monkeypatch):
+    # A compact decision forms the spread rows of the boundedness test and the rows the interior
+    # point starts from in one product, the spread rows first (so the test reads them as a block):
+    # the interior point's first request forms nothing more.
+    from reluinv._interior import first_rows
+    from reluinv.geometry import spread_rows
+    from reluinv.preimage import _UnitInequalities
+
+    module = sys.modules["reluinv.preimage"]  # the package attribute is the function
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((700, 157)) / np.sqrt(157)
+    x = rng.standard_normal(157)
+    ax = np.sort(A @ x)
+    b = np.full(700, -(ax[-120] + ax[-121]) / 2)  # 120 active units
+    y = np.maximum(A @ x + b, 0.0)
+    products: list[np.ndarray] = []
+    restricted = _UnitInequalities.restricted
+    monkeypatch.setattr(
+        _UnitInequalities,
+        "restricted",
+        lambda self, idx, O, out: (products.append(idx.copy()), restricted(self, idx, O, out)),
+    )
+    formed_by_first: list[int] = []
+    interior_point = module.interior_point
+
+    def first_request_counted(rows, slack_at, c, margin, tol):
+        before = len(products)
+        rows(first_rows(c, margin))
+        formed_by_first.append(len(products) - before)
+        return interior_point(rows=rows, slack_at=slack_at, c=c, margin=margin, tol=tol)
+
+    monkeypatch.setattr(module, "interior_point", first_request_counted)
+    r = reluinv.preimage(A, b, y)
+    assert (r.kind, r.n_active, r.nullity) == ("compact", 120, 37)
+    spread = spread_rows(700 - 120, 37)
+    np.testing.assert_array_equal(products[0][: spread.size], spread)
+    assert products[0].size > spread.size  # the interior point's first rows joined them
+    assert formed_by_first == [0]
 
 
 def test_a_violated_row_that_is_constant_in_the_null_space_means_empty():

@@ -24,7 +24,7 @@ import scipy.linalg
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-__all__ = ["CONSTANT_ROW", "interior_point"]
+__all__ = ["CONSTANT_ROW", "first_rows", "interior_point"]
 
 F64 = NDArray[np.float64]
 Idx = NDArray[np.intp]
@@ -67,7 +67,7 @@ def interior_point(
     ``slack`` is exact on every row within ``_FRESH * margin`` of its bound and a lower bound
     elsewhere (:func:`_checked_slack`).
     """
-    subset = np.flatnonzero(c < _FIRST * margin)
+    subset = first_rows(c, margin)
     R = rows(subset)
     z: F64 | None = None
     checked: tuple[F64, F64] | None = None
@@ -90,6 +90,12 @@ def interior_point(
         subset = np.concatenate([subset, fresh])
         R = np.vstack([R, rows(fresh)])
     return None
+
+
+def first_rows(c: F64, margin: float) -> Idx:
+    """The rows :func:`interior_point` forms first: those within ``_FIRST`` margins of their bound
+    at ``z = 0``."""
+    return np.flatnonzero(c < _FIRST * margin)
 
 
 def _checked_slack(

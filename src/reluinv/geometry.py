@@ -280,7 +280,7 @@ def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
     # 2.5 s compact decision at nullity 762 and 0.35 s of 0.58 s at 485, where the projections
     # on every row then passed in 0.26 s and 0.05 s.  (Not ``or``: a certificate's truth value is
     # its verdict.)
-    few = min(m, 3 * n + 32)
+    few = spread_rows(m, n).size
     quick = _projection_certificate(
         src, rtol, rounds=_PROJECTION_ROUNDS if few <= _FEW_FRACTION * m else _FEW_ROUNDS
     )
@@ -370,8 +370,14 @@ def _projection_certificate(
     ones usually are, pass in a few rounds.  A subset suffices (a superset of an omnidirectional
     set is omnidirectional); :func:`omni_lazy` tries all rows with :func:`_project_subset` later.
     """
-    subset = _initial_subset(src.m, min(src.m, 3 * src.n + 32))
+    subset = spread_rows(src.m, src.n)
     return _project_subset(src.rows(subset), subset, src.n, rtol, rounds=rounds)
+
+
+def spread_rows(m: int, n: int) -> NDArray[np.intp]:
+    """The ``3n + 32`` of ``m`` rows (all when fewer), spread evenly, on which :func:`omni_lazy`
+    tries its cheapest certificate first (read-only)."""
+    return _initial_subset(m, min(m, 3 * n + 32))
 
 
 #: When the 3n + 32 spread rows are more than this fraction of all rows, their projections get
