@@ -674,14 +674,7 @@ class _LayerSystem:
         rows_src = self._restrict_to_nullspace()
         omni: OmniCertificate | None = None
         if not self.box_bounded:
-            # The spread rows of the boundedness test and the rows the interior point starts from
-            # in one product: a decision that runs the test forms both sets (when the spread rows
-            # fail, it forms every row), and one GEMM of 787 rows cost 0.8 ms less than two of 584
-            # and 203 at nullity 184 (benchmarks/preimage_speed.py).  The spread rows come first,
-            # so the test reads them as one block.
-            spread = spread_rows(self.G.size, self.k)
-            first = first_rows(self.c, self.margin)
-            self.restricted(np.concatenate([spread, first[~np.isin(first, spread)]]))
+            self._form_shared_rows()
             # An unbounded verdict with a strict direction also gives an interior point for free.
             omni = omni_lazy(rows_src, rtol=self.rtol)
             if not omni.omnidirectional and omni.margin > NEAR_FACTOR * tol:
@@ -759,6 +752,14 @@ class _LayerSystem:
         self.c = self.h - G.dot(self.x_p, self.product)
         self.margin = _CAP * max(1.0, float(np.linalg.norm(self.x_p)))
         return RowSource(m=G.size, n=self.k, rows=self.restricted, apply=lambda z: G.dot(O @ z))
+
+    def _form_shared_rows(self) -> None:
+        """The spread rows of the boundedness test and the rows the interior point starts from,
+        in one product.  A decision that runs the test forms both sets (when the spread rows
+        fail, it forms every row), and one GEMM of 787 rows cost 0.8 ms less than two of 584 and
+        203 at nullity 184 (``benchmarks/preimage_speed.py``).  The spread rows come first, so
+        the test reads them as one block; the store forms a row asked for twice once."""
+        self.restricted(np.concatenate([spread_rows(self.G.size, self.k), first_rows(self.c, self.margin)]))
 
     def _unbounded_from_strict_direction(self, omni: OmniCertificate, tol: float) -> Preimage:
         assert omni.direction is not None
