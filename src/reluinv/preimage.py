@@ -360,8 +360,10 @@ class _RestrictedRows:
         self.G, self.O = G, O
         self.position = np.full(G.size, -1, dtype=np.intp)  # row i is stored[position[i]]
         k = O.shape[1]
-        # Room for the boundedness test's 3k + 32 rows and the interior point's first ones.
-        self.stored = np.empty((min(G.size, 5 * k + 64), k))
+        # Room for the boundedness test's 3k + 32 rows and the interior point's first ones.  Column
+        # major: OpenBLAS forms a product into it 10-15 % faster than into rows (808 x 784 by
+        # 784 x 184, single-threaded: 3.4 ms against 3.9 ms), and the projections read it as fast.
+        self.stored = np.empty((min(G.size, 5 * k + 64), k), order="F")
         self.count = 0
 
     def __call__(self, idx: NDArray[np.intp]) -> F64:
@@ -373,7 +375,7 @@ class _RestrictedRows:
             missing = missing[np.sort(np.unique(missing, return_index=True)[1])]  # once each, in order
             end = self.count + missing.size
             if end > self.stored.shape[0]:
-                grown = np.empty((max(end, 2 * self.stored.shape[0]), self.stored.shape[1]))
+                grown = np.empty((max(end, 2 * self.stored.shape[0]), self.stored.shape[1]), order="F")
                 grown[: self.count] = self.stored[: self.count]
                 self.stored = grown
             self.G.restricted(missing, self.O, out=self.stored[self.count : end])
