@@ -549,3 +549,59 @@ def test_compact_preimage_next_to_the_strip_is_certified_by_the_projections(monk
     assert r.kind == "compact" and r.nullity == 394
     assert "omnidirectional" in r.certificate.reason
     r.verify(A, b, y)
+
+
+def test_spread_rows_that_stall_give_way_to_every_row_early(monkeypatch):
+    """The projections on the 3k + 32 spread rows are a first try: past 50 rounds they go on only
+    while every 50 rounds shrink their shortfall 1.5x.  On a shifted layer (the --shift 0.02 --seed 1
+    cases of benchmarks/preimage_speed.py) at 578 active units, nullity 206, they stall and stop
+    at round 100, where without the rule they went on until their gap became a direction of the
+    rows (round 124); the projections on every row then certify the preimage compact, with the
+    same verdict and margin either way, and the certificate is checked independently."""
+    from reluinv import geometry
+
+    rng = np.random.default_rng(1)
+    m, n = 3500, 784
+    A = rng.standard_normal((m, n)) / np.sqrt(n) + 0.02
+    for n_active in np.linspace(200, 880, 10).round().astype(int)[:6]:  # the benchmark's draws
+        x = rng.random(n) * (rng.random(n) < 0.5)
+        z = A @ x
+        b = -np.sort(z)[-n_active - 1 : -n_active + 1].mean() * np.ones(m)
+    y = np.maximum(A @ x + b, 0.0)
+
+    rounds: list[list[int]] = []  # projections made by each call of _project_subset
+    range_projector, project_subset = geometry._range_projector, geometry._project_subset
+
+    def counting_projector(rows):
+        factor = range_projector(rows)
+        if factor is None:
+            return None
+        project, rcond = factor
+
+        def counted(v):
+            rounds[-1][1] += 1
+            return project(v)
+
+        return geometry._Projector(project.coefficients, counted), rcond
+
+    def recorded(rows, *args, **kwargs):
+        rounds.append([rows.shape[0], 0])
+        return project_subset(rows, *args, **kwargs)
+
+    monkeypatch.setattr(geometry, "_range_projector", counting_projector)
+    monkeypatch.setattr(geometry, "_project_subset", recorded)
+    r = reluinv.preimage(A, b, y)
+    assert r.kind == "compact" and r.nullity == 206
+    r.verify(A, b, y)
+    assert rounds[0][0] == 3 * 206 + 32 and rounds[0][1] == 101  # rounds 0-100, then it stops
+    assert rounds[1][0] > rounds[0][0]  # every row, which passes
+
+    def patient(rows, *args, **kwargs):  # the spread rows' rule before: up to 200 rounds
+        kwargs["steady_after"] = geometry._PROJECTION_ROUNDS
+        return recorded(rows, *args, **kwargs)
+
+    rounds.clear()
+    monkeypatch.setattr(geometry, "_project_subset", patient)
+    before = reluinv.preimage(A, b, y)
+    assert rounds[0][0] == 3 * 206 + 32 and rounds[0][1] == 125
+    assert (before.kind, before.margin) == (r.kind, r.margin)
