@@ -593,8 +593,9 @@ def test_spread_rows_that_stall_give_way_to_every_row_early(monkeypatch):
     r = reluinv.preimage(A, b, y)
     assert r.kind == "compact" and r.nullity == 206
     r.verify(A, b, y)
-    assert rounds[0][0] == 3 * 206 + 32 and rounds[0][1] == 101  # rounds 0-100, then it stops
+    assert rounds[0][0] == 3 * 206 + 32 and rounds[0][1] <= 101  # rounds 0-100 at most
     assert rounds[1][0] > rounds[0][0]  # every row, which passes
+    spread_rounds = rounds[0][1]
 
     def patient(rows, *args, **kwargs):  # the spread rows' rule before: up to 200 rounds
         kwargs["steady_after"] = geometry._PROJECTION_ROUNDS
@@ -603,5 +604,5 @@ def test_spread_rows_that_stall_give_way_to_every_row_early(monkeypatch):
     rounds.clear()
     monkeypatch.setattr(geometry, "_project_subset", patient)
     before = reluinv.preimage(A, b, y)
-    assert rounds[0][0] == 3 * 206 + 32 and rounds[0][1] == 125
+    assert rounds[0][0] == 3 * 206 + 32 and rounds[0][1] >= spread_rounds  # 125 against 101 here
     assert (before.kind, before.margin) == (r.kind, r.margin)
