@@ -47,6 +47,7 @@ __all__ = [
     "omni_lazy",
     "omnidirectional_certificate",
     "row_exponents",
+    "scaled_rows",
     "unit_rows",
 ]
 
@@ -141,19 +142,24 @@ def row_exponents(M: NDArray[np.float64]) -> NDArray[np.int32]:
     return np.where(mant == 0, ZERO_ROW, p).astype(np.int32)
 
 
+def scaled_rows(M: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.int32], NDArray[np.float64]]:
+    """``(S, p, s)``: ``S_i = M_i * 2^-p_i`` (exact; ``p`` from :func:`row_exponents`, zero rows
+    left alone) and ``s_i = |S_i|``, in ``[1/2, sqrt(n))`` or 0 for a zero row, so that
+    ``|M_i| = s_i * 2^p_i`` is computed without overflow or underflow."""
+    p = row_exponents(M)
+    S = np.ldexp(M, np.where(p == ZERO_ROW, 0, -p)[:, None])
+    return S, p, np.sqrt(np.vecdot(S, S))
+
+
 def unit_rows(M: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.int32], NDArray[np.float64]]:
     """``(U, p, s)``: the rows of M scaled to unit norm, computed without overflow or underflow.
 
-    ``|M_i| = s_i * 2^p_i`` with ``s_i`` in ``[1/2, sqrt(n))`` (``p`` from :func:`row_exponents`);
-    zero rows stay zero (``s_i = 0``).  Omnidirectionality (Definition 1) and the preimage's kind
-    (Theorem 4) depend on each row only up to a positive factor, so unit rows decide them at
-    every scale.
+    ``|M_i| = s_i * 2^p_i`` as in :func:`scaled_rows`; zero rows stay zero (``s_i = 0``).
+    Omnidirectionality (Definition 1) and the preimage's kind (Theorem 4) depend on each row only
+    up to a positive factor, so unit rows decide them at every scale.
     """
-    p = row_exponents(M)
-    zero = p == ZERO_ROW
-    S = np.ldexp(M, np.where(zero, 0, -p)[:, None])
-    s = np.sqrt(np.vecdot(S, S))
-    U = S / np.where(zero, 1.0, s)[:, None]
+    S, p, s = scaled_rows(M)
+    U = S / np.where(p == ZERO_ROW, 1.0, s)[:, None]
     return U, p, s
 
 

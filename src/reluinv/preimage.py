@@ -60,7 +60,7 @@ from .geometry import (
     OmniCertificate,
     RowSource,
     omni_lazy,
-    row_exponents,
+    scaled_rows,
     spread_rows,
 )
 from .preimage_verify import CertificateError, verify_preimage
@@ -409,11 +409,9 @@ def _row_norms(A: F64) -> RowNorms:
     if all(sq[i] == 0 and not A[i].any() for i in outside):
         zero[outside] = True
         return A, np.sqrt(sq), np.zeros(A.shape[0], np.int64), zero
-    p = row_exponents(A)
+    M, p, norms = scaled_rows(A)  # entries below 1 in magnitude
     zero = p == ZERO_ROW
-    shift = np.where(zero, 0, p).astype(np.int64)
-    M = np.ldexp(A, (-shift[:, None]).astype(np.int32))  # entries below 1 in magnitude
-    return M, np.sqrt(np.vecdot(M, M)), shift, zero
+    return M, norms, np.where(zero, 0, p).astype(np.int64), zero
 
 
 def _unit_rhs(
