@@ -87,12 +87,11 @@ def shifted_cases() -> Iterator[Case]:
 
 
 def trained_cases() -> Iterator[Case]:
-    from preimage_trained import trained_layer
+    from preimage_trained import spread_over_active, trained_layer
 
     W, b, images, _source = trained_layer()
     Y = np.maximum(images @ W.T + b, 0.0)
-    order = np.argsort((Y > 0).sum(axis=1), kind="stable")
-    for i in order[np.linspace(0, len(order) - 1, min(58, len(order))).round().astype(int)]:
+    for i in spread_over_active(Y, 58):
         yield "trained", W, b, Y[i]
 
 

@@ -57,6 +57,13 @@ def trained_layer() -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     return W, b, images, source
 
 
+def spread_over_active(Y: np.ndarray, count: int) -> np.ndarray:
+    """Indices of ``count`` of the outputs ``Y`` (one per row), spread evenly over their active
+    counts from fewest to most."""
+    order = np.argsort((Y > 0).sum(axis=1), kind="stable")
+    return order[np.linspace(0, len(order) - 1, min(count, len(order))).round().astype(int)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=58)
@@ -67,7 +74,7 @@ def main() -> None:
     Y = np.maximum(images @ W.T + b, 0.0)
     active = (Y > 0).sum(axis=1)
     order = np.argsort(active, kind="stable")
-    picked = order[np.linspace(0, len(order) - 1, min(args.images, len(order))).round().astype(int)]
+    picked = spread_over_active(Y, args.images)
     shape = f"{W.shape[0]} x {W.shape[1]}"
     print(f"layer {shape} ({source}); {len(picked)} images, active {active.min()}-{active.max()}")
     print("active nullity  kind        seconds  margin")
