@@ -606,3 +606,38 @@ def test_spread_rows_that_stall_give_way_to_every_row_early(monkeypatch):
     before = reluinv.preimage(A, b, y)
     assert rounds[0][0] == 3 * 206 + 32 and rounds[0][1] >= spread_rounds  # 125 against 101 here
     assert (before.kind, before.margin) == (r.kind, r.margin)
+
+
+def test_unbounded_preimage_whose_direction_newton_finds(monkeypatch):
+    """A 600 x 100 layer with every weight shifted and a sparse non-negative input (as
+    ``benchmarks/preimage_speed.py --shift``), 33 active units, nullity 67: the projections on the
+    spread rows and on every row give up, and Newton's method on ``R z <= -1`` finds the direction
+    without the hull point nearest 0 ever being sought.  The verdict agrees with the LP oracle and
+    the certificate checks against the layer."""
+    from reluinv import geometry
+
+    def no_hull_point(rows):
+        raise AssertionError("the hull point was sought")
+
+    found = []
+    hinge = geometry._hinge_direction
+
+    def recording(*args, **kwargs):
+        found.append(hinge(*args, **kwargs))
+        return found[-1]
+
+    monkeypatch.setattr(geometry, "_nearest_hull_point", no_hull_point)
+    monkeypatch.setattr(geometry, "_hinge_direction", recording)
+    m, n, active = 600, 100, 33
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((m, n)) / np.sqrt(n) + 0.56 / np.sqrt(n)
+    x = rng.random(n) * (rng.random(n) < 0.5)
+    z = A @ x
+    b = -np.sort(z)[-active - 1 : -active + 1].mean() * np.ones(m)
+    y = np.maximum(z + b, 0.0)
+    r = reluinv.preimage(A, b, y)
+    assert (r.kind, r.nullity) == ("unbounded", n - active)
+    assert len(found) == 1 and found[0] is not None and "Newton" in found[0].reason
+    assert not r.near_tolerance
+    assert brute_force_kind(A, b, y) == "unbounded"
+    check_result(r, A, b, y)

@@ -24,7 +24,7 @@ import scipy.linalg
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-__all__ = ["CONSTANT_ROW", "first_rows", "interior_point"]
+__all__ = ["CONSTANT_ROW", "first_rows", "hinge_newton", "interior_point"]
 
 F64 = NDArray[np.float64]
 Idx = NDArray[np.intp]
@@ -77,7 +77,7 @@ def interior_point(
             # A violated constant row: only a step of absurd size could "fix" it, by rounding
             # (a preimage that is empty, or thinner than the tolerance).  The LP decides.
             return None
-        z = _newton(R, c[subset] - margin * norms, 0.5 * margin * norms, z)
+        z = hinge_newton(R, c[subset] - margin * norms, 0.5 * margin * norms, z)
         if z is None:
             return None
         slack = _checked_slack(slack_at, z, checked, max(_FRESH * margin, tol))
@@ -122,16 +122,22 @@ def _checked_slack(
     return slack
 
 
-def _newton(R: F64, c: F64, slack: F64, start: F64 | None) -> F64 | None:
-    """A z with ``R z <= c + slack``, by Newton steps on ``1/2 |max(0, R z - c)|^2``; None if
-    :data:`MAX_STEPS` do not reach one."""
+def hinge_newton(R: F64, c: F64, slack: F64, start: F64 | None, hold: float = 0.0) -> F64 | None:
+    """A z with ``R z <= c + slack``, by Newton steps on ``1/2 |max(0, R z - c)|^2`` from ``start``
+    (0 for None); None if :data:`MAX_STEPS` do not reach one.  Also the direction search of
+    :func:`reluinv.geometry.omni_lazy` (``R z <= -1``).
+
+    Each step is the least-norm correction of the rows with ``R z - c > -hold``.  A full step puts
+    the rows it corrects on their bound, where rounding alone decides whether ``R z - c > 0``;
+    ``hold > 0`` keeps them in the next step whichever way it rounds, so that two bases of the same
+    space (rows ``R Q``, Q orthogonal) take the same steps."""
     z = np.zeros(R.shape[1]) if start is None else start
     r = R @ z - c
     f = 0.5 * float(np.sum(np.maximum(r, 0.0) ** 2))
     for _ in range(MAX_STEPS):
         if not np.any(r > slack):
             return z
-        violated = r > 0
+        violated = r > -hold
         step = _least_squares_step(R[violated], r[violated])
         t = 1.0
         while True:
@@ -154,7 +160,7 @@ _GRAM_RATIO = 1e-5
 def _least_squares_step(V: F64, r: F64) -> F64:
     """The least-squares (minimum-norm when underdetermined) ``s`` with ``V s ~ -r``.
 
-    The Newton step of :func:`_newton`.  Through the Cholesky factor of the smaller Gram matrix
+    The Newton step of :func:`hinge_newton`.  Through the Cholesky factor of the smaller Gram matrix
     (``V V^T`` or ``V^T V``: a few times faster than a pivoted QR of V) when it is well
     conditioned, else by gelsy.  Only speed depends on which: the point the steps lead to is
     checked against every row by :func:`interior_point`.

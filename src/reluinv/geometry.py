@@ -16,9 +16,9 @@ Every answer comes with a certificate that can be checked without trusting the s
 
 Decisions use one linear programme (solved by HiGHS) whose primal gives the multipliers and whose
 dual gives the direction, inside a row-generation loop that usually looks at a small fraction of
-the rows (see :func:`omnidirectional_certificate`).  Two cheaper attempts come first, each checked
-like the LP's answer: alternating projections for the multipliers, and minus the rows' hull point
-nearest 0 (non-negative least squares) for a direction.
+the rows (see :func:`omnidirectional_certificate`).  Cheaper attempts come first, each checked
+like the LP's answer: alternating projections for the multipliers, and for a direction Newton's
+method on ``A z <= -1``, then minus the rows' hull point nearest 0 (non-negative least squares).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import scipy.optimize
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
+from ._interior import hinge_newton
 from ._lp import ColumnLP
 from ._threads import single_blas_pool
 from ._validate import as_finite_array
@@ -260,8 +261,13 @@ class _StiemkeLP:
         return (u / norm if norm > 0 else None), None
 
 
-def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
-    """Row-generation decision of omnidirectionality (see :func:`omnidirectional_certificate`)."""
+def omni_lazy(src: RowSource, *, rtol: float, strict_enough: float = 0.0) -> OmniCertificate:
+    """Row-generation decision of omnidirectionality (see :func:`omnidirectional_certificate`).
+
+    ``strict_enough``: a direction found by Newton's method (:func:`_hinge_direction`) is returned
+    only when its margin exceeds this; otherwise the nearest hull point is sought, as it would be
+    without the Newton try (a caller whose verdict depends on how strict the direction is passes
+    its threshold, so the shortcut never turns a clear decision into a near one)."""
     m, n = src.m, src.n
     if n == 0:
         return OmniCertificate(
@@ -277,7 +283,8 @@ def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
             d, src.apply(d), rtol, f"Corollary 6: {m} non-zero rows <= dimension {n}"
         )
     # Cheapest first: projections on a few rows (omnidirectional sets usually pass), projections
-    # on every row, the nearest hull point (sets with a direction give it), then the LP.  The
+    # on every row, a strict direction (sets with one give it: Newton's method, else the nearest
+    # hull point), then the LP.  The
     # projections on every row go before the hull point because they give up within a few hundred
     # cheap rounds on a set with a direction (see _HOPELESS and _EVERY_ROW_ROUNDS; 40-290 on the
     # shifted layers of benchmarks/preimage_speed.py), while the hull point's least squares cost
@@ -296,7 +303,9 @@ def omni_lazy(src: RowSource, *, rtol: float) -> OmniCertificate:
         if few < m:
             quick = _project_subset(every, np.arange(m), n, rtol, gave_up=leaning, rounds=_EVERY_ROW_ROUNDS)
         if quick is None and m * n <= _MIN_NORM_ENTRIES:
-            quick = _min_norm_certificate(every, rtol, toward=leaning[0] if leaning else None)
+            quick = _min_norm_certificate(
+                every, rtol, toward=leaning[0] if leaning else None, strict_enough=strict_enough
+            )
     if quick is not None:
         return quick
     subset = _initial_subset(m, 2 * n + 16)
@@ -435,28 +444,87 @@ def _nearest_hull_point(rows: NDArray[np.float64]) -> NDArray[np.float64] | None
 
 
 def _min_norm_certificate(
-    every: NDArray[np.float64], rtol: float, toward: NDArray[np.float64] | None = None
+    every: NDArray[np.float64],
+    rtol: float,
+    toward: NDArray[np.float64] | None = None,
+    strict_enough: float = 0.0,
 ) -> OmniCertificate | None:
-    """Try a direction before any LP: minus the point ``p`` of the rows' convex hull nearest 0.
+    """Try a strict direction before any LP: Newton's method on ``every @ z <= -1``
+    (:func:`_hinge_direction`), then minus the point ``p`` of the rows' convex hull nearest 0.
 
     If ``p != 0`` it is the projection of 0 onto the hull, so ``<a_i, -p> <= -|p|^2`` for every
-    row and ``d = -p / |p|`` is a strict direction of Corollary 2 iv.  ``p`` is computed on a
+    row and ``d = -p / |p|`` is a strict direction of Corollary 2 iv.  Both searches work on a
     growing subset of the rows: the ``2n`` rows most violated by the first candidate, then those
     most violated by each candidate.  The first candidate is ``toward`` where given (the
     direction the alternating projections gave up on: the rows nearest its bound, which it does
     not hold strictly, are then the ones that hold the hull away from 0), and minus the rows'
     mean otherwise or when that start finds nothing.  On the shifted layers of
-    ``benchmarks/preimage_speed.py --shift 0.02`` (unbounded, nullity 434-534) the start from
-    ``toward`` took 165-325 ms against 377-733 ms from the mean.  Every candidate is checked on
-    all rows (``every``, all of them), so an inexact or partial ``p`` only costs the shortcut.
-    When 0 is in the subset's hull or after :data:`_MIN_NORM_ROUNDS` rounds the LP decides;
-    :func:`omni_lazy` skips this for row sets over :data:`_MIN_NORM_ENTRIES` entries.
+    ``benchmarks/preimage_speed.py --shift 0.02`` (unbounded, nullity 434-534) the hull point
+    from ``toward`` took 165-325 ms against 377-733 ms from the mean.  Every candidate is checked
+    on all rows (``every``, all of them), so an inexact or partial answer only costs the
+    shortcut.  When neither finds a direction the LP decides; :func:`omni_lazy` skips this for
+    row sets over :data:`_MIN_NORM_ENTRIES` entries.
     """
+    first = every @ toward if toward is not None else every @ -every.mean(axis=0)
+    found = _hinge_direction(every, rtol, first, strict_enough)
+    if found is not None:
+        return found
     if toward is not None:
-        found = _min_norm_rounds(every, rtol, every @ toward)
+        found = _min_norm_rounds(every, rtol, first)
         if found is not None:
             return found
     return _min_norm_rounds(every, rtol, every @ -every.mean(axis=0))
+
+
+#: :func:`_hinge_direction`: Newton's method stops once ``R z <= -1 + _HINGE_SLACK``, and keeps
+#: rows within ``_HINGE_HOLD`` of their bound in its steps (see :func:`reluinv._interior.hinge_newton`).
+_HINGE_SLACK = 0.1
+_HINGE_HOLD = 1e-9
+
+
+def _hinge_direction(
+    every: NDArray[np.float64], rtol: float, prod: NDArray[np.float64], strict_enough: float
+) -> OmniCertificate | None:
+    """A strict direction ``z / |z|`` with ``every @ z <= -1 + _HINGE_SLACK`` on every row, by
+    Newton's method on the squared violations (:func:`reluinv._interior.hinge_newton`), or None.
+
+    Such a z exists exactly when the rows have a strict direction (scale one up), and its margin
+    is at least ``(1 - _HINGE_SLACK) / |z|``.  The hull point nearest 0 of all rows would give the
+    largest margin any direction has, ``1 / min |z|`` (the two problems are dual); Newton's steps,
+    each the least-norm correction of the violated rows, stay near the least-norm z.  Rows join as
+    in :func:`_min_norm_rounds`, starting from the ``2n`` where ``prod`` is largest.  None also
+    when the margin is not above ``strict_enough`` (the caller then seeks the hull point).
+
+    Measured on the nine unbounded preimages of ``benchmarks/preimage_speed.py --shift 0.02`` with
+    200-351 active units (seeds 0-2, nullity 433-584): 30-130 ms per direction against 190-350 ms
+    for the hull point, margins 0.3-3.5 times the hull point's (nearest 0 on its subset of the
+    rows only, so not the best direction either); on the two compact preimages of the strip
+    (seed 2, 400 and 420 active units) Newton's method gave up after 130-165 ms.
+    """
+    n = every.shape[1]
+    subset = np.argsort(-prod)[: 2 * n]
+    z: NDArray[np.float64] | None = None
+    for _ in range(_MIN_NORM_ROUNDS):
+        bound, slack = np.full(subset.size, -1.0), np.full(subset.size, _HINGE_SLACK)
+        z = hinge_newton(every[subset], bound, slack, z, hold=_HINGE_HOLD)
+        if z is None:
+            return None
+        prod = every @ z
+        violated = np.flatnonzero(prod > _HINGE_SLACK - 1.0)
+        if violated.size == 0:
+            norm = float(np.linalg.norm(z))
+            cert = _direction_certificate(
+                z / norm,
+                prod / norm,
+                rtol,
+                "direction d != 0 with A d < 0: Newton's method on A z <= -1 (Corollary 2 iv)",
+            )
+            return cert if cert.margin > strict_enough else None
+        fresh = np.setdiff1d(violated, subset)
+        if fresh.size == 0:  # pragma: no cover - the subset's rows hold once Newton returns
+            return None
+        subset = np.concatenate([subset, fresh[np.argsort(-prod[fresh])[:n]]])
+    return None
 
 
 def _min_norm_rounds(

@@ -676,7 +676,7 @@ class _LayerSystem:
         if not self.box_bounded:
             self._form_shared_rows()
             # An unbounded verdict with a strict direction also gives an interior point for free.
-            omni = omni_lazy(rows_src, rtol=self.rtol)
+            omni = omni_lazy(rows_src, rtol=self.rtol, strict_enough=NEAR_FACTOR * tol)
             if not omni.omnidirectional and omni.margin > NEAR_FACTOR * tol:
                 return self._unbounded_from_strict_direction(omni, tol)
         # Rows that certified boundedness seed the Chebyshev LP, unless they are (nearly) all rows.
