@@ -388,6 +388,47 @@ def test_spread_rows_get_few_rounds_when_they_are_many(monkeypatch, m):
     assert calls[0] == (3 * n + 32, few)
 
 
+def test_projection_progress_rule_over_one_window_and_over_several():
+    """The projections stop once the shortfall (one value per 50 rounds) shrank less than 1.5x in
+    the last window and, where a longer rule is given, less than that factor over the last four
+    windows; constructed trails with the answer known."""
+    from reluinv.geometry import _stalled
+
+    assert not _stalled([0.1, 0.05], np.inf)  # 2x in the last window
+    assert _stalled([0.1, 0.09], np.inf)
+    slow = [0.1, 0.08, 0.066, 0.055, 0.046]  # 1.2x per window, 2.2x over four
+    assert _stalled(slow, np.inf)
+    assert not _stalled(slow, 1.3)
+    assert _stalled(slow, 3.0)
+    assert _stalled(slow[1:], 1.3)  # four values: no four-window history yet
+    flat = [0.1, 0.09, 0.088, 0.087, 0.087]  # 1.15x over four windows
+    assert _stalled(flat, 1.3)
+
+
+def test_every_row_projections_get_the_longer_progress_rule(monkeypatch):
+    """The projections on every row (after the spread rows fail) run under the four-window rule
+    and the larger round budget; the spread rows' projections keep the one-window rule."""
+    from reluinv import geometry
+
+    rng = np.random.default_rng(4)
+    n, m = 20, 400
+    rows = rng.standard_normal((m, n))
+    rows[:, 0] = np.abs(rows[:, 0]) + 0.5
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    calls = []
+    project = geometry._project_subset
+
+    def recording(r, *args, **kwargs):
+        calls.append((r.shape[0], kwargs.get("rounds"), kwargs.get("long_progress", np.inf)))
+        return project(r, *args, **kwargs)
+
+    monkeypatch.setattr(geometry, "_project_subset", recording)
+    cert = geometry.omni_lazy(geometry.RowSource.from_rows(rows), rtol=1e-9)
+    check_certificate(rows, cert)
+    assert calls[0][0] == 3 * n + 32 and calls[0][2] == np.inf
+    assert calls[1] == (m, geometry._EVERY_ROW_ROUNDS, geometry._EVERY_ROW_LONG_PROGRESS)
+
+
 @pytest.mark.parametrize("toward", ["gave up", "poor"])
 def test_hull_point_search_from_a_given_direction(toward):
     """Rows with a direction (they lean to +e_1): the search for the hull point nearest 0, started

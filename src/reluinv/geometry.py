@@ -301,7 +301,15 @@ def omni_lazy(src: RowSource, *, rtol: float, strict_enough: float = 0.0) -> Omn
         every = src.rows(np.arange(m))  # formed once for both
         leaning: list[NDArray[np.float64]] = []
         if few < m:
-            quick = _project_subset(every, np.arange(m), n, rtol, gave_up=leaning, rounds=_EVERY_ROW_ROUNDS)
+            quick = _project_subset(
+                every,
+                np.arange(m),
+                n,
+                rtol,
+                gave_up=leaning,
+                rounds=_EVERY_ROW_ROUNDS,
+                long_progress=_EVERY_ROW_LONG_PROGRESS,
+            )
         if quick is None and m * n <= _MIN_NORM_ENTRIES:
             quick = _min_norm_certificate(
                 every, rtol, toward=leaning[0] if leaning else None, strict_enough=strict_enough
@@ -373,9 +381,24 @@ _PROJECTION_ROUNDS = 200
 #: 6.24 s against 6.41 s; ``benchmarks/compare_versions.py``, one process), the Gaussian and
 #: shifted layers of ``benchmarks/preimage_speed.py`` the same time (sums within 0.1 %), with the
 #: same verdicts and margins on all 96 decisions.
-_EVERY_ROW_ROUNDS = 1000
+#:
+#: Right next to the strip the projections on every row can pass after well over 1,000 rounds
+#: while single windows shrink the shortfall only 1.03-1.6x (``--shift 0.02 --active 380 440``,
+#: seed 2 at 420 active units, nullity 364: 1,499 rounds, 1.1 s, with every 200 rounds shrinking
+#: it 1.58-3.7x; inside the decision, where rounding leads the accelerated rounds elsewhere, a
+#: threshold of 1.5 stopped them near round 1,330), where the Stiemke LP takes 6-9 s.  So the
+#: projections on every row also go on
+#: while every :data:`_LONG_WINDOWS` windows shrink the shortfall by
+#: :data:`_EVERY_ROW_LONG_PROGRESS`, up to 3,000 rounds; an unbounded preimage whose projections
+#: stall (1.00-1.13x per window; seed 1 at 351 active units) then stops at round 300 instead of
+#: 250.  On that strip run with seeds 0-5 (42 preimages, separate processes) the sum of the times
+#: fell from 51.5 s to 23.7 s: three compact preimages at 1.5, 0.7 and 0.5 s that took 6.4-8.9 s,
+#: one (seed 5, 390 active units) still left to the LP, 9.9 s against 9.3 s.
+_EVERY_ROW_ROUNDS = 3000
 _PROGRESS_WINDOW = 50
 _PROGRESS_FACTOR = 1.5
+_LONG_WINDOWS = 4
+_EVERY_ROW_LONG_PROGRESS = 1.3
 
 
 def _projection_certificate(
@@ -572,10 +595,12 @@ def _project_subset(
     gave_up: list[NDArray[np.float64]] | None = None,
     rounds: int = _PROJECTION_ROUNDS,
     steady_after: int = _PROJECTION_ROUNDS,
+    long_progress: float = np.inf,
 ) -> OmniCertificate | None:
     """Alternating projections on ``rows`` (see :func:`_projection_certificate`): a multiplier
     certificate, or None.  Past ``steady_after`` rounds they go on only while every
-    :data:`_PROGRESS_WINDOW` rounds shrink the shortfall by :data:`_PROGRESS_FACTOR`.  When they
+    :data:`_PROGRESS_WINDOW` rounds shrink the shortfall by :data:`_PROGRESS_FACTOR`, or every
+    :data:`_LONG_WINDOWS` windows by ``long_progress`` (:func:`_stalled`).  When they
     end without a certificate, the unit direction ``d`` of their last gap is appended to
     ``gave_up`` where given: when they gave up because the gap is a direction of the rows (see
     :data:`_HOPELESS`), ``rows @ d <= 0`` but for a tiny part of its largest entry, not
@@ -590,7 +615,7 @@ def _project_subset(
     v = np.ones(m)
     past: list[tuple[NDArray[np.float64], NDArray[np.float64]]] = []
     hopeless = _HOPELESS / np.sqrt(m)
-    last_shortfall = np.inf
+    trail: list[float] = []  # the shortfall every _PROGRESS_WINDOW rounds
     for round_ in range(rounds):
         gap = project(v)  # rows @ w for some w: rows @ (-w) = -gap
         lam = v - gap
@@ -607,11 +632,10 @@ def _project_subset(
             )
         if gap.max() > 0 and -np.minimum(gap, 0.0).sum() <= hopeless * gap.max():
             break  # the rows have a direction: no round can pass (see _HOPELESS)
-        if round_ >= steady_after and round_ % _PROGRESS_WINDOW == 0:
-            shortfall = -lam.min() / np.abs(v).max()  # what the test above still lacks
-            if shortfall > last_shortfall / _PROGRESS_FACTOR:
+        if round_ % _PROGRESS_WINDOW == 0:
+            trail.append(-lam.min() / np.abs(v).max())  # what the test above still lacks
+            if round_ > steady_after and _stalled(trail, long_progress):
                 break  # beyond the usual rounds only while clearly getting there (_EVERY_ROW_ROUNDS)
-            last_shortfall = shortfall
         step = lam + _RELAX * (np.maximum(lam, 1.0) - lam)  # relaxed projection onto {v >= 1}
         v = step if round_ < _PLAIN_ROUNDS else _anderson(past, v, step)
     if gave_up is not None:
@@ -620,6 +644,17 @@ def _project_subset(
         if np.isfinite(norm) and norm > 0:
             gave_up.append(-w / norm)
     return None
+
+
+def _stalled(trail: list[float], long_progress: float) -> bool:
+    """Whether the shortfalls ``trail`` (one per :data:`_PROGRESS_WINDOW` rounds) shrank less than
+    :data:`_PROGRESS_FACTOR` times in the last window and less than ``long_progress`` times in
+    the last :data:`_LONG_WINDOWS` windows together."""
+    if trail[-1] * _PROGRESS_FACTOR <= trail[-2]:
+        return False
+    if long_progress == np.inf or len(trail) <= _LONG_WINDOWS:
+        return True
+    return not trail[-1] * long_progress <= trail[-1 - _LONG_WINDOWS]
 
 
 #: The projections give up on a row set once ``d = -w`` (``project(v) = rows @ w``, so
