@@ -388,6 +388,45 @@ def test_spread_rows_get_few_rounds_when_they_are_many(monkeypatch, m):
     assert calls[0] == (3 * n + 32, few)
 
 
+def test_newton_starts_from_the_direction_the_projections_gave_up_on(monkeypatch):
+    """Rows that lean to one side: Newton's method starts from the projections' last direction,
+    scaled so that all but 5 % of the rows it holds strictly meet ``R z <= -1``, and reaches a
+    strict direction from there as from 0; without that direction, or with no row it holds, it
+    starts from 0."""
+    from reluinv import geometry
+
+    rng = np.random.default_rng(5)
+    n = 15
+    rows = rng.standard_normal((400, n))
+    rows[:, 0] = np.abs(rows[:, 0]) + 0.3
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    found: list[np.ndarray] = []
+    geometry._project_subset(rows, np.arange(rows.shape[0]), n, 1e-9, gave_up=found)
+    toward = found[0]
+    prod = rows @ toward
+    held = -prod[prod < 0]
+    np.testing.assert_allclose(geometry._hinge_start(prod, toward), toward / np.quantile(held, 0.05))
+    assert geometry._hinge_start(prod, None) is None
+    assert geometry._hinge_start(np.abs(prod), toward) is None
+    starts = []
+    newton = geometry.hinge_newton
+
+    def recording(R, c, slack, start, hold=0.0):
+        starts.append(start)
+        return newton(R, c, slack, start, hold=hold)
+
+    monkeypatch.setattr(geometry, "hinge_newton", recording)
+    for start_from in (toward, None):
+        starts.clear()
+        cert = geometry._hinge_direction(rows, 1e-9, prod, 0.0, start_from)
+        assert cert is not None and not cert.omnidirectional
+        check_certificate(rows, cert)
+        if start_from is None:
+            assert starts[0] is None
+        else:
+            np.testing.assert_allclose(starts[0], toward / np.quantile(held, 0.05))
+
+
 def test_projection_progress_rule_over_one_window_and_over_several():
     """The projections stop once the shortfall (one value per 50 rounds) shrank less than 1.5x in
     the last window and, where a longer rule is given, less than that factor over the last four
