@@ -387,9 +387,8 @@ _PROJECTION_ROUNDS = 200
 #: seed 2 at 420 active units, nullity 364: 1,499 rounds, 1.1 s, with every 200 rounds shrinking
 #: it 1.58-3.7x; inside the decision, where rounding leads the accelerated rounds elsewhere, a
 #: threshold of 1.5 stopped them near round 1,330), where the Stiemke LP takes 6-9 s.  So the
-#: projections on every row also go on
-#: while every :data:`_LONG_WINDOWS` windows shrink the shortfall by
-#: :data:`_EVERY_ROW_LONG_PROGRESS`, up to 3,000 rounds; an unbounded preimage whose projections
+#: projections on every row also go on while every :data:`_LONG_WINDOWS` windows shrink the
+#: shortfall by :data:`_EVERY_ROW_LONG_PROGRESS`, up to 3,000 rounds; an unbounded preimage whose projections
 #: stall (1.00-1.13x per window; seed 1 at 351 active units) then stops at round 300 instead of
 #: 250.  On that strip run with seeds 0-5 (42 preimages, separate processes) the sum of the times
 #: fell from 51.5 s to 23.7 s: three compact preimages at 1.5, 0.7 and 0.5 s that took 6.4-8.9 s,
@@ -523,10 +522,11 @@ def _hinge_direction(
     when the margin is not above ``strict_enough`` (the caller then seeks the hull point).
 
     Measured on the nine unbounded preimages of ``benchmarks/preimage_speed.py --shift 0.02`` with
-    200-351 active units (seeds 0-2, nullity 433-584): 30-130 ms per direction against 190-350 ms
-    for the hull point, margins 0.3-3.5 times the hull point's (nearest 0 on its subset of the
-    rows only, so not the best direction either); on the two compact preimages of the strip
-    (seed 2, 400 and 420 active units) Newton's method gave up after 130-165 ms.
+    200-351 active units (seeds 0-2, nullity 433-584), starting from 0: 30-130 ms per direction
+    against 190-350 ms for the hull point, margins 0.3-3.5 times the hull point's (nearest 0 on
+    its subset of the rows only, so not the best direction either); from :func:`_hinge_start`
+    7-58 ms.  On the two compact preimages of the strip (seed 2, 400 and 420 active units)
+    Newton's method gave up after 130-165 ms.
     """
     n = every.shape[1]
     subset = np.argsort(-prod)[: 2 * n]

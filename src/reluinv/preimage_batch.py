@@ -23,8 +23,9 @@ LU of 784 active rows (the floor).  On the layer of Figure 4's full mode (paper 
 active rows, mostly unbounded) it is about 0.37 s, of which the factorisation is 6% and the
 direction search of :func:`reluinv.geometry.omni_lazy` 92% (min-norm NNLS 31%, alternating
 projections 27%, the Stiemke LP 25%; cProfile over 32 images), none of it shared between samples.
-(Newton's method on ``A z <= -1`` now comes before the NNLS and finds the direction 2-8 times
-faster on the shifted layers of ``benchmarks/preimage_speed.py``; see ``benchmarks/README.md``.)
+(Newton's method on ``A z <= -1`` now comes before the NNLS and finds the direction in 7-58 ms
+where the NNLS took 190-350 ms on the shifted layers of ``benchmarks/preimage_speed.py``; see
+``benchmarks/README.md``.)
 
 ``device`` (a torch device: ``"cuda"``, ``"cpu"``) moves step 1 of Theorem 4's method, the
 factorisation of the active rows, to batched torch float64 kernels: for each group of samples
