@@ -282,38 +282,7 @@ def omni_lazy(src: RowSource, *, rtol: float, strict_enough: float = 0.0) -> Omn
         return _direction_certificate(
             d, src.apply(d), rtol, f"Corollary 6: {m} non-zero rows <= dimension {n}"
         )
-    # Cheapest first: projections on a few rows (omnidirectional sets usually pass), projections
-    # on every row, a strict direction (sets with one give it: Newton's method, else the nearest
-    # hull point), then the LP.  The
-    # projections on every row go before the hull point because they give up within a few hundred
-    # cheap rounds on a set with a direction (see _HOPELESS and _EVERY_ROW_ROUNDS; 40-290 on the
-    # shifted layers of benchmarks/preimage_speed.py), while the hull point's least squares cost
-    # seconds on a set without one: on the first layer of the quick Table 2 MLP with the
-    # first-bias start -0.5, where the few rows fail for 85 % of the images, it took 1.9 s of a
-    # 2.5 s compact decision at nullity 762 and 0.35 s of 0.58 s at 485, where the projections
-    # on every row then passed in 0.26 s and 0.05 s.  (Not ``or``: a certificate's truth value is
-    # its verdict.)
-    few = spread_rows(m, n).size
-    quick = _projection_certificate(
-        src, rtol, rounds=_PROJECTION_ROUNDS if few <= _FEW_FRACTION * m else _FEW_ROUNDS
-    )
-    if quick is None and (m * n <= _MIN_NORM_ENTRIES or few < m):
-        every = src.rows(np.arange(m))  # formed once for both
-        leaning: list[NDArray[np.float64]] = []
-        if few < m:
-            quick = _project_subset(
-                every,
-                np.arange(m),
-                n,
-                rtol,
-                gave_up=leaning,
-                rounds=_EVERY_ROW_ROUNDS,
-                long_progress=_EVERY_ROW_LONG_PROGRESS,
-            )
-        if quick is None and m * n <= _MIN_NORM_ENTRIES:
-            quick = _min_norm_certificate(
-                every, rtol, toward=leaning[0] if leaning else None, strict_enough=strict_enough
-            )
+    quick = _cheap_certificate(src, rtol, strict_enough)
     if quick is not None:
         return quick
     subset = _initial_subset(m, 2 * n + 16)
@@ -355,6 +324,46 @@ def omni_lazy(src: RowSource, *, rtol: float, strict_enough: float = 0.0) -> Omn
         lp.add(new_rows)
         subset = np.concatenate([subset, fresh])
         rows = np.vstack([rows, new_rows])
+
+
+def _cheap_certificate(src: RowSource, rtol: float, strict_enough: float) -> OmniCertificate | None:
+    """The tries of :func:`omni_lazy` before its LP, cheapest first (m > n rows): projections on a
+    few rows (omnidirectional sets usually pass), projections on every row, then a strict
+    direction (sets with one give it: Newton's method, else the nearest hull point); None when
+    none decides.
+
+    The projections on every row go before the direction search because they give up within a
+    few hundred cheap rounds on a set with a direction (see _HOPELESS and _EVERY_ROW_ROUNDS;
+    40-290 on the shifted layers of benchmarks/preimage_speed.py), while the hull point's least
+    squares cost seconds on a set without one: on the first layer of the quick Table 2 MLP with
+    the first-bias start -0.5, where the few rows fail for 85 % of the images, it took 1.9 s of a
+    2.5 s compact decision at nullity 762 and 0.35 s of 0.58 s at 485, where the projections on
+    every row then passed in 0.26 s and 0.05 s.  (Not ``or``: a certificate's truth value is its
+    verdict.)
+    """
+    m, n = src.m, src.n
+    few = spread_rows(m, n).size
+    quick = _projection_certificate(
+        src, rtol, rounds=_PROJECTION_ROUNDS if few <= _FEW_FRACTION * m else _FEW_ROUNDS
+    )
+    if quick is None and (m * n <= _MIN_NORM_ENTRIES or few < m):
+        every = src.rows(np.arange(m))  # formed once for both
+        leaning: list[NDArray[np.float64]] = []
+        if few < m:
+            quick = _project_subset(
+                every,
+                np.arange(m),
+                n,
+                rtol,
+                gave_up=leaning,
+                rounds=_EVERY_ROW_ROUNDS,
+                long_progress=_EVERY_ROW_LONG_PROGRESS,
+            )
+        if quick is None and m * n <= _MIN_NORM_ENTRIES:
+            quick = _min_norm_certificate(
+                every, rtol, toward=leaning[0] if leaning else None, strict_enough=strict_enough
+            )
+    return quick
 
 
 #: Singular values below this many times ``max(m, n) * eps`` (unit-row scale) count as zero.
@@ -487,14 +496,13 @@ def _min_norm_certificate(
     shortcut.  When neither finds a direction the LP decides; :func:`omni_lazy` skips this for
     row sets over :data:`_MIN_NORM_ENTRIES` entries.
     """
-    first = every @ toward if toward is not None else every @ -every.mean(axis=0)
+    first = every @ (toward if toward is not None else -every.mean(axis=0))
     found = _hinge_direction(every, rtol, first, strict_enough, toward)
     if found is not None:
         return found
-    if toward is not None:
-        found = _min_norm_rounds(every, rtol, first)
-        if found is not None:
-            return found
+    found = _min_norm_rounds(every, rtol, first)
+    if found is not None or toward is None:  # without toward, first was already the mean's start
+        return found
     return _min_norm_rounds(every, rtol, every @ -every.mean(axis=0))
 
 
@@ -547,10 +555,10 @@ def _hinge_direction(
                 "direction d != 0 with A d < 0: Newton's method on A z <= -1 (Corollary 2 iv)",
             )
             return cert if cert.margin > strict_enough else None
-        fresh = np.setdiff1d(violated, subset)
-        if fresh.size == 0:  # pragma: no cover - the subset's rows hold once Newton returns
+        grown = _joined(subset, violated, prod, n)
+        if grown is None:  # pragma: no cover - the subset's rows hold once Newton returns
             return None
-        subset = np.concatenate([subset, fresh[np.argsort(-prod[fresh])[:n]]])
+        subset = grown
     return None
 
 
@@ -598,11 +606,23 @@ def _min_norm_rounds(
                 rtol,
                 "direction d != 0 with A d <= 0: minus the rows' hull point nearest 0 (Corollary 2 iv)",
             )
-        fresh = np.setdiff1d(np.flatnonzero(prod > rtol), subset)
-        if fresh.size == 0:
+        grown = _joined(subset, np.flatnonzero(prod > rtol), prod, n)
+        if grown is None:
             return None
-        subset = np.concatenate([subset, fresh[np.argsort(-prod[fresh])[:n]]])
+        subset = grown
     return None
+
+
+def _joined(
+    subset: NDArray[np.intp], violated: NDArray[np.intp], prod: NDArray[np.float64], count: int
+) -> NDArray[np.intp] | None:
+    """``subset`` and the ``count`` rows of ``violated`` outside it with the largest ``prod`` (the
+    row generation of :func:`_hinge_direction` and :func:`_min_norm_rounds`); None when every
+    violated row is in it already."""
+    fresh = np.setdiff1d(violated, subset)
+    if fresh.size == 0:
+        return None
+    return np.concatenate([subset, fresh[np.argsort(-prod[fresh])[:count]]])
 
 
 @lru_cache(maxsize=64)
