@@ -17,10 +17,12 @@ repeat to the next, verifies every certificate of both, and reports:
 The sets: ``gauss``, the Gaussian 3500 x 784 layer of ``preimage_speed.py`` (seed 0; 8 cases with
 600-900 active units, compact and singletons); ``shifted``, its layers with every weight shifted by
 0.02 and non-negative inputs (seeds 0-2; 10 cases each with 200-880 active units, unbounded below
-about 400); ``trained``, the 58 images of ``preimage_trained.py`` on its trained layer (trained and
-cached on first use, about two minutes).
+about 400); ``strip``, the shifted layers of seeds 0-5 at 380-440 active units (7 cases each), where
+the preimages turn from unbounded to compact and the decisions are slowest (about a minute per
+repeat; not in the default sets); ``trained``, the 58 images of ``preimage_trained.py`` on its
+trained layer (trained and cached on first use, about two minutes).
 
-    python benchmarks/compare_versions.py OTHER [--sets gauss,shifted,trained] [--repeats 3]
+    python benchmarks/compare_versions.py OTHER [--sets gauss,shifted,strip,trained] [--repeats 3]
 
 ``OTHER`` is a git revision of this repository (exported with ``git archive``) or the path of
 another checkout.
@@ -77,13 +79,22 @@ def gaussian_cases() -> Iterator[Case]:
         yield "gauss", A, b, y
 
 
-def shifted_cases() -> Iterator[Case]:
-    for seed in range(3):
+def shifted_layer_cases(label: str, seeds: int, lo: int, hi: int, count: int) -> Iterator[Case]:
+    """``count`` cases with ``lo``-``hi`` active units on each shifted layer of seeds 0 .. seeds-1."""
+    for seed in range(seeds):
         rng = np.random.default_rng(seed)
         A = make_layer(rng, shift=0.02)
-        for n_active in np.linspace(200, 880, 10).round().astype(int):
+        for n_active in np.linspace(lo, hi, count).round().astype(int):
             b, y = make_case(rng, A, int(n_active), nonnegative=True)
-            yield f"shifted{seed}", A, b, y
+            yield f"{label}{seed}", A, b, y
+
+
+def shifted_cases() -> Iterator[Case]:
+    return shifted_layer_cases("shifted", 3, 200, 880, 10)
+
+
+def strip_cases() -> Iterator[Case]:
+    return shifted_layer_cases("strip", 6, 380, 440, 7)
 
 
 def trained_cases() -> Iterator[Case]:
@@ -98,6 +109,7 @@ def trained_cases() -> Iterator[Case]:
 SETS: dict[str, Callable[[], Iterator[Case]]] = {
     "gauss": gaussian_cases,
     "shifted": shifted_cases,
+    "strip": strip_cases,
     "trained": trained_cases,
 }
 

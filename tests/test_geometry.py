@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog
 
 import reluinv
-from reluinv.geometry import omnidirectional_certificate
+from reluinv.geometry import RowSource, omnidirectional_certificate
 
 
 def brute_force_omni(A: np.ndarray) -> bool:
@@ -211,7 +211,7 @@ def test_newton_direction_gives_way_to_the_hull_point(monkeypatch):
     spread = rng.standard_normal((300, n))
     spread /= np.linalg.norm(spread, axis=1, keepdims=True)
     assert brute_force_omni(spread)
-    assert geometry._hinge_direction(spread, 1e-9, spread @ np.eye(n)[0], 0.0) is None
+    assert geometry._hinge_direction(RowSource.from_rows(spread), 1e-9, spread @ np.eye(n)[0], 0.0) is None
 
 
 @settings(max_examples=60, deadline=None)
@@ -230,8 +230,8 @@ def test_newton_direction_does_not_depend_on_the_basis(seed, n, extra):
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     start = rows @ -rows.mean(axis=0)
-    one = geometry._hinge_direction(rows, 1e-9, start, 0.0)
-    other = geometry._hinge_direction(rows @ Q, 1e-9, start, 0.0)
+    one = geometry._hinge_direction(RowSource.from_rows(rows), 1e-9, start, 0.0)
+    other = geometry._hinge_direction(RowSource.from_rows(rows @ Q), 1e-9, start, 0.0)
     assert (one is None) == (other is None)
     if one is not None:
         assert other.margin == pytest.approx(one.margin, rel=1e-9)
@@ -328,38 +328,88 @@ def test_projections_report_the_direction_they_give_up_on():
     rows = rng.standard_normal((3 * n + 32, n))
     rows[:, 0] = np.abs(rows[:, 0]) + 0.3
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    gave_up: list[np.ndarray] = []
+    gave_up: list[geometry._GaveUp] = []
     assert geometry._project_subset(rows, np.arange(rows.shape[0]), n, 1e-9, gave_up=gave_up) is None
-    (d,) = gave_up
+    (ended,) = gave_up
+    assert ended.hopeless  # they stopped because d is a direction of the rows, not after all rounds
+    d = ended.direction
     assert np.linalg.norm(d) == pytest.approx(1.0)
     products = rows @ d
     assert products.max() <= 1e-9 * np.abs(products).max()
     assert d[0] < 0
 
 
-def test_every_row_is_projected_before_the_hull_point_is_sought(monkeypatch):
-    """An omnidirectional set whose spread 3n + 32 rows are not (they all lean to +e_1; the rows
-    pointing back lie elsewhere): the projections on every row certify it, and the hull point's
-    least squares, which cost seconds on such sets, never run."""
+def recording_source(rows: np.ndarray, asked: list[int]) -> RowSource:
+    """The rows as a :class:`RowSource` that records how many rows each request forms."""
+
+    def formed(idx):
+        asked.append(len(idx))
+        return rows[idx]
+
+    return RowSource(m=rows.shape[0], n=rows.shape[1], rows=formed, apply=lambda d: rows @ d)
+
+
+def leaning_rows(n: int = 20, m: int = 400, back: int = 0) -> np.ndarray:
+    """Unit rows leaning to +e_1 (seed 4); with ``back``, that many rows outside the spread
+    3n + 32 point back (-e_1 mostly), which makes the set omnidirectional but not its spread rows."""
     from reluinv import geometry
 
     rng = np.random.default_rng(4)
-    n, m = 20, 400
     rows = rng.standard_normal((m, n))
     rows[:, 0] = np.abs(rows[:, 0]) + 0.5
     spread = geometry._initial_subset(m, 3 * n + 32)
-    back = np.setdiff1d(np.arange(m), spread)[:4]
-    rows[back, 0] = -3.0 * np.sqrt(n)
+    rows[np.setdiff1d(np.arange(m), spread)[:back], 0] = -3.0 * np.sqrt(n)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
+
+
+@pytest.mark.parametrize("back", [4, 16])
+def test_rows_the_spread_rows_miss_join_their_projections(monkeypatch, back):
+    """An omnidirectional set whose spread 3n + 32 rows are not (the 4 or 16 rows pointing back
+    lie elsewhere): the n rows that the direction of the spread rows' last gap holds least join
+    them, and the projections certify the set without every row formed.  The hull point's least
+    squares, which cost seconds on such sets, never run."""
+    from reluinv import geometry
+
+    n, m = 20, 400
+    rows = leaning_rows(n, m, back=back)
+    spread = geometry._initial_subset(m, 3 * n + 32)
     assert brute_force_omni(rows) and not brute_force_omni(rows[spread])
 
     def no_hull_point(*args, **kwargs):
         raise AssertionError("the hull point was sought")
 
     monkeypatch.setattr(geometry, "_min_norm_certificate", no_hull_point)
-    cert = geometry.omni_lazy(geometry.RowSource.from_rows(rows), rtol=1e-9)
+    asked: list[int] = []
+    cert = geometry.omni_lazy(recording_source(rows, asked), rtol=1e-9)
     assert cert.omnidirectional and "alternating projections" in cert.reason
     check_certificate(rows, cert)
+    assert cert.rows is not None and 3 * n + 32 < cert.rows.size <= 3 * n + 32 + n
+    assert max(asked) < m
+
+
+def test_a_leaning_set_gets_newtons_direction_without_every_row(monkeypatch):
+    """Rows that all lean to +e_1: the projections on the spread rows, and on them with the n rows
+    their last gap's direction holds least, stop on a direction of their rows, and Newton's method
+    starts from the second at once; it finds a strict direction (checked on every row), forming
+    only the rows it takes, and the projections on every row never run."""
+    from reluinv import geometry
+
+    n, m = 20, 400
+    rows = leaning_rows(n, m)
+    assert not brute_force_omni(rows)
+    project = geometry._project_subset
+
+    def no_every_row(r, *args, **kwargs):
+        assert r.shape[0] < m, "every row was projected"
+        return project(r, *args, **kwargs)
+
+    monkeypatch.setattr(geometry, "_project_subset", no_every_row)
+    asked: list[int] = []
+    cert = geometry.omni_lazy(recording_source(rows, asked), rtol=1e-9)
+    assert not cert.omnidirectional and "Newton" in cert.reason and cert.margin > 0.01
+    check_certificate(rows, cert)
+    assert max(asked) < m
 
 
 @pytest.mark.parametrize("m", [150, 400])
@@ -400,9 +450,9 @@ def test_newton_starts_from_the_direction_the_projections_gave_up_on(monkeypatch
     rows = rng.standard_normal((400, n))
     rows[:, 0] = np.abs(rows[:, 0]) + 0.3
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    found: list[np.ndarray] = []
+    found: list[geometry._GaveUp] = []
     geometry._project_subset(rows, np.arange(rows.shape[0]), n, 1e-9, gave_up=found)
-    toward = found[0]
+    toward = found[0].direction
     prod = rows @ toward
     held = -prod[prod < 0]
     np.testing.assert_allclose(geometry._hinge_start(prod, toward), toward / np.quantile(held, 0.05))
@@ -418,7 +468,7 @@ def test_newton_starts_from_the_direction_the_projections_gave_up_on(monkeypatch
     monkeypatch.setattr(geometry, "hinge_newton", recording)
     for start_from in (toward, None):
         starts.clear()
-        cert = geometry._hinge_direction(rows, 1e-9, prod, 0.0, start_from)
+        cert = geometry._hinge_direction(RowSource.from_rows(rows), 1e-9, prod, 0.0, start_from)
         assert cert is not None and not cert.omnidirectional
         check_certificate(rows, cert)
         if start_from is None:
@@ -462,6 +512,7 @@ def test_every_row_projections_get_the_longer_progress_rule(monkeypatch):
         return project(r, *args, **kwargs)
 
     monkeypatch.setattr(geometry, "_project_subset", recording)
+    monkeypatch.setattr(geometry, "_follow_spread_rows", lambda *args: None)  # straight to every row
     cert = geometry.omni_lazy(geometry.RowSource.from_rows(rows), rtol=1e-9)
     check_certificate(rows, cert)
     assert calls[0][0] == 3 * n + 32 and calls[0][2] == np.inf
@@ -482,9 +533,9 @@ def test_hull_point_search_from_a_given_direction(toward):
     rows[:, 0] = np.abs(rows[:, 0]) + 0.3
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     if toward == "gave up":
-        found: list[np.ndarray] = []
+        found: list[geometry._GaveUp] = []
         geometry._project_subset(rows, np.arange(rows.shape[0]), n, 1e-9, gave_up=found)
-        start = found[0]
+        start = found[0].direction
     else:
         start = np.eye(n)[0]
     cert = geometry._min_norm_certificate(rows, 1e-9, toward=start, strict_enough=1.0)  # no Newton

@@ -87,6 +87,16 @@ class OmniCertificate:
         return self.omnidirectional
 
 
+@dataclass(frozen=True)
+class _GaveUp:
+    """How alternating projections (:func:`_project_subset`) ended without a certificate: the unit
+    direction of their last gap, and whether they stopped because it is a direction of their rows
+    (``hopeless``, see :data:`_HOPELESS`) rather than after their rounds."""
+
+    direction: NDArray[np.float64]
+    hopeless: bool
+
+
 def is_omnidirectional(A: NDArray[np.float64] | list[Any], *, rtol: float = DEFAULT_RTOL) -> bool:
     """True iff every open half-space contains a row of ``A`` (Definition 1, Theorem 5).
 
@@ -328,9 +338,12 @@ def omni_lazy(src: RowSource, *, rtol: float, strict_enough: float = 0.0) -> Omn
 
 def _cheap_certificate(src: RowSource, rtol: float, strict_enough: float) -> OmniCertificate | None:
     """The tries of :func:`omni_lazy` before its LP, cheapest first (m > n rows): projections on a
-    few rows (omnidirectional sets usually pass), projections on every row, then a strict
-    direction (sets with one give it: Newton's method, else the nearest hull point); None when
-    none decides.
+    few rows (omnidirectional sets usually pass), the same with the rows they missed
+    (:func:`_follow_spread_rows`, which also seeks a strict direction where those rows have one),
+    projections on every row, then a strict direction (sets with one give it: Newton's method,
+    else the nearest hull point); None when none decides.  Every row is formed only for the last
+    two, and the middle try is skipped for row sets over :data:`_MIN_NORM_ENTRIES` entries, as the
+    direction search is.
 
     The projections on every row go before the direction search because they give up within a
     few hundred cheap rounds on a set with a direction (see _HOPELESS and _EVERY_ROW_ROUNDS;
@@ -343,12 +356,15 @@ def _cheap_certificate(src: RowSource, rtol: float, strict_enough: float) -> Omn
     """
     m, n = src.m, src.n
     few = spread_rows(m, n).size
+    ended: list[_GaveUp] = []
     quick = _projection_certificate(
-        src, rtol, rounds=_PROJECTION_ROUNDS if few <= _FEW_FRACTION * m else _FEW_ROUNDS
+        src, rtol, rounds=_PROJECTION_ROUNDS if few <= _FEW_FRACTION * m else _FEW_ROUNDS, gave_up=ended
     )
+    if quick is None and ended and few < m and m * n <= _MIN_NORM_ENTRIES:
+        quick = _follow_spread_rows(src, rtol, strict_enough, ended[0])
     if quick is None and (m * n <= _MIN_NORM_ENTRIES or few < m):
         every = src.rows(np.arange(m))  # formed once for both
-        leaning: list[NDArray[np.float64]] = []
+        leaning: list[_GaveUp] = []
         if few < m:
             quick = _project_subset(
                 every,
@@ -361,9 +377,61 @@ def _cheap_certificate(src: RowSource, rtol: float, strict_enough: float) -> Omn
             )
         if quick is None and m * n <= _MIN_NORM_ENTRIES:
             quick = _min_norm_certificate(
-                every, rtol, toward=leaning[0] if leaning else None, strict_enough=strict_enough
+                every, rtol, toward=leaning[0].direction if leaning else None, strict_enough=strict_enough
             )
     return quick
+
+
+def _follow_spread_rows(
+    src: RowSource, rtol: float, strict_enough: float, ended: _GaveUp
+) -> OmniCertificate | None:
+    """Row generation after the projections on the spread rows fail, before every row is formed:
+    the n rows that the direction of their last gap holds least (``R d`` largest) join them, and
+    the projections run again, for up to :data:`_GENERATION_ROUNDS` rounds.  When the grown rows
+    have a direction too (the projections stop on it, :data:`_HOPELESS`), the set leans to one
+    side, and Newton's method seeks a strict direction from it (:func:`_hinge_direction`),
+    forming only the rows it takes.  A certificate, or None (:func:`_cheap_certificate` then
+    forms every row).
+
+    The rows are those of ``benchmarks/compare_versions.py`` (shifted layers of
+    ``benchmarks/preimage_speed.py --shift 0.02``, seeds 0-5; the trained layer of
+    ``benchmarks/preimage_trained.py``), where the spread rows fail on nearly every preimage with
+    nullity above 100.  On the shifted layers the compact preimages with nullity 131-357 passed
+    after one round (or two next to the strip where the preimages turn unbounded), where every
+    row took 30-190 ms more; of the 9 unbounded ones with nullity 433-584, 8 stopped on a direction
+    in the first round, and Newton's method from there took less than the projections on every
+    row before it.  Measured against the decision without this step (one process, medians of 3):
+    the 58 trained preimages 4.90 s against 6.15 s, the 30 shifted ones 2.89 s against 3.34 s
+    (nullity 0-584), the 42 of the strip (seeds 0-5, 380-440 active units, one call each) 21.7 s
+    against 23.1 s, the Gaussian ones of ``preimage_speed.py`` alike.  Where two rounds neither
+    pass nor stop on a direction, their time is lost: 8 of the 72 shifted and strip preimages took
+    1.2-1.34 times as long.
+    """
+    m, n = src.m, src.n
+    subset = spread_rows(m, n)
+    d = ended.direction
+    for _ in range(_GENERATION_ROUNDS):
+        prod = src.apply(d)
+        if prod.max() <= rtol:  # d holds every row: the set has a direction
+            return _hinge_direction(src, rtol, prod, strict_enough, d)
+        grown = _joined(subset, np.flatnonzero(prod > rtol), prod, n)
+        if grown is None:
+            return None
+        subset = grown
+        gave_up: list[_GaveUp] = []
+        cert = _project_subset(
+            src.rows(subset), subset, n, rtol, gave_up=gave_up, steady_after=_PROGRESS_WINDOW
+        )
+        if cert is not None or not gave_up:
+            return cert
+        d = gave_up[0].direction
+        if gave_up[0].hopeless:
+            return _hinge_direction(src, rtol, src.apply(d), strict_enough, d)
+    return None
+
+
+#: Rounds of row generation in :func:`_follow_spread_rows`, each adding n rows.
+_GENERATION_ROUNDS = 2
 
 
 #: Singular values below this many times ``max(m, n) * eps`` (unit-row scale) count as zero.
@@ -410,7 +478,7 @@ _EVERY_ROW_LONG_PROGRESS = 1.3
 
 
 def _projection_certificate(
-    src: RowSource, rtol: float, rounds: int = _PROJECTION_ROUNDS
+    src: RowSource, rtol: float, rounds: int = _PROJECTION_ROUNDS, gave_up: list[_GaveUp] | None = None
 ) -> OmniCertificate | None:
     """Try a Stiemke certificate by alternating projections on about 3n rows before any LP.
 
@@ -425,7 +493,9 @@ def _projection_certificate(
     """
     subset = spread_rows(src.m, src.n)
     rows = src.rows(subset)
-    return _project_subset(rows, subset, src.n, rtol, rounds=rounds, steady_after=_PROGRESS_WINDOW)
+    return _project_subset(
+        rows, subset, src.n, rtol, gave_up=gave_up, rounds=rounds, steady_after=_PROGRESS_WINDOW
+    )
 
 
 def spread_rows(m: int, n: int) -> NDArray[np.intp]:
@@ -497,7 +567,7 @@ def _min_norm_certificate(
     row sets over :data:`_MIN_NORM_ENTRIES` entries.
     """
     first = every @ (toward if toward is not None else -every.mean(axis=0))
-    found = _hinge_direction(every, rtol, first, strict_enough, toward)
+    found = _hinge_direction(RowSource.from_rows(every), rtol, first, strict_enough, toward)
     if found is not None:
         return found
     found = _min_norm_rounds(every, rtol, first)
@@ -513,7 +583,7 @@ _HINGE_HOLD = 1e-9
 
 
 def _hinge_direction(
-    every: NDArray[np.float64],
+    src: RowSource,
     rtol: float,
     prod: NDArray[np.float64],
     strict_enough: float,
@@ -522,7 +592,9 @@ def _hinge_direction(
     """A strict direction ``z / |z|`` with ``every @ z <= -1 + _HINGE_SLACK`` on every row, by
     Newton's method on the squared violations (:func:`reluinv._interior.hinge_newton`), or None.
 
-    Such a z exists exactly when the rows have a strict direction (scale one up), and its margin
+    ``src`` forms the rows that join (``prod``: ``src.apply`` of the first candidate, where the
+    subset starts) and checks each z on every row.  Such a z exists exactly when the rows have a
+    strict direction (scale one up), and its margin
     is at least ``(1 - _HINGE_SLACK) / |z|``.  The hull point nearest 0 of all rows would give the
     largest margin any direction has, ``1 / min |z|`` (the two problems are dual); Newton's steps,
     each the least-norm correction of the violated rows, stay near the least-norm z.  Rows join as
@@ -536,15 +608,15 @@ def _hinge_direction(
     7-58 ms.  On the two compact preimages of the strip (seed 2, 400 and 420 active units)
     Newton's method gave up after 130-165 ms.
     """
-    n = every.shape[1]
+    n = src.n
     subset = np.argsort(-prod)[: 2 * n]
     z = _hinge_start(prod, toward)
     for _ in range(_MIN_NORM_ROUNDS):
         bound, slack = np.full(subset.size, -1.0), np.full(subset.size, _HINGE_SLACK)
-        z = hinge_newton(every[subset], bound, slack, z, hold=_HINGE_HOLD)
+        z = hinge_newton(src.rows(subset), bound, slack, z, hold=_HINGE_HOLD)
         if z is None:
             return None
-        prod = every @ z
+        prod = src.apply(z)
         violated = np.flatnonzero(prod > _HINGE_SLACK - 1.0)
         if violated.size == 0:
             norm = float(np.linalg.norm(z))
@@ -639,7 +711,7 @@ def _project_subset(
     subset: NDArray[np.intp],
     n: int,
     rtol: float,
-    gave_up: list[NDArray[np.float64]] | None = None,
+    gave_up: list[_GaveUp] | None = None,
     rounds: int = _PROJECTION_ROUNDS,
     steady_after: int = _PROJECTION_ROUNDS,
     long_progress: float = np.inf,
@@ -647,11 +719,12 @@ def _project_subset(
     """Alternating projections on ``rows`` (see :func:`_projection_certificate`): a multiplier
     certificate, or None.  Past ``steady_after`` rounds they go on only while every
     :data:`_PROGRESS_WINDOW` rounds shrink the shortfall by :data:`_PROGRESS_FACTOR`, or every
-    :data:`_LONG_WINDOWS` windows by ``long_progress`` (:func:`_stalled`).  When they
-    end without a certificate, the unit direction ``d`` of their last gap is appended to
-    ``gave_up`` where given: when they gave up because the gap is a direction of the rows (see
-    :data:`_HOPELESS`), ``rows @ d <= 0`` but for a tiny part of its largest entry, not
-    strictly; after all rounds, the direction they were heading for."""
+    :data:`_LONG_WINDOWS` windows by ``long_progress`` (:func:`_stalled`).  When they end
+    without a certificate, the unit direction ``d`` of their last gap is appended to ``gave_up``
+    where given (a :class:`_GaveUp`, which also says why they ended): when they gave up because
+    the gap is a direction of the rows (see :data:`_HOPELESS`), ``rows @ d <= 0`` but for a tiny
+    part of its largest entry, not strictly; after all rounds, the direction they were heading
+    for."""
     m = rows.shape[0]
     if m <= n:
         return None
@@ -662,6 +735,7 @@ def _project_subset(
     v = np.ones(m)
     past: list[tuple[NDArray[np.float64], NDArray[np.float64]]] = []
     hopeless = _HOPELESS / np.sqrt(m)
+    has_direction = False
     trail: list[float] = []  # the shortfall every _PROGRESS_WINDOW rounds
     for round_ in range(rounds):
         gap = project(v)  # rows @ w for some w: rows @ (-w) = -gap
@@ -678,6 +752,7 @@ def _project_subset(
                 f"vanishes (Theorems 5, 11; alternating projections)",
             )
         if gap.max() > 0 and -np.minimum(gap, 0.0).sum() <= hopeless * gap.max():
+            has_direction = True
             break  # the rows have a direction: no round can pass (see _HOPELESS)
         if round_ % _PROGRESS_WINDOW == 0:
             trail.append(-lam.min() / np.abs(v).max())  # what the test above still lacks
@@ -689,7 +764,7 @@ def _project_subset(
         w = project.coefficients(v)  # gap = rows @ w, so rows @ (-w) = -gap
         norm = float(np.linalg.norm(w))
         if np.isfinite(norm) and norm > 0:
-            gave_up.append(-w / norm)
+            gave_up.append(_GaveUp(-w / norm, has_direction))
     return None
 
 
