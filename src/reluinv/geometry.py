@@ -17,8 +17,9 @@ Every answer comes with a certificate that can be checked without trusting the s
 Decisions use one linear programme (solved by HiGHS) whose primal gives the multipliers and whose
 dual gives the direction, inside a row-generation loop that usually looks at a small fraction of
 the rows (see :func:`omnidirectional_certificate`).  Cheaper attempts come first, each checked
-like the LP's answer: alternating projections for the multipliers, and for a direction Newton's
-method on ``A z <= -1``, then minus the rows' hull point nearest 0 (non-negative least squares).
+like the LP's answer: alternating projections for the multipliers (on a few spread rows, then with
+the rows their last direction misses, then on every row), and for a direction Newton's method on
+``A z <= -1``, then minus the rows' hull point nearest 0 (non-negative least squares).
 """
 
 from __future__ import annotations
