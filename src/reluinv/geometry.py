@@ -590,17 +590,17 @@ def _hinge_direction(
     strict_enough: float,
     toward: NDArray[np.float64] | None = None,
 ) -> OmniCertificate | None:
-    """A strict direction ``z / |z|`` with ``every @ z <= -1 + _HINGE_SLACK`` on every row, by
-    Newton's method on the squared violations (:func:`reluinv._interior.hinge_newton`), or None.
+    """A strict direction ``z / |z|`` with ``R z <= -1 + _HINGE_SLACK`` on every row R of ``src``,
+    by Newton's method on the squared violations (:func:`reluinv._interior.hinge_newton`), or None.
 
     ``src`` forms the rows that join (``prod``: ``src.apply`` of the first candidate, where the
     subset starts) and checks each z on every row.  Such a z exists exactly when the rows have a
-    strict direction (scale one up), and its margin
-    is at least ``(1 - _HINGE_SLACK) / |z|``.  The hull point nearest 0 of all rows would give the
-    largest margin any direction has, ``1 / min |z|`` (the two problems are dual); Newton's steps,
-    each the least-norm correction of the violated rows, stay near the least-norm z.  Rows join as
-    in :func:`_min_norm_rounds`, starting from the ``2n`` where ``prod`` is largest.  None also
-    when the margin is not above ``strict_enough`` (the caller then seeks the hull point).
+    strict direction (scale one up), and its margin is at least ``(1 - _HINGE_SLACK) / |z|``.
+    The hull point nearest 0 of all rows would give the largest margin any direction has,
+    ``1 / min |z|`` (the two problems are dual); Newton's steps, each the least-norm correction of
+    the violated rows, stay near the least-norm z.  Rows join as in :func:`_min_norm_rounds`,
+    starting from the ``2n`` where ``prod`` is largest.  None also when the margin is not above
+    ``strict_enough`` (the caller then seeks the hull point).
 
     Measured on the nine unbounded preimages of ``benchmarks/preimage_speed.py --shift 0.02`` with
     200-351 active units (seeds 0-2, nullity 433-584), starting from 0: 30-130 ms per direction
@@ -690,8 +690,8 @@ def _joined(
     subset: NDArray[np.intp], violated: NDArray[np.intp], prod: NDArray[np.float64], count: int
 ) -> NDArray[np.intp] | None:
     """``subset`` and the ``count`` rows of ``violated`` outside it with the largest ``prod`` (the
-    row generation of :func:`_hinge_direction` and :func:`_min_norm_rounds`); None when every
-    violated row is in it already."""
+    row generation of :func:`_follow_spread_rows`, :func:`_hinge_direction` and
+    :func:`_min_norm_rounds`); None when every violated row is in it already."""
     fresh = np.setdiff1d(violated, subset)
     if fresh.size == 0:
         return None
