@@ -75,7 +75,7 @@ def gaussian_cases() -> Iterator[Case]:
     rng = np.random.default_rng(0)
     A = make_layer(rng)
     for n_active in np.linspace(600, 900, 8).round().astype(int):
-        b, y = make_case(rng, A, int(n_active))
+        b, y, _ = make_case(rng, A, int(n_active))
         yield "gauss", A, b, y
 
 
@@ -85,7 +85,7 @@ def shifted_layer_cases(label: str, seeds: int, lo: int, hi: int, count: int) ->
         rng = np.random.default_rng(seed)
         A = make_layer(rng, shift=0.02)
         for n_active in np.linspace(lo, hi, count).round().astype(int):
-            b, y = make_case(rng, A, int(n_active), nonnegative=True)
+            b, y, _ = make_case(rng, A, int(n_active), nonnegative=True)
             yield f"{label}{seed}", A, b, y
 
 

@@ -14,7 +14,11 @@ and *warm*, right after that cold call (as in a sweep over a layer, where decisi
 other).  (This benchmark once timed reluinv right after the naive version and the floor right
 after reluinv: reluinv cold against the floor warm.)  Per case it prints the median seconds (of ``--repeats``
 interleaved runs) of reluinv and of the floor in both states, reluinv / floor in both, the
-naive version's seconds and the speed-up over it (against reluinv cold), twice:
+naive version's seconds and the speed-up over it (against reluinv cold), twice.  Each case is
+also decided with its input x given as ``hint`` (the columns *given x*: that time over the floor's,
+warm and cold; the verdict must be the same), as :func:`reluinv.layer_preimage`, the Figure 4 scan
+and the graph preimages decide: they know the input that produced y, and where it holds every
+inequality with slack the decision seeks no point of its own.  The passes:
 
 * BLAS as installed: both run with the thread settings the user has.  With numpy's and scipy's
   PyPI wheels that is two OpenBLAS pools; ``reluinv.preimage`` runs them single-threaded while it
@@ -98,7 +102,7 @@ def make_layer(rng, m=3500, n=784, shift=0.0):
 
 
 def make_case(rng, A, n_active, nonnegative=False):
-    """``(b, y)``: a common bias that leaves exactly ``n_active`` units on at a random input
+    """``(b, y, x)``: a common bias that leaves exactly ``n_active`` units on at a random input x
     (standard normal, or with ``nonnegative`` uniform on [0, 1) with half its entries 0)."""
     n = A.shape[1]
     x = rng.random(n) * (rng.random(n) < 0.5) if nonnegative else rng.standard_normal(n)
@@ -106,7 +110,7 @@ def make_case(rng, A, n_active, nonnegative=False):
     threshold = np.sort(z)[-n_active - 1 : -n_active + 1].mean()
     b = -threshold * np.ones(A.shape[0])
     y = np.maximum(A @ x + b, 0.0)
-    return b, y
+    return b, y, x
 
 
 def same_verdict(ours: str, naive: str) -> bool:
@@ -137,16 +141,17 @@ def cold_and_warm(run, before) -> tuple[float, float, object]:
     return cold, warm, result
 
 
-def time_reluinv(A, b, y):
+def time_reluinv(A, b, y, hint=None):
     t0 = time.perf_counter()
-    r = reluinv.preimage(A, b, y)
+    r = reluinv.preimage(A, b, y, hint=hint)
     return time.perf_counter() - t0, r
 
 
-def time_case(A, b, y, repeats: int) -> dict:
-    """Medians of reluinv and of the QR floor (cold and warm) and of the naive Algorithm 1,
-    interleaved, with the verdicts."""
-    times: dict[str, list[float]] = {k: [] for k in ("ours_cold", "ours", "floor_cold", "floor", "naive")}
+def time_case(A, b, y, x, repeats: int) -> dict:
+    """Medians of reluinv without and with the input x as its hint and of the QR floor (cold and
+    warm) and of the naive Algorithm 1, interleaved, with the verdicts."""
+    keys = ("ours_cold", "ours", "floor_cold", "floor", "hint_cold", "hint", "naive")
+    times: dict[str, list[float]] = {k: [] for k in keys}
     verdicts = []
 
     def naive():
@@ -161,6 +166,11 @@ def time_case(A, b, y, repeats: int) -> dict:
         cold, warm, _ = cold_and_warm(lambda: (qr_floor(A, y), None), naive)
         times["floor_cold"].append(cold)
         times["floor"].append(warm)
+        cold, warm, given = cold_and_warm(lambda: time_reluinv(A, b, y, hint=x), naive)
+        times["hint_cold"].append(cold)
+        times["hint"].append(warm)
+        if (given.kind, given.nullity) != (r.kind, r.nullity):
+            raise SystemExit(f"the hint changed the verdict: {r.kind} without, {given.kind} with it")
     out = {k: statistics.median(t) for k, t in times.items()}
     return {**out, "kind": r.kind, "nullity": r.nullity, "naive_kind": verdicts[0]}
 
@@ -171,13 +181,14 @@ def run_pass(A, cases, repeats: int, label: str) -> dict:
     median and largest reluinv / floor, warm and cold."""
     print(f"\n-- {label}")
     print(
-        "                             ---------- warm ----------   ---------- cold ----------\n"
+        "                             ---------- warm ----------   ---------- cold ----------"
+        "   -- given x --\n"
         "active nullity  reluinv kind  reluinv s  floor s  /floor   reluinv s  floor s  /floor"
-        "   naive kind  naive s  speed-up"
+        "    warm    cold   naive kind  naive s  speed-up"
     )
     rows, kinds = [], {}
-    for b, y in cases:
-        t = time_case(A, b, y, repeats)
+    for b, y, x in cases:
+        t = time_case(A, b, y, x, repeats)
         active = int((y > 0).sum())
         kind, v = t["kind"], t["naive_kind"]
         if not same_verdict(kind, v):
@@ -187,7 +198,8 @@ def run_pass(A, cases, repeats: int, label: str) -> dict:
         print(
             f"{active:6d} {t['nullity']:7d}  {kind:12s} {t['ours']:9.4f} {t['floor']:8.4f} "
             f"{t['ours'] / t['floor']:6.2f}x  {t['ours_cold']:9.4f} {t['floor_cold']:8.4f} "
-            f"{t['ours_cold'] / t['floor_cold']:6.2f}x   {v:10s} {t['naive']:8.4f} "
+            f"{t['ours_cold'] / t['floor_cold']:6.2f}x  {t['hint'] / t['floor']:5.2f}x "
+            f"{t['hint_cold'] / t['floor_cold']:5.2f}x   {v:10s} {t['naive']:8.4f} "
             f"{t['naive'] / t['ours_cold']:7.1f}x",
             flush=True,
         )
@@ -197,7 +209,12 @@ def run_pass(A, cases, repeats: int, label: str) -> dict:
         "naive": med([t["naive"] for t in rows]),
         "speed_up": med([t["naive"] / t["ours_cold"] for t in rows]),
     }
-    for state, ours, floor in (("warm", "ours", "floor"), ("cold", "ours_cold", "floor_cold")):
+    for state, ours, floor in (
+        ("warm", "ours", "floor"),
+        ("cold", "ours_cold", "floor_cold"),
+        ("given x, warm", "hint", "floor"),
+        ("given x, cold", "hint_cold", "floor_cold"),
+    ):
         ratios = [t[ours] / t[floor] for t in rows]
         summary[state] = (med(ratios), max(ratios))
     print(f"verdicts agree on all {len(cases)} cases: {kinds}")
@@ -210,8 +227,10 @@ def describe(summary: dict) -> str:
     return (
         f"reluinv {summary['ours']:.4f}s (warm)  naive Algorithm 1 {summary['naive']:.4f}s  "
         f"speed-up {summary['speed_up']:.1f}x (against reluinv cold); reluinv / QR floor: "
-        f"warm median {summary['warm'][0]:.2f}x, largest {summary['warm'][1]:.2f}x; "
-        f"cold median {summary['cold'][0]:.2f}x, largest {summary['cold'][1]:.2f}x"
+        + "; ".join(
+            f"{state} median {summary[state][0]:.2f}x, largest {summary[state][1]:.2f}x"
+            for state in ("warm", "cold", "given x, warm", "given x, cold")
+        )
     )
 
 

@@ -106,6 +106,20 @@ def test_bad_input_raises_value_error(args, message):
         reluinv.preimage(*args)
 
 
+@pytest.mark.parametrize(
+    "hint,message",
+    [
+        ([1.0], r"hint must have shape \(2,\)"),
+        ([[1.0, 2.0]], "hint must be 1-dimensional"),
+        ([1.0, np.nan], "hint contains 1 NaN"),
+        (["a", "b"], "hint"),
+    ],
+)
+def test_bad_hint_raises_value_error_naming_it(hint, message):
+    with pytest.raises(ValueError, match=message):
+        reluinv.preimage([[1.0, 2.0]], [0.0], [1.0], hint=hint)
+
+
 def test_bad_box_raises_value_error():
     with pytest.raises(ValueError, match="lower > upper at coordinate 1"):
         reluinv.preimage([[1.0, 0]], [0.0], [1.0], lower=[0, 2], upper=[1, 1])
@@ -174,6 +188,108 @@ def test_matches_brute_force_on_random_layers(shape, active, integer, box, reach
     r = reluinv.preimage(A, b, y, lower=lower, upper=upper)
     assert r.kind == brute_force_kind(A, b, y, lower, upper), r.certificate.reason
     check_result(r, A, b, y, lower, upper)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=layers,
+    active=st.sampled_from([0.2, 0.5, 0.8, 1.0]),
+    box=st.sampled_from(["none", "full", "mixed"]),
+    hint=st.sampled_from(["input", "moved", "far", "boundary"]),
+)
+def test_a_hint_changes_no_verdict(shape, active, box, hint):
+    # The hint is checked, never trusted: the generating input (a point of P), a point moved off
+    # the equations, one far outside, and one on a face of P all give the brute-force verdict.
+    n, m, seed = shape
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, n))
+    x = rng.standard_normal(n)
+    z = A @ x
+    b = np.full(m, -np.quantile(z, 1 - active))
+    y = np.maximum(A @ x + b, 0.0)
+    lower = upper = None
+    if box == "full":
+        lower, upper = x - 1.0, x + 2.0
+    elif box == "mixed":
+        lower = np.where(rng.random(n) < 0.5, -np.inf, x - 1.0)
+    point = {
+        "input": x,
+        "moved": x + 1e-3 * rng.standard_normal(n),
+        "far": x + 100.0 * rng.standard_normal(n),
+        "boundary": x if lower is None else np.where(np.isfinite(lower), lower, x),
+    }[hint]
+    r = reluinv.preimage(A, b, y, lower=lower, upper=upper, hint=point)
+    assert r.kind == brute_force_kind(A, b, y, lower, upper), r.certificate.reason
+    assert r.kind == reluinv.preimage(A, b, y, lower=lower, upper=upper).kind
+    check_result(r, A, b, y, lower, upper)
+
+
+def _compact_case(seed=0, m=700, n=157, active=120):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, n)) / np.sqrt(n)
+    x = rng.standard_normal(n)
+    ax = np.sort(A @ x)
+    b = np.full(m, -(ax[-active] + ax[-active - 1]) / 2)
+    return A, b, np.maximum(A @ x + b, 0.0), x
+
+
+def test_an_accepted_hint_spares_the_search_for_a_point(monkeypatch):
+    # The generating input holds every inactive row with slack: it is the decision's point, no
+    # interior point is sought, the product of the layer with x_p is never formed, and only the
+    # boundedness test's spread rows are restricted to the null space.
+    from reluinv.geometry import spread_rows
+    from reluinv.preimage import _LayerSystem, _UnitInequalities
+
+    module = sys.modules["reluinv.preimage"]
+    A, b, y, x = _compact_case()
+    plain = reluinv.preimage(A, b, y)
+    products: list[np.ndarray] = []
+    restricted = _UnitInequalities.restricted
+    monkeypatch.setattr(
+        _UnitInequalities,
+        "restricted",
+        lambda self, idx, O, out: (products.append(idx.copy()), restricted(self, idx, O, out)),
+    )
+    monkeypatch.setattr(module, "interior_point", lambda **kw: pytest.fail("an interior point was sought"))
+    systems: list[_LayerSystem] = []
+    decide = _LayerSystem.decide
+    monkeypatch.setattr(_LayerSystem, "decide", lambda self: (systems.append(self), decide(self))[1])
+    r = reluinv.preimage(A, b, y, hint=x)
+    assert (r.kind, r.nullity, r.margin) == (plain.kind, plain.nullity, plain.margin)
+    np.testing.assert_array_equal(r.point, x)
+    r.verify(A, b, y)
+    (system,) = systems
+    assert system.product is None and "c" not in vars(system)
+    assert len(products) == 1
+    np.testing.assert_array_equal(products[0], spread_rows(700 - 120, 37))
+
+
+@pytest.mark.parametrize("where", ["off the equations", "outside an inequality", "on an inequality"])
+def test_a_hint_that_fails_its_check_is_ignored(monkeypatch, where):
+    from reluinv.preimage import _LayerSystem
+
+    A, b, y, x = _compact_case(seed=1)
+    inactive = np.flatnonzero(y == 0)
+    i = inactive[np.argmax(A[inactive] @ x + b[inactive])]  # the inactive row nearest its bound
+    E = A[y > 0]
+    d = A[i] - E.T @ np.linalg.lstsq(E.T, A[i], rcond=None)[0]  # row i projected onto N(A_pos)
+    step = -(A[i] @ x + b[i]) / (A[i] @ d)  # x + step * d puts row i on its bound
+    point = {
+        "off the equations": x + 1e-6 * np.random.default_rng(2).standard_normal(x.size),
+        "outside an inequality": x + 2 * step * d,
+        "on an inequality": x + step * d,
+    }[where]
+    accepted: list[bool] = []
+    accept = _LayerSystem._accept_hint
+    monkeypatch.setattr(
+        _LayerSystem, "_accept_hint", lambda self, tol: (accepted.append(accept(self, tol)), accepted[-1])[1]
+    )
+    r = reluinv.preimage(A, b, y, hint=point)
+    assert accepted == [False]
+    plain = reluinv.preimage(A, b, y)
+    assert (r.kind, r.nullity) == (plain.kind, plain.nullity) == ("compact", 37)
+    np.testing.assert_array_equal(r.point, plain.point)
+    r.verify(A, b, y)
 
 
 def test_layer_preimage_linear_matches_matrix_form():

@@ -119,10 +119,31 @@ def test_inputs_are_mapped_by_the_layer_first(one_thread):
     np.testing.assert_allclose(Y, [np.maximum(A @ x + b, 0) for x in X], rtol=1e-13, atol=1e-13)
     for x, q in zip(X, preimage_batch(A, b, X=X), strict=True):
         y = np.maximum(A @ x + b, 0)
-        same_result(reluinv.preimage(A, b, y), q, A, b, y)
+        same_result(reluinv.preimage(A, b, y), q, A, b, y)  # X serves as the hints
+        same_result(reluinv.preimage(A, b, y, hint=x), q, A, b, y)
         assert q.kind != "empty"  # every output of an input is reachable
         if q.kind == "singleton":
             np.testing.assert_allclose(q.point, x, atol=1e-8)
+
+
+def test_hints_are_those_of_preimage(one_thread):
+    # Each sample's hint goes to its own decision: the generating inputs are the points of the
+    # compact preimages, a hint that fails its check (another sample's input) changes nothing.
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((300, 40)) / np.sqrt(40)
+    X = rng.standard_normal((6, 40))
+    b = np.full(300, -1.4)  # about 25 of 300 units active: compact preimages
+    Y = layer_outputs(A, b, X)
+    for hints in (X, X[::-1]):
+        for x, y, q in zip(hints, Y, preimage_batch(A, b, Y, hints=hints), strict=True):
+            r = reluinv.preimage(A, b, y, hint=x)
+            same_result(r, q, A, b, y)
+            np.testing.assert_allclose(q.point, r.point, rtol=1e-9, atol=1e-12)
+    kinds = [q.kind for q in preimage_batch(A, b, Y, hints=X)]
+    assert kinds.count("compact") == 6
+    for x, q in zip(X, preimage_batch(A, b, Y, hints=X), strict=True):
+        if q.kind == "compact":
+            np.testing.assert_array_equal(q.point, x)
 
 
 def counting_fallback(monkeypatch):
@@ -241,6 +262,9 @@ def test_cuda_factors_match_preimage():
         ({"Y": np.zeros((1, 3)), "device": "tpu:x"}, "device must be None or a torch device"),
         ({"Y": np.zeros((1, 3)), "device": "meta"}, "device must be a CPU or CUDA torch device"),
         ({"Y": np.zeros((1, 3)), "device": 3.5}, "device must be None or a torch device"),
+        ({"Y": np.zeros((1, 3)), "hints": np.zeros((2, 2))}, r"hints must have one row per sample \(1\)"),
+        ({"Y": np.zeros((1, 3)), "hints": np.zeros((1, 3))}, r"hints must have shape \(samples, 2\)"),
+        ({"X": np.zeros((1, 2)), "hints": [[np.nan, 0.0]]}, "hints contains 1 NaN"),
     ],
 )
 def test_bad_input_raises_value_error(kwargs, message):

@@ -276,4 +276,4 @@ def graph_layer_preimage(
     """
     system = layer_system(model, x, layer)
     A, b, y = preimage_rows(system)
-    return preimage(A, b, y, lower=lower, upper=upper, rtol=rtol), system
+    return preimage(A, b, y, lower=lower, upper=upper, rtol=rtol, hint=system.u), system

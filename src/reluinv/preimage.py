@@ -15,11 +15,14 @@ Method, following Theorem 4 but exact where Algorithm 1 as printed is not:
    ``O`` of ``N(A_pos)`` (k = nullity) and a particular solution (:mod:`reluinv._nullspace`: an
    LU of ``A_pos^T`` whose condition estimate certifies full rank, else a pivoted QR).  k = 0 is
    Theorem 4 i.
-2. A feasible point is found by a Chebyshev-centre LP in the null-space coordinates.  If it has
-   slack in every inequality, P has more than one point (when k > 0).  Otherwise the inequalities
-   tight there are tested for omnidirectionality in N(A_pos) (Theorem 12): if they are, the point
-   is the only one (Theorem 4 ii — a singleton pinned by inequalities, which Algorithm 1 calls
-   "finite").
+2. A feasible point: the caller's ``hint`` where one pass over the layer shows that it solves the
+   equations to the tolerance and holds every inequality with slack (the input that produced y
+   usually does); else Newton's method on the violated inequalities (:mod:`reluinv._interior`),
+   and where that finds no point with slack, a Chebyshev-centre LP in the null-space
+   coordinates.  If the point has slack in every inequality, P has more than one point (when
+   k > 0).  Otherwise the inequalities tight there are tested for omnidirectionality in N(A_pos)
+   (Theorem 12): if they are, the point is the only one (Theorem 4 ii — a singleton pinned by
+   inequalities, which Algorithm 1 calls "finite").
 3. Boundedness is omnidirectionality of ``A-bar = [A_zero; box rows] O`` (Theorem 4 iii, Theorem
    5), decided with interior (not only hull membership) as in :mod:`reluinv.geometry`.  When every
    coordinate has both bounds the box alone bounds P.
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -169,6 +173,7 @@ def preimage(
     lower: Any = None,
     upper: Any = None,
     rtol: float = DEFAULT_RTOL,
+    hint: Any = None,
 ) -> Preimage:
     """Classify the preimage of ``y`` under ``x -> ReLU(A x + b)`` (Theorem 4, Remark 3).
 
@@ -179,14 +184,20 @@ def preimage(
             error: its preimage is "empty".
         lower, upper: optional box on x (scalars or shape (n,); None or +-inf = no bound).
         rtol: relative tolerance (module docstring).
+        hint: optional input of shape (n,) thought to lie in the preimage, such as the input
+            that produced ``y``.  It is checked against every row, never trusted: where it holds
+            every equation to the tolerance and every inequality with slack, it is the point the
+            decision needs (step 2 of the module docstring) and no search for one is made;
+            otherwise it is ignored.  The kind is the same with or without it.
 
     Returns:
         :class:`Preimage`.
 
     Raises:
-        ValueError: shapes that do not match, NaN or inf in A, b or y, negative entries of y,
-            ``lower > upper``, complex values or a torch tensor that requires grad (named), and
-            a preimage whose points lie beyond the float64 range (rows of A tiny against b, y).
+        ValueError: shapes that do not match, NaN or inf in A, b, y or ``hint``, negative
+            entries of y, ``lower > upper``, complex values or a torch tensor that requires
+            grad (named), and a preimage whose points lie beyond the float64 range (rows of A
+            tiny against b, y).
 
     Example:
         >>> r = preimage([[1, 0], [0, 1], [1, -1]], [0, 0, -1], [1, 0, 0])
@@ -205,8 +216,19 @@ def preimage(
         i = int(np.flatnonzero(y < 0)[0])
         raise ValueError(f"y is a ReLU output and must be >= 0; y[{i}] = {y[i]}")
     lo, up = as_bounds(lower, upper, n)
+    x_hint = _hint_vector(hint, n)
     with single_blas_pool():
-        return _LayerSystem(A, b, y, lo, up, rtol, row_norms).decide()
+        return _LayerSystem(A, b, y, lo, up, rtol, row_norms, hint=x_hint).decide()
+
+
+def _hint_vector(hint: Any, n: int) -> F64 | None:
+    """``hint`` as a float64 vector of length n (None stays None); ``ValueError`` naming it."""
+    if hint is None:
+        return None
+    x = as_finite_array(hint, "hint", ndim=1)
+    if x.shape != (n,):
+        raise ValueError(f"hint must have shape ({n},), one entry per input of A, got {x.shape}")
+    return x
 
 
 def _layer_matrix(A: Any) -> tuple[F64, RowNorms]:
@@ -239,7 +261,7 @@ def layer_preimage(
     if flat.size != A.shape[1]:  # pragma: no cover - affine_matrix checks the shape
         raise ValueError(f"x has {flat.size} entries, the layer expects {A.shape[1]}")
     y = np.maximum(A @ flat + b, 0.0)
-    return preimage(A, b, y, lower=lower, upper=upper, rtol=rtol)
+    return preimage(A, b, y, lower=lower, upper=upper, rtol=rtol, hint=flat)
 
 
 def affine_matrix(
@@ -472,9 +494,11 @@ class _LayerSystem:
         rtol: float,
         row_norms: RowNorms | None = None,
         factor: Callable[[F64, F64], EqualityFactor] = EqualityFactor,
+        hint: F64 | None = None,
     ) -> None:
         # ``row_norms`` (``_row_norms(A)``) and ``factor`` (step 1's factorisation of E x = e) let
         # :mod:`reluinv.preimage_batch` share the first and batch the second across outputs.
+        # ``hint``: a candidate point of P in the user's units (see :meth:`_accept_hint`).
         m, n = A.shape
         self.m, self.n, self.rtol, self.factor = m, n, rtol, factor
         self.active = np.flatnonzero(y > 0)
@@ -487,6 +511,10 @@ class _LayerSystem:
         # (y_i - b_i) / |A_i| / 2^Q, at most 1 in magnitude
         rho = np.ldexp(rho_mant, np.clip(rho_exp - self.Q, -2000, 2000).astype(np.int32))
         lo, up = np.ldexp(lo, -self.Q), np.ldexp(up, -self.Q)
+        with np.errstate(over="ignore"):  # a hint beyond the range fails its check below
+            self.hint = None if hint is None else np.ldexp(hint, -self.Q)
+        self.inside: tuple[F64, F64] | None = None  # (point, slack of every inequality)
+        self.product: F64 | None = None  # M @ x_p, when formed
         # Equalities E x = e (active rows), inequalities G x <= h (inactive rows, then box rows),
         # every row of unit norm, x in units of 2^Q.
         act = self.active[~self.zero_norm[self.active]]
@@ -627,6 +655,9 @@ class _LayerSystem:
         if conflict is not None:
             return self._result("empty", None, None, 1.0, PreimageCertificate(reason=conflict), self.rtol)
         tol = self.rtol * max(1.0, float(np.linalg.norm(self.x_p)))
+        if self.k > 0 and self._accept_hint(tol):
+            # The hint solves the equations to the tolerance, so they are consistent.
+            return self._decide_with_nullspace(tol)
         # One pass over the layer gives the equations' residual and every inequality's slack.
         self.product = self.M @ self.x_p
         eq_res = (
@@ -649,6 +680,23 @@ class _LayerSystem:
         if self.k == 0:
             return self._decide_full_rank(tol)
         return self._decide_with_nullspace(tol)
+
+    def _accept_hint(self, tol: float) -> bool:
+        """Whether the hint is a point of P with slack above ``tol`` in every inequality, from one
+        pass over the layer; then ``inside`` holds it and its slacks, and the decision needs no
+        search for a point (such a point also shows that P is not a singleton when k > 0)."""
+        x = self.hint
+        if x is None or not np.all(np.isfinite(x)):
+            return False
+        with np.errstate(over="ignore", invalid="ignore"):
+            product = self.M @ x
+            rows = self.eq_rows
+            eq_res = float(np.max(np.abs(product[rows] * self.inv[rows] - self.e))) if rows.size else 0.0
+            slack = self.h - self.G.dot(x, product)
+        if not eq_res <= tol or (slack.size and not slack.min() > tol):
+            return False
+        self.inside = (x, slack)
+        return True
 
     def _decide_full_rank(self, tol: float) -> Preimage:
         slack = self.h - self.G.dot(self.x_p, self.product)
@@ -750,31 +798,40 @@ class _LayerSystem:
         # tolerance keeps its meaning on the restricted rows.
         G, O = self.G, self.O
         self.restricted = _RestrictedRows(G, O)
-        self.c = self.h - G.dot(self.x_p, self.product)
         self.margin = _CAP * max(1.0, float(np.linalg.norm(self.x_p)))
         return RowSource(m=G.size, n=self.k, rows=self.restricted, apply=lambda z: G.dot(O @ z))
+
+    @cached_property
+    def c(self) -> F64:
+        """Every inequality's slack at x_p; one pass over the layer unless the decision made it
+        (a decision that accepted its hint may never need it)."""
+        return self.h - self.G.dot(self.x_p, self.product)
 
     def _form_shared_rows(self) -> None:
         """The spread rows of the boundedness test and the rows the interior point starts from,
         in one product.  A decision that runs the test forms both sets (when the spread rows
         fail, it forms every row), and one GEMM of 787 rows cost 0.8 ms less than two of 584 and
         203 at nullity 184 (``benchmarks/preimage_speed.py``).  The spread rows come first, so
-        the test reads them as one block; the store forms a row asked for twice once."""
-        self.restricted(np.concatenate([spread_rows(self.G.size, self.k), first_rows(self.c, self.margin)]))
+        the test reads them as one block; the store forms a row asked for twice once.  With an
+        accepted hint there is no interior point to seek, and only the spread rows are formed."""
+        spread = spread_rows(self.G.size, self.k)
+        self.restricted(
+            spread if self.inside is not None else np.concatenate([spread, first_rows(self.c, self.margin)])
+        )
 
     def _unbounded_from_strict_direction(self, omni: OmniCertificate, tol: float) -> Preimage:
         assert omni.direction is not None
         d = self.basis.expand(omni.direction)
         d /= np.linalg.norm(d)
         gd = self.G.dot(d)  # all <= -margin < 0
-        slack0 = self.c
+        start, slack0 = self.inside if self.inside is not None else (self.x_p, self.c)
         # Walk along d until every inequality has slack of at least 1 (relative to |x| scale).
         target = max(1.0, float(np.linalg.norm(self.x_p))) * 1e-3
         t = float(np.max((target - slack0) / -gd))
-        x0 = self.x_p + max(t, 0.0) * d
+        x0 = start + max(t, 0.0) * d
         cert = PreimageCertificate(
             reason="direction d in N(A_pos) with A_zero d < 0 strictly (Theorem 4 iii); "
-            "walking along it from the equations' solution gives an interior point",
+            "walking along it from a solution of the equations gives an interior point",
             second_point=x0 + d,
         )
         return self._result("unbounded", x0, d, min(self.rank_ratio, omni.margin), cert, tol)
@@ -794,10 +851,13 @@ class _LayerSystem:
     def _feasible_point(self, tol: float, seed_rows: Idx | None) -> Preimage | tuple[F64, F64]:
         """A point of P and its slacks, or an "empty" result.
 
-        First Newton's method looks for a point with slack in every row (:mod:`reluinv._interior`,
-        no LP); such a point needs no further test to show P has more than one point.  When it
-        finds none, the Chebyshev-centre LP decides (:meth:`_chebyshev_point`).
+        An accepted hint is that point (:meth:`_accept_hint`).  Else Newton's method looks for a
+        point with slack in every row (:mod:`reluinv._interior`, no LP); such a point needs no
+        further test to show P has more than one point.  When it finds none, the Chebyshev-centre
+        LP decides (:meth:`_chebyshev_point`).
         """
+        if self.inside is not None:
+            return self.inside
         G, O, x_p = self.G, self.O, self.x_p
         found = interior_point(
             rows=self.restricted,

@@ -93,6 +93,7 @@ def preimage_batch(
     rtol: float = DEFAULT_RTOL,
     device: Any = None,
     group: int = GROUP,
+    hints: Any = None,
 ) -> list[Preimage]:
     """:func:`reluinv.preimage` of every row of ``Y`` (or of ``ReLU(X A^T + b)``) under one layer.
 
@@ -105,14 +106,17 @@ def preimage_batch(
             computation of :func:`reluinv.preimage`; a torch device (``"cuda"``, ``"cpu"``):
             factorisations batched in torch float64 there (module docstring).
         group: samples per batched factorisation on the torch path.
+        hints: inputs thought to lie in the preimages, shape (s, n), one per sample (the
+            ``hint`` of :func:`reluinv.preimage`: checked, never trusted); with ``X`` they
+            default to ``X``, whose rows are points of their preimages by construction.
 
     Returns:
         One :class:`Preimage` per sample, in order.
 
     Raises:
         ValueError: what :func:`reluinv.preimage` refuses (named), both or neither of Y and X,
-            rows of Y or X of the wrong length, a non-positive ``group``, and a ``device`` that
-            is not a CPU or CUDA torch device present here.
+            rows of Y, X or hints of the wrong length, hints not one per sample, a non-positive
+            ``group``, and a ``device`` that is not a CPU or CUDA torch device present here.
 
     Example:
         >>> [r.kind for r in preimage_batch([[1, 0], [0, 1], [1, -1]], [0, 0, -1],
@@ -126,13 +130,20 @@ def preimage_batch(
     A, b = _layer(A, b)
     m, n = A.shape
     if X is not None:
-        Y = _forward(A, b, _samples(X, "X", n))
+        X = _samples(X, "X", n)
+        Y = _forward(A, b, X)
+        hints = X if hints is None else hints
     else:
         Y = _samples(Y, "Y", m)
         if np.any(Y < 0):
             s, i = (int(v[0]) for v in np.nonzero(Y < 0))
             raise ValueError(f"Y holds ReLU outputs and must be >= 0; Y[{s}, {i}] = {Y[s, i]}")
     lo, up = as_bounds(lower, upper, n)
+    H: list[F64 | None] = [None] * Y.shape[0]
+    if hints is not None:
+        H = list(_samples(hints, "hints", n))
+        if len(H) != Y.shape[0]:
+            raise ValueError(f"hints must have one row per sample ({Y.shape[0]}), got {len(H)}")
     norms = _row_norms(A)
     factors: list[Factor] = [EqualityFactor] * Y.shape[0]
     if device is not None:
@@ -140,8 +151,8 @@ def preimage_batch(
         factors = _torch_factors(norms, Y, dev, int(group)) if Y.shape[0] else factors
     with single_blas_pool():
         return [
-            _LayerSystem(A, b, y, lo, up, rtol, row_norms=norms, factor=f).decide()
-            for y, f in zip(Y, factors, strict=True)
+            _LayerSystem(A, b, y, lo, up, rtol, row_norms=norms, factor=f, hint=h).decide()
+            for y, f, h in zip(Y, factors, H, strict=True)
         ]
 
 

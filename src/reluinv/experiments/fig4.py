@@ -55,8 +55,9 @@ def classify_sample(layer: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
     verdict on the same output.
     """
     A, b = layer["weight"], layer["bias"]
-    y = np.maximum(A @ np.asarray(image, dtype=np.float64).reshape(-1) + b, 0.0)
-    return _sample_record(A, y, preimage(A, b, y))
+    x = np.asarray(image, dtype=np.float64).reshape(-1)
+    y = np.maximum(A @ x + b, 0.0)
+    return _sample_record(A, y, preimage(A, b, y, hint=x))
 
 
 def classify_batch(layer: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
@@ -74,12 +75,12 @@ def classify_batch(layer: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
     Y = layer_outputs(A, b, X)
     device = layer.get("factor_device")
     try:
-        results: list[Any] = preimage_batch(A, b, Y, device=device)
+        results: list[Any] = preimage_batch(A, b, Y, device=device, hints=X)
     except Exception:  # noqa: BLE001 - find the sample that raised; the others keep their verdict
         results = []
-        for y in Y:
+        for x, y in zip(X, Y, strict=True):
             try:
-                results.extend(preimage_batch(A, b, y[None], device=device))
+                results.extend(preimage_batch(A, b, y[None], device=device, hints=x[None]))
             except Exception as exc:  # noqa: BLE001 - recorded as this sample's failure
                 results.append(exc)
     return {
