@@ -15,7 +15,9 @@ Training takes about two minutes the first time and is cached (``reluinv.train``
 times (median kept) and every certificate is verified (``Preimage.verify``).  The literal
 Algorithm 1 of ``benchmarks/preimage_speed.py`` (two SVDs, the hull LP over every inactive row)
 runs on the ``--naive`` images with the most active units, where it is fastest, and must agree.
-Prints one line per image and the totals per kind.
+Each image is also decided with itself as ``hint`` (the column *given x*; the verdict must not
+change), as :func:`reluinv.layer_preimage` decides.  Prints one line per image and the totals per
+kind.
 
     python benchmarks/preimage_trained.py [--images 58] [--repeats 1] [--naive 4]
 """
@@ -77,24 +79,38 @@ def main() -> None:
     picked = spread_over_active(Y, args.images)
     shape = f"{W.shape[0]} x {W.shape[1]}"
     print(f"layer {shape} ({source}); {len(picked)} images, active {active.min()}-{active.max()}")
-    print("active nullity  kind        seconds  margin")
+    print("active nullity  kind        seconds  margin   given x s")
     totals: dict[str, list[float]] = {}
+    given: dict[str, list[float]] = {}
     with threadpool_limits(limits=1, user_api="blas"):
         for i in picked:
-            times = []
+            times, hinted = [], []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 r = reluinv.preimage(W, b, Y[i])
                 times.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                h = reluinv.preimage(W, b, Y[i], hint=images[i])
+                hinted.append(time.perf_counter() - t0)
             r.verify(W, b, Y[i])
+            h.verify(W, b, Y[i])
+            if (h.kind, h.nullity) != (r.kind, r.nullity):
+                raise SystemExit(f"the hint changed the verdict at image {i}: {r.kind}, {h.kind} with it")
             seconds = statistics.median(times)
             totals.setdefault(r.kind, []).append(seconds)
-            print(f"{active[i]:6d} {r.nullity:7d}  {r.kind:10s} {seconds:8.4f}  {r.margin:.1e}", flush=True)
+            given.setdefault(r.kind, []).append(statistics.median(hinted))
+            print(
+                f"{active[i]:6d} {r.nullity:7d}  {r.kind:10s} {seconds:8.4f}  {r.margin:.1e}  "
+                f"{given[r.kind][-1]:8.4f}",
+                flush=True,
+            )
         print("\ntotals per kind (every certificate verified):")
         for kind, seconds in sorted(totals.items()):
             print(
                 f"  {kind:10s} {len(seconds):3d} images  {sum(seconds):7.2f} s  "
-                f"median {statistics.median(seconds):.4f} s  largest {max(seconds):.4f} s"
+                f"median {statistics.median(seconds):.4f} s  largest {max(seconds):.4f} s; "
+                f"given x (the image as hint): {sum(given[kind]):7.2f} s, "
+                f"median {statistics.median(given[kind]):.4f} s"
             )
         if args.naive:
             print(f"\nliteral Algorithm 1 on the {args.naive} images with the most active units:")
