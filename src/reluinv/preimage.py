@@ -254,6 +254,8 @@ def layer_preimage(
     The layer is turned into its explicit matrix (float64) by :func:`affine_matrix`; for a
     convolution the rank of the active rows is computed, not assumed (paper, Section 4).  ``x``
     may carry a leading batch dimension of 1.  ``point`` and ``direction`` are flattened inputs.
+    ``x`` is the decision's ``hint``: where it holds every inactive row with slack, ``point`` is
+    x itself (the certificate's ``second_point`` is another point of the preimage).
     """
     sample = as_model_input(x, "x")
     A, b, in_shape = affine_matrix(module, sample.shape)
