@@ -788,3 +788,45 @@ def test_pt2_with_unsupported_operator_is_one_line(tmp_path, graph_module, capsy
     assert len(err) == 2 and all(line.startswith("reluinv: error:") for line in err)
     assert "aten.sigmoid" in err[0] and "(at 'top level')" in err[0] and "cannot analyse" in err[0]
     assert "is not a torch.export archive" in err[1]
+
+
+def _recording_preimage(monkeypatch) -> list[tuple]:
+    """Every ``(A, b, y, hint)`` the analysis hands to :func:`reluinv.preimage`, in this process."""
+    import reluinv.experiments.analyze as module
+
+    calls: list[tuple] = []
+    real = module.preimage
+
+    def recorded(A, b, y, hint=None):
+        calls.append((A, b, y, hint))
+        return real(A, b, y, hint=hint)
+
+    monkeypatch.setattr(module, "preimage", recorded)
+    return calls
+
+
+def _check_hints_are_points(calls) -> None:
+    # Each hint is the layer's input at the sample: ReLU(A hint + b) reproduces the output.
+    for A, b, y, hint in calls:
+        assert hint is not None and hint.shape == (A.shape[1],)
+        np.testing.assert_allclose(np.maximum(A @ hint + b, 0.0), y, rtol=0, atol=1e-9)
+
+
+def test_each_chain_decision_gets_its_blocks_input_as_hint(tmp_path, monkeypatch):
+    # The CNN's ReLUs are fed by blocks of one, three (pool, conv, norm) and two (flatten,
+    # linear) modules: the hint is the input of the block's first module.
+    calls = _recording_preimage(monkeypatch)
+    analyze(small_cnn(), cnn_inputs(2), out=tmp_path / "o", backend="serial", progress=False, plots=False)
+    assert len(calls) == 2 * len(CNN_RELUS)
+    _check_hints_are_points(calls)
+
+
+def test_each_graph_decision_gets_its_sources_values_as_hint(tmp_path, graph_module, monkeypatch):
+    import importlib
+
+    calls = _recording_preimage(monkeypatch)
+    model = importlib.import_module(graph_module).residual().eval()
+    x = np.random.default_rng(2).normal(scale=2.0, size=(3, 4))
+    analyze(model, x, out=tmp_path / "o", backend="serial", progress=False, spectra=False, plots=False)
+    assert len(calls) == 3 * 2
+    _check_hints_are_points(calls)

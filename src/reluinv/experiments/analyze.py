@@ -449,10 +449,16 @@ def _analyze_sample(shared: Mapping[str, Any], sample: NDArray[np.float64]) -> d
     prepared = _prepared(shared, tuple(sample.shape))
     x = torch.as_tensor(np.asarray(sample, dtype=np.float64), device=prepared.device)
     wanted = set(shared["layers"])
+    # Each analysed ReLU's feeding block starts at ``starts[index]``; its input there is the
+    # decision's hint (a point of the preimage by construction).
+    starts = {index: index - len(_feeding_block(prepared.chain, index)) for index in wanted}
     features: dict[int, NDArray[np.float64]] = {}
+    block_inputs: dict[int, NDArray[np.float64]] = {}
     h = x.reshape(1, *x.shape)
     with torch.no_grad():
         for step in prepared.chain:
+            if step.index in starts.values():
+                block_inputs[step.index] = h.reshape(-1).cpu().numpy()
             h = step.apply(h)
             if step.index in wanted:
                 features[step.index] = h.reshape(-1).cpu().numpy()
@@ -460,7 +466,7 @@ def _analyze_sample(shared: Mapping[str, Any], sample: NDArray[np.float64]) -> d
     rows = []
     for index in shared["layers"]:
         W, c = shared["dense"][index]
-        row = preimage_row(index, W, c, features[index])
+        row = preimage_row(index, W, c, features[index], hint=block_inputs[starts[index]])
         if layer_spectra is not None:
             row.update(_spectrum_summary(layer_spectra[index]))
         rows.append(row)
@@ -468,11 +474,16 @@ def _analyze_sample(shared: Mapping[str, Any], sample: NDArray[np.float64]) -> d
 
 
 def preimage_row(
-    index: int, A: NDArray[np.float64], b: NDArray[np.float64], y: NDArray[np.float64]
+    index: int,
+    A: NDArray[np.float64],
+    b: NDArray[np.float64],
+    y: NDArray[np.float64],
+    hint: NDArray[np.float64] | None = None,
 ) -> dict[str, Any]:
     """One analysis row: the preimage of the layer output ``y = ReLU(A x + b)`` (Theorem 4) at
-    layer ``index``, for chains and graphs alike."""
-    r = preimage(A, b, y)
+    layer ``index``, for chains and graphs alike; ``hint``: the layer's input x at the sample
+    (see :func:`reluinv.preimage`)."""
+    r = preimage(A, b, y, hint=hint)
     return {
         "layer": int(index),
         "active": int(np.count_nonzero(y > 0)),

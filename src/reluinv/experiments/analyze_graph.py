@@ -123,7 +123,7 @@ def analyze_graph_sample(shared: Mapping[str, Any], sample: NDArray[np.float64])
     rows = []
     for index, name in shared["layers"]:
         system = layer_system(shared["model"], x, name)
-        row = preimage_row(index, *preimage_rows(system))
+        row = preimage_row(index, *preimage_rows(system), hint=system.u)
         if shared["spectra"]:
             row.update(_spectrum_summary(by_name[name]))
         rows.append(row)
