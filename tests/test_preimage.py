@@ -195,11 +195,12 @@ def test_matches_brute_force_on_random_layers(shape, active, integer, box, reach
     shape=layers,
     active=st.sampled_from([0.2, 0.5, 0.8, 1.0]),
     box=st.sampled_from(["none", "full", "mixed"]),
-    hint=st.sampled_from(["input", "moved", "far", "boundary"]),
+    hint=st.sampled_from(["input", "moved", "far", "face"]),
 )
 def test_a_hint_changes_no_verdict(shape, active, box, hint):
     # The hint is checked, never trusted: the generating input (a point of P), a point moved off
-    # the equations, one far outside, and one on a face of P all give the brute-force verdict.
+    # the equations, one far outside, and the input on a face of the box (where the search for a
+    # point starts from it) all give the brute-force verdict.
     n, m, seed = shape
     rng = np.random.default_rng(seed)
     A = rng.standard_normal((m, n))
@@ -212,11 +213,14 @@ def test_a_hint_changes_no_verdict(shape, active, box, hint):
         lower, upper = x - 1.0, x + 2.0
     elif box == "mixed":
         lower = np.where(rng.random(n) < 0.5, -np.inf, x - 1.0)
+    if hint == "face":  # x on the lower face in about a third of the coordinates
+        on_face = rng.random(n) < 0.35
+        lower = np.where(on_face, x, -np.inf if lower is None else lower)
     point = {
         "input": x,
         "moved": x + 1e-3 * rng.standard_normal(n),
         "far": x + 100.0 * rng.standard_normal(n),
-        "boundary": x if lower is None else np.where(np.isfinite(lower), lower, x),
+        "face": x,
     }[hint]
     r = reluinv.preimage(A, b, y, lower=lower, upper=upper, hint=point)
     assert r.kind == brute_force_kind(A, b, y, lower, upper), r.certificate.reason
@@ -264,13 +268,12 @@ def test_an_accepted_hint_spares_the_search_for_a_point(monkeypatch):
     np.testing.assert_array_equal(products[0], spread_rows(700 - 120, 37))
 
 
-@pytest.mark.parametrize("where", ["off the equations", "outside an inequality", "on an inequality"])
-def test_a_hint_that_fails_its_check_is_ignored(monkeypatch, where):
-    from reluinv.preimage import _LayerSystem
-
+def _hint_near_a_face(where: str):
+    """The compact case of seed 1 and a hint: its input moved off the equations, or along the null
+    space onto or across the bound of the inactive row nearest it."""
     A, b, y, x = _compact_case(seed=1)
     inactive = np.flatnonzero(y == 0)
-    i = inactive[np.argmax(A[inactive] @ x + b[inactive])]  # the inactive row nearest its bound
+    i = inactive[np.argmax(A[inactive] @ x + b[inactive])]
     E = A[y > 0]
     d = A[i] - E.T @ np.linalg.lstsq(E.T, A[i], rcond=None)[0]  # row i projected onto N(A_pos)
     step = -(A[i] @ x + b[i]) / (A[i] @ d)  # x + step * d puts row i on its bound
@@ -279,16 +282,51 @@ def test_a_hint_that_fails_its_check_is_ignored(monkeypatch, where):
         "outside an inequality": x + 2 * step * d,
         "on an inequality": x + step * d,
     }[where]
-    accepted: list[bool] = []
-    accept = _LayerSystem._accept_hint
-    monkeypatch.setattr(
-        _LayerSystem, "_accept_hint", lambda self, tol: (accepted.append(accept(self, tol)), accepted[-1])[1]
-    )
+    return A, b, y, point
+
+
+def _recorded_systems(monkeypatch) -> tuple[list, list[bool]]:
+    """The decisions' systems and what each one's ``_take_hint`` answered."""
+    from reluinv.preimage import _LayerSystem
+
+    systems: list = []
+    taken: list[bool] = []
+    take = _LayerSystem._take_hint
+
+    def recorded(self, tol):
+        systems.append(self)
+        taken.append(take(self, tol))
+        return taken[-1]
+
+    monkeypatch.setattr(_LayerSystem, "_take_hint", recorded)
+    return systems, taken
+
+
+def test_a_hint_off_the_equations_is_ignored(monkeypatch):
+    A, b, y, point = _hint_near_a_face("off the equations")
+    _systems, taken = _recorded_systems(monkeypatch)
     r = reluinv.preimage(A, b, y, hint=point)
-    assert accepted == [False]
+    assert taken == [False]
     plain = reluinv.preimage(A, b, y)
     assert (r.kind, r.nullity) == (plain.kind, plain.nullity) == ("compact", 37)
     np.testing.assert_array_equal(r.point, plain.point)
+    r.verify(A, b, y)
+
+
+@pytest.mark.parametrize("where", ["outside an inequality", "on an inequality"])
+def test_a_hint_on_or_across_a_face_is_where_the_search_starts(monkeypatch, where):
+    # It solves the equations, so the search for a point starts from it (in place of x_p) with
+    # the slacks of its own pass, and finds a point with slack in every row.
+    A, b, y, point = _hint_near_a_face(where)
+    systems, taken = _recorded_systems(monkeypatch)
+    r = reluinv.preimage(A, b, y, hint=point)
+    assert taken == [True]
+    (system,) = systems
+    assert system.inside is None
+    np.testing.assert_array_equal(np.ldexp(system.x_p, system.Q), point)
+    plain = reluinv.preimage(A, b, y)
+    assert (r.kind, r.nullity) == (plain.kind, plain.nullity) == ("compact", 37)
+    assert not np.array_equal(r.point, point)
     r.verify(A, b, y)
 
 

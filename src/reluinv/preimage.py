@@ -18,11 +18,12 @@ Method, following Theorem 4 but exact where Algorithm 1 as printed is not:
 2. A feasible point: the caller's ``hint`` where one pass over the layer shows that it solves the
    equations to the tolerance and holds every inequality with slack (the input that produced y
    usually does); else Newton's method on the violated inequalities (:mod:`reluinv._interior`),
-   and where that finds no point with slack, a Chebyshev-centre LP in the null-space
-   coordinates.  If the point has slack in every inequality, P has more than one point (when
-   k > 0).  Otherwise the inequalities tight there are tested for omnidirectionality in N(A_pos)
-   (Theorem 12): if they are, the point is the only one (Theorem 4 ii — a singleton pinned by
-   inequalities, which Algorithm 1 calls "finite").
+   from the hint where it solves the equations (on a face of the box, say) and from the
+   particular solution otherwise, and where that finds no point with slack, a Chebyshev-centre
+   LP in the null-space coordinates.  If the point has slack in every inequality, P has more
+   than one point (when k > 0).  Otherwise the inequalities tight there are tested for
+   omnidirectionality in N(A_pos) (Theorem 12): if they are, the point is the only one (Theorem
+   4 ii — a singleton pinned by inequalities, which Algorithm 1 calls "finite").
 3. Boundedness is omnidirectionality of ``A-bar = [A_zero; box rows] O`` (Theorem 4 iii, Theorem
    5), decided with interior (not only hull membership) as in :mod:`reluinv.geometry`.  When every
    coordinate has both bounds the box alone bounds P.
@@ -187,8 +188,9 @@ def preimage(
         hint: optional input of shape (n,) thought to lie in the preimage, such as the input
             that produced ``y``.  It is checked against every row, never trusted: where it holds
             every equation to the tolerance and every inequality with slack, it is the point the
-            decision needs (step 2 of the module docstring) and no search for one is made;
-            otherwise it is ignored.  The kind is the same with or without it.
+            decision needs (step 2 of the module docstring) and no search for one is made; where
+            it holds the equations only, the search starts from it; otherwise it is ignored.
+            The kind is the same with or without it.
 
     Returns:
         :class:`Preimage`.
@@ -500,7 +502,7 @@ class _LayerSystem:
     ) -> None:
         # ``row_norms`` (``_row_norms(A)``) and ``factor`` (step 1's factorisation of E x = e) let
         # :mod:`reluinv.preimage_batch` share the first and batch the second across outputs.
-        # ``hint``: a candidate point of P in the user's units (see :meth:`_accept_hint`).
+        # ``hint``: a candidate point of P in the user's units (see :meth:`_take_hint`).
         m, n = A.shape
         self.m, self.n, self.rtol, self.factor = m, n, rtol, factor
         self.active = np.flatnonzero(y > 0)
@@ -657,7 +659,7 @@ class _LayerSystem:
         if conflict is not None:
             return self._result("empty", None, None, 1.0, PreimageCertificate(reason=conflict), self.rtol)
         tol = self.rtol * max(1.0, float(np.linalg.norm(self.x_p)))
-        if self.k > 0 and self._accept_hint(tol):
+        if self.k > 0 and self._take_hint(tol):
             # The hint solves the equations to the tolerance, so they are consistent.
             return self._decide_with_nullspace(tol)
         # One pass over the layer gives the equations' residual and every inequality's slack.
@@ -683,10 +685,14 @@ class _LayerSystem:
             return self._decide_full_rank(tol)
         return self._decide_with_nullspace(tol)
 
-    def _accept_hint(self, tol: float) -> bool:
-        """Whether the hint is a point of P with slack above ``tol`` in every inequality, from one
-        pass over the layer; then ``inside`` holds it and its slacks, and the decision needs no
-        search for a point (such a point also shows that P is not a singleton when k > 0)."""
+    def _take_hint(self, tol: float) -> bool:
+        """Whether the hint solves the equations to ``tol`` (one pass over the layer).  If so, and
+        it holds every inequality with slack above ``tol``, ``inside`` keeps it and its slacks: the
+        decision needs no search for a point (such a point also shows that P is not a singleton
+        when k > 0).  If it solves the equations but not strictly the inequalities (a point on a
+        face of the box, say), it replaces x_p as the point the search starts from, with the
+        slacks of this pass: ``x_p + O z`` then solves the equations to ``tol`` for every z.
+        Otherwise the hint is ignored and False returned."""
         x = self.hint
         if x is None or not np.all(np.isfinite(x)):
             return False
@@ -695,9 +701,12 @@ class _LayerSystem:
             rows = self.eq_rows
             eq_res = float(np.max(np.abs(product[rows] * self.inv[rows] - self.e))) if rows.size else 0.0
             slack = self.h - self.G.dot(x, product)
-        if not eq_res <= tol or (slack.size and not slack.min() > tol):
+        if not eq_res <= tol or not np.all(np.isfinite(slack)):
             return False
-        self.inside = (x, slack)
+        if not slack.size or slack.min() > tol:
+            self.inside = (x, slack)
+        else:
+            self.x_p, self.product = x, product
         return True
 
     def _decide_full_rank(self, tol: float) -> Preimage:
@@ -853,7 +862,7 @@ class _LayerSystem:
     def _feasible_point(self, tol: float, seed_rows: Idx | None) -> Preimage | tuple[F64, F64]:
         """A point of P and its slacks, or an "empty" result.
 
-        An accepted hint is that point (:meth:`_accept_hint`).  Else Newton's method looks for a
+        An accepted hint is that point (:meth:`_take_hint`).  Else Newton's method looks for a
         point with slack in every row (:mod:`reluinv._interior`, no LP); such a point needs no
         further test to show P has more than one point.  When it finds none, the Chebyshev-centre
         LP decides (:meth:`_chebyshev_point`).
