@@ -313,11 +313,10 @@ def test_a_hint_off_the_equations_is_ignored(monkeypatch):
     r.verify(A, b, y)
 
 
-@pytest.mark.parametrize("where", ["outside an inequality", "on an inequality"])
-def test_a_hint_on_or_across_a_face_is_where_the_search_starts(monkeypatch, where):
+def test_a_hint_across_a_face_is_where_the_search_starts(monkeypatch):
     # It solves the equations, so the search for a point starts from it (in place of x_p) with
     # the slacks of its own pass, and finds a point with slack in every row.
-    A, b, y, point = _hint_near_a_face(where)
+    A, b, y, point = _hint_near_a_face("outside an inequality")
     systems, taken = _recorded_systems(monkeypatch)
     r = reluinv.preimage(A, b, y, hint=point)
     assert taken == [True]
@@ -327,6 +326,36 @@ def test_a_hint_on_or_across_a_face_is_where_the_search_starts(monkeypatch, wher
     plain = reluinv.preimage(A, b, y)
     assert (r.kind, r.nullity) == (plain.kind, plain.nullity) == ("compact", 37)
     assert not np.array_equal(r.point, point)
+    r.verify(A, b, y)
+
+
+def test_a_hint_on_a_face_is_the_point_and_its_tight_rows_are_tested(monkeypatch):
+    # A point of P with one tight row: no search; the tight row is not omnidirectional, so a
+    # second point steps off it, and the spread rows bound P.
+    module = sys.modules["reluinv.preimage"]
+    A, b, y, point = _hint_near_a_face("on an inequality")
+    systems, taken = _recorded_systems(monkeypatch)
+    monkeypatch.setattr(module, "interior_point", lambda **kw: pytest.fail("an interior point was sought"))
+    r = reluinv.preimage(A, b, y, hint=point)
+    assert taken == [True] and systems[0].inside is not None
+    assert (r.kind, r.nullity) == ("compact", 37)
+    np.testing.assert_array_equal(r.point, point)
+    assert r.certificate.second_point is not None and not np.array_equal(r.certificate.second_point, point)
+    r.verify(A, b, y)
+
+
+def test_a_hint_at_a_pinned_singleton_is_its_point(monkeypatch):
+    # Theorem 4 ii: the point of PINNED_SINGLETON, given as the hint, is the decision's point and
+    # its tight rows are omnidirectional in N(A_pos); neither Newton nor the LP runs.
+    module = sys.modules["reluinv.preimage"]
+    A, b, y = [[1, 0], [0, 1], [1, -1]], [0, 0, -1], [1, 0, 0]
+    monkeypatch.setattr(module, "interior_point", lambda **kw: pytest.fail("an interior point was sought"))
+    monkeypatch.setattr(
+        module._LayerSystem, "_chebyshev_point", lambda *a: pytest.fail("the Chebyshev LP ran")
+    )
+    r = reluinv.preimage(A, b, y, hint=[1.0, 0.0])
+    assert (r.kind, r.nullity) == ("singleton", 1)
+    np.testing.assert_array_equal(r.point, [1.0, 0.0])
     r.verify(A, b, y)
 
 

@@ -267,7 +267,7 @@ def graph_layer_preimage(
     :func:`preimage_rows` ``(system)`` (kind, point, certificates; ``result.verify(*preimage_rows(system))``
     checks them), ``system`` the :class:`LayerSystem` (which sources, ``A``, ``b``, ``u``).
     ``lower``/``upper`` bound ``u`` (Remark 3).  ``system.u`` is the decision's ``hint``: where it
-    holds every inequality with slack, ``result.point`` is ``u`` itself.
+    lies in the preimage to the tolerance, ``result.point`` is ``u`` itself.
 
     Example::
 

@@ -15,12 +15,11 @@ Method, following Theorem 4 but exact where Algorithm 1 as printed is not:
    ``O`` of ``N(A_pos)`` (k = nullity) and a particular solution (:mod:`reluinv._nullspace`: an
    LU of ``A_pos^T`` whose condition estimate certifies full rank, else a pivoted QR).  k = 0 is
    Theorem 4 i.
-2. A feasible point: the caller's ``hint`` where one pass over the layer shows that it solves the
-   equations to the tolerance and holds every inequality with slack (the input that produced y
-   usually does); else Newton's method on the violated inequalities (:mod:`reluinv._interior`),
-   from the hint where it solves the equations (on a face of the box, say) and from the
-   particular solution otherwise, and where that finds no point with slack, a Chebyshev-centre
-   LP in the null-space coordinates.  If the point has slack in every inequality, P has more
+2. A feasible point: the caller's ``hint`` where one pass over the layer shows that it lies in P to
+   the tolerance (the input that produced y does); else Newton's method on the violated
+   inequalities (:mod:`reluinv._interior`), from the hint where it solves the equations and from
+   the particular solution otherwise, and where that finds no point with slack, a
+   Chebyshev-centre LP in the null-space coordinates.  If the point has slack in every inequality, P has more
    than one point (when k > 0).  Otherwise the inequalities tight there are tested for
    omnidirectionality in N(A_pos) (Theorem 12): if they are, the point is the only one (Theorem
    4 ii — a singleton pinned by inequalities, which Algorithm 1 calls "finite").
@@ -186,11 +185,11 @@ def preimage(
         lower, upper: optional box on x (scalars or shape (n,); None or +-inf = no bound).
         rtol: relative tolerance (module docstring).
         hint: optional input of shape (n,) thought to lie in the preimage, such as the input
-            that produced ``y``.  It is checked against every row, never trusted: where it holds
-            every equation to the tolerance and every inequality with slack, it is the point the
-            decision needs (step 2 of the module docstring) and no search for one is made; where
-            it holds the equations only, the search starts from it; otherwise it is ignored.
-            The kind is the same with or without it.
+            that produced ``y``.  It is checked against every row, never trusted: where it lies in
+            the preimage to the tolerance, it is the point the decision needs (step 2 of the
+            module docstring) and no search for one is made; where it solves the equations only,
+            the search starts from it; otherwise it is ignored.  The kind is the same with or
+            without it.
 
     Returns:
         :class:`Preimage`.
@@ -256,8 +255,8 @@ def layer_preimage(
     The layer is turned into its explicit matrix (float64) by :func:`affine_matrix`; for a
     convolution the rank of the active rows is computed, not assumed (paper, Section 4).  ``x``
     may carry a leading batch dimension of 1.  ``point`` and ``direction`` are flattened inputs.
-    ``x`` is the decision's ``hint``: where it holds every inactive row with slack, ``point`` is
-    x itself (the certificate's ``second_point`` is another point of the preimage).
+    ``x`` is the decision's ``hint`` and, as it lies in the preimage, the returned ``point`` (the
+    certificate's ``second_point``, where there is one, is another point of the preimage).
     """
     sample = as_model_input(x, "x")
     A, b, in_shape = affine_matrix(module, sample.shape)
@@ -517,7 +516,7 @@ class _LayerSystem:
         lo, up = np.ldexp(lo, -self.Q), np.ldexp(up, -self.Q)
         with np.errstate(over="ignore"):  # a hint beyond the range fails its check below
             self.hint = None if hint is None else np.ldexp(hint, -self.Q)
-        self.inside: tuple[F64, F64] | None = None  # (point, slack of every inequality)
+        self.inside: tuple[F64, F64] | None = None  # the hint as a point of P, and its slacks
         self.product: F64 | None = None  # M @ x_p, when formed
         # Equalities E x = e (active rows), inequalities G x <= h (inactive rows, then box rows),
         # every row of unit norm, x in units of 2^Q.
@@ -687,12 +686,12 @@ class _LayerSystem:
 
     def _take_hint(self, tol: float) -> bool:
         """Whether the hint solves the equations to ``tol`` (one pass over the layer).  If so, and
-        it holds every inequality with slack above ``tol``, ``inside`` keeps it and its slacks: the
-        decision needs no search for a point (such a point also shows that P is not a singleton
-        when k > 0).  If it solves the equations but not strictly the inequalities (a point on a
-        face of the box, say), it replaces x_p as the point the search starts from, with the
-        slacks of this pass: ``x_p + O z`` then solves the equations to ``tol`` for every z.
-        Otherwise the hint is ignored and False returned."""
+        it violates no inequality by more than ``tol``, it is a point of P: ``inside`` keeps it and
+        its slacks, and the decision seeks no point of its own (the rows tight there then decide
+        between a singleton and more, as at any point of P: Theorem 12).  If it solves the
+        equations but violates an inequality, it replaces x_p as the point the search starts
+        from, with the slacks of this pass: ``x_p + O z`` then solves the equations to ``tol``
+        for every z.  Otherwise the hint is ignored and False returned."""
         x = self.hint
         if x is None or not np.all(np.isfinite(x)):
             return False
@@ -703,7 +702,7 @@ class _LayerSystem:
             slack = self.h - self.G.dot(x, product)
         if not eq_res <= tol or not np.all(np.isfinite(slack)):
             return False
-        if not slack.size or slack.min() > tol:
+        if not slack.size or slack.min() >= -tol:
             self.inside = (x, slack)
         else:
             self.x_p, self.product = x, product
