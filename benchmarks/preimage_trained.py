@@ -17,9 +17,11 @@ Algorithm 1 of ``benchmarks/preimage_speed.py`` (two SVDs, the hull LP over ever
 runs on the ``--naive`` images with the most active units, where it is fastest, and must agree.
 Each image is also decided with itself as ``hint`` (the column *given x*; the verdict must not
 change), as :func:`reluinv.layer_preimage` decides.  Prints one line per image and the totals per
-kind.
+kind.  ``--box`` decides every preimage within the pixel range ``0 <= x <= 1`` (Remark 3), where
+the zero pixels of the images lie on faces of the box (the literal algorithm, which has no box,
+does not run then).
 
-    python benchmarks/preimage_trained.py [--images 58] [--repeats 1] [--naive 4]
+    python benchmarks/preimage_trained.py [--images 58] [--repeats 1] [--naive 4] [--box]
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=58)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--naive", type=int, default=4)
+    parser.add_argument("--box", action="store_true", help="decide with the pixel range 0 <= x <= 1 as box")
     args = parser.parse_args()
+    box = {"lower": 0.0, "upper": 1.0} if args.box else {}
     W, b, images, source = trained_layer()
     Y = np.maximum(images @ W.T + b, 0.0)
     active = (Y > 0).sum(axis=1)
@@ -87,13 +91,13 @@ def main() -> None:
             times, hinted = [], []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                r = reluinv.preimage(W, b, Y[i])
+                r = reluinv.preimage(W, b, Y[i], **box)
                 times.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                h = reluinv.preimage(W, b, Y[i], hint=images[i])
+                h = reluinv.preimage(W, b, Y[i], hint=images[i], **box)
                 hinted.append(time.perf_counter() - t0)
-            r.verify(W, b, Y[i])
-            h.verify(W, b, Y[i])
+            r.verify(W, b, Y[i], **box)
+            h.verify(W, b, Y[i], **box)
             if (h.kind, h.nullity) != (r.kind, r.nullity):
                 raise SystemExit(f"the hint changed the verdict at image {i}: {r.kind}, {h.kind} with it")
             seconds = statistics.median(times)
@@ -112,7 +116,7 @@ def main() -> None:
                 f"given x (the image as hint): {sum(given[kind]):7.2f} s, "
                 f"median {statistics.median(given[kind]):.4f} s"
             )
-        if args.naive:
+        if args.naive and not args.box:  # the literal algorithm has no box
             print(f"\nliteral Algorithm 1 on the {args.naive} images with the most active units:")
             for i in order[::-1][: args.naive]:
                 t0 = time.perf_counter()
