@@ -19,10 +19,10 @@ Method, following Theorem 4 but exact where Algorithm 1 as printed is not:
    the tolerance (the input that produced y does); else Newton's method on the violated
    inequalities (:mod:`reluinv._interior`), from the hint where it solves the equations and from
    the particular solution otherwise, and where that finds no point with slack, a
-   Chebyshev-centre LP in the null-space coordinates.  If the point has slack in every inequality, P has more
-   than one point (when k > 0).  Otherwise the inequalities tight there are tested for
-   omnidirectionality in N(A_pos) (Theorem 12): if they are, the point is the only one (Theorem
-   4 ii — a singleton pinned by inequalities, which Algorithm 1 calls "finite").
+   Chebyshev-centre LP in the null-space coordinates.  If the point has slack in every
+   inequality, P has more than one point (when k > 0).  Otherwise the inequalities tight there
+   are tested for omnidirectionality in N(A_pos) (Theorem 12): if they are, the point is the only
+   one (Theorem 4 ii — a singleton pinned by inequalities, which Algorithm 1 calls "finite").
 3. Boundedness is omnidirectionality of ``A-bar = [A_zero; box rows] O`` (Theorem 4 iii, Theorem
    5), decided with interior (not only hull membership) as in :mod:`reluinv.geometry`.  When every
    coordinate has both bounds the box alone bounds P.
