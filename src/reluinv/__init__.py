@@ -3,6 +3,7 @@
 Public API (everything else lives in topic modules)::
 
     reluinv.preimage(A, b, y, lower=None, upper=None)   # Theorem 4 / Algorithm 1, with certificates
+    reluinv.preimage(A, b, y, hint=x)                   # the same, x (say, y's input) checked as a point
     reluinv.layer_preimage(module, x)                   # the same for torch Linear / Conv2d
     reluinv.preimage_batch(A, b, Y)                     # the same for many outputs of one layer
     reluinv.is_omnidirectional(A)                       # Definition 1 / Theorem 5
