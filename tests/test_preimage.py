@@ -237,16 +237,10 @@ def _compact_case(seed=0, m=700, n=157, active=120):
     return A, b, np.maximum(A @ x + b, 0.0), x
 
 
-def test_an_accepted_hint_spares_the_search_for_a_point(monkeypatch):
-    # The generating input holds every inactive row with slack: it is the decision's point, no
-    # interior point is sought, the product of the layer with x_p is never formed, and only the
-    # boundedness test's spread rows are restricted to the null space.
-    from reluinv.geometry import spread_rows
-    from reluinv.preimage import _LayerSystem, _UnitInequalities
+def _recorded_products(monkeypatch) -> list[np.ndarray]:
+    """The row indices of every product of inactive rows with the null-space basis, in order."""
+    from reluinv.preimage import _UnitInequalities
 
-    module = sys.modules["reluinv.preimage"]
-    A, b, y, x = _compact_case()
-    plain = reluinv.preimage(A, b, y)
     products: list[np.ndarray] = []
     restricted = _UnitInequalities.restricted
     monkeypatch.setattr(
@@ -254,11 +248,23 @@ def test_an_accepted_hint_spares_the_search_for_a_point(monkeypatch):
         "restricted",
         lambda self, idx, O, out: (products.append(idx.copy()), restricted(self, idx, O, out)),
     )
+    return products
+
+
+def test_an_accepted_hint_spares_the_search_for_a_point(monkeypatch):
+    # The generating input holds every inactive row with slack: it is the decision's point, no
+    # interior point is sought, the product of the layer with x_p is never formed, and only the
+    # boundedness test's spread rows are restricted to the null space.
+    from reluinv.geometry import spread_rows
+
+    module = sys.modules["reluinv.preimage"]
+    A, b, y, x = _compact_case()
+    plain = reluinv.preimage(A, b, y)
+    products = _recorded_products(monkeypatch)
     monkeypatch.setattr(module, "interior_point", lambda **kw: pytest.fail("an interior point was sought"))
-    systems: list[_LayerSystem] = []
-    decide = _LayerSystem.decide
-    monkeypatch.setattr(_LayerSystem, "decide", lambda self: (systems.append(self), decide(self))[1])
+    systems, taken = _recorded_systems(monkeypatch)
     r = reluinv.preimage(A, b, y, hint=x)
+    assert taken == [True]
     assert (r.kind, r.nullity, r.margin) == (plain.kind, plain.nullity, plain.margin)
     np.testing.assert_array_equal(r.point, x)
     r.verify(A, b, y)
@@ -677,22 +683,10 @@ def test_the_boundedness_test_and_the_interior_point_share_one_product(monkeypat
     # the interior point's first request forms nothing more.
     from reluinv._interior import first_rows
     from reluinv.geometry import spread_rows
-    from reluinv.preimage import _UnitInequalities
 
     module = sys.modules["reluinv.preimage"]  # the package attribute is the function
-    rng = np.random.default_rng(0)
-    A = rng.standard_normal((700, 157)) / np.sqrt(157)
-    x = rng.standard_normal(157)
-    ax = np.sort(A @ x)
-    b = np.full(700, -(ax[-120] + ax[-121]) / 2)  # 120 active units
-    y = np.maximum(A @ x + b, 0.0)
-    products: list[np.ndarray] = []
-    restricted = _UnitInequalities.restricted
-    monkeypatch.setattr(
-        _UnitInequalities,
-        "restricted",
-        lambda self, idx, O, out: (products.append(idx.copy()), restricted(self, idx, O, out)),
-    )
+    A, b, y, _x = _compact_case()  # 120 of 700 units active, nullity 37
+    products = _recorded_products(monkeypatch)
     formed_by_first: list[int] = []
     interior_point = module.interior_point
 

@@ -663,11 +663,7 @@ class _LayerSystem:
             return self._decide_with_nullspace(tol)
         # One pass over the layer gives the equations' residual and every inequality's slack.
         self.product = self.M @ self.x_p
-        eq_res = (
-            float(np.max(np.abs(self.product[self.eq_rows] * self.inv[self.eq_rows] - self.e)))
-            if self.e.size
-            else 0.0
-        )
+        eq_res = self._equation_residual(self.product)
         if eq_res > tol:
             E = self._equalities()
             res = self.e - E @ np.linalg.lstsq(E, self.e, rcond=None)[0]
@@ -684,6 +680,11 @@ class _LayerSystem:
             return self._decide_full_rank(tol)
         return self._decide_with_nullspace(tol)
 
+    def _equation_residual(self, product: F64) -> float:
+        """The largest residual of the unit equations at the point x with ``product = M @ x``."""
+        rows = self.eq_rows
+        return float(np.max(np.abs(product[rows] * self.inv[rows] - self.e))) if rows.size else 0.0
+
     def _take_hint(self, tol: float) -> bool:
         """Whether the hint solves the equations to ``tol`` (one pass over the layer).  If so, and
         it violates no inequality by more than ``tol``, it is a point of P: ``inside`` keeps it and
@@ -697,8 +698,7 @@ class _LayerSystem:
             return False
         with np.errstate(over="ignore", invalid="ignore"):
             product = self.M @ x
-            rows = self.eq_rows
-            eq_res = float(np.max(np.abs(product[rows] * self.inv[rows] - self.e))) if rows.size else 0.0
+            eq_res = self._equation_residual(product)
             slack = self.h - self.G.dot(x, product)
         if not eq_res <= tol or not np.all(np.isfinite(slack)):
             return False

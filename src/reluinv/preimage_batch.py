@@ -136,7 +136,6 @@ def preimage_batch(
     if X is not None:
         X = _samples(X, "X", n)
         Y = _forward(A, b, X)
-        hints = X if hints is None else hints
     else:
         Y = _samples(Y, "Y", m)
         if np.any(Y < 0):
@@ -148,6 +147,8 @@ def preimage_batch(
         H = list(_samples(hints, "hints", n))
         if len(H) != Y.shape[0]:
             raise ValueError(f"hints must have one row per sample ({Y.shape[0]}), got {len(H)}")
+    elif X is not None:  # already checked: every row is a point of its own preimage
+        H = list(X)
     norms = _row_norms(A)
     factors: list[Factor] = [EqualityFactor] * Y.shape[0]
     if device is not None:

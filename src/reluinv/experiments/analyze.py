@@ -452,12 +452,13 @@ def _analyze_sample(shared: Mapping[str, Any], sample: NDArray[np.float64]) -> d
     # Each analysed ReLU's feeding block starts at ``starts[index]``; its input there is the
     # decision's hint (a point of the preimage by construction).
     starts = {index: index - len(_feeding_block(prepared.chain, index)) for index in wanted}
+    block_starts = set(starts.values())
     features: dict[int, NDArray[np.float64]] = {}
     block_inputs: dict[int, NDArray[np.float64]] = {}
     h = x.reshape(1, *x.shape)
     with torch.no_grad():
         for step in prepared.chain:
-            if step.index in starts.values():
+            if step.index in block_starts:
                 block_inputs[step.index] = h.reshape(-1).cpu().numpy()
             h = step.apply(h)
             if step.index in wanted:
