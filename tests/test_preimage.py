@@ -591,6 +591,46 @@ def test_newton_interior_point_gives_up_without_interior(shift):
     assert interior_point(lambda idx: R[idx], _slack_oracle(R, c), c, margin=1e-3, tol=1e-9) is None
 
 
+@pytest.mark.parametrize("shift", [0.0, -0.5])
+def test_feasible_point_reaches_a_pinned_point_and_refuses_an_empty_set(shift):
+    # The rows of the last test: where there is no point with slack, the steps aimed at the bounds
+    # themselves still reach the single point x = 0, and claim none for the empty set.
+    from reluinv._interior import feasible_point
+
+    R = np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1], [1, 1]]) / np.array([1, 1, 1, 1, np.sqrt(2)])[:, None]
+    c = np.array([0.0, shift, 0, 0, 1])
+    found = feasible_point(lambda idx: R[idx], lambda z: c - R @ z, c, tol=1e-9)
+    if shift < 0:
+        assert found is None
+    else:
+        assert found is not None
+        z, slack = found
+        np.testing.assert_allclose(slack, c - R @ z)
+        assert slack.min() >= -1e-9 and np.abs(z).max() <= 1e-9
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_feasible_point_reaches_a_point_pinned_by_many_rows(seed):
+    # {z : R z <= c} is the single point p: 2k rows through p in opposite pairs (along a random
+    # orthonormal basis), and 600 rows with slack 0.01 .. 1 there.  From z = 0, about 3 away, the
+    # point returned is p to the tolerance, checked against every row directly.
+    from reluinv._interior import feasible_point
+
+    rng = np.random.default_rng(seed)
+    k = 20
+    p = rng.standard_normal(k) * 3 / np.sqrt(k)
+    basis = np.linalg.qr(rng.standard_normal((k, k)))[0]
+    loose = rng.standard_normal((600, k))
+    loose /= np.linalg.norm(loose, axis=1, keepdims=True)
+    R = np.vstack([basis.T, -basis.T, loose])
+    c = R @ p + np.concatenate([np.zeros(2 * k), rng.uniform(0.01, 1.0, 600)])
+    found = feasible_point(lambda idx: R[idx], lambda z: c - R @ z, c, tol=1e-9)
+    assert found is not None
+    z, slack = found
+    assert (c - R @ z).min() >= -1e-9
+    np.testing.assert_allclose(z, p, atol=1e-8)
+
+
 @pytest.mark.parametrize("shape", [(5, 9), (9, 5), (7, 7), (1, 3), (12, 4)])
 @pytest.mark.parametrize("dependent", [False, True])
 def test_newton_step_is_the_minimum_norm_least_squares_solution(shape, dependent):
@@ -845,3 +885,62 @@ def test_unbounded_preimage_whose_direction_newton_finds(monkeypatch):
     assert not r.near_tolerance
     assert brute_force_kind(A, b, y) == "unbounded"
     check_result(r, A, b, y)
+
+
+def _counting(monkeypatch, module, name, counts, key, found=None):
+    """Wrap ``module.name`` to count its calls in ``counts[key]`` (and non-None results in
+    ``counts[found]``)."""
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        counts[key] += 1
+        result = original(*args, **kwargs)
+        if found is not None:
+            counts[found] += result is not None
+        return result
+
+    monkeypatch.setattr(module, name, counted)
+
+
+def test_box_preimages_of_sparse_inputs_are_decided_without_the_lp(monkeypatch):
+    # Inputs with half their entries 0 in the box [0, 1], as images: many preimages are singletons
+    # pinned by box faces and zero outputs, or thinner than the slack Newton's method seeks, so
+    # no point with that slack exists.  The steps aimed at the bounds find a point of each, and
+    # the kind agrees with the LP oracle on every layer, the Chebyshev LP never running.
+    module = sys.modules["reluinv.preimage"]
+    counts = {"lp": 0, "tried": 0, "found": 0}
+    _counting(monkeypatch, module._LayerSystem, "_chebyshev_point", counts, "lp")
+    _counting(monkeypatch, module, "feasible_point", counts, "tried", found="found")
+    kinds = []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(6, 16))
+        A = rng.standard_normal((3 * n, n))
+        x = rng.random(n) * (rng.random(n) < 0.5)
+        k = int(rng.integers(1, n))  # active units: nullity n - k >= 1
+        b = np.full(3 * n, -np.sort(A @ x)[::-1][k - 1 : k + 1].mean())
+        y = np.maximum(A @ x + b, 0.0)
+        r = reluinv.preimage(A, b, y, lower=0, upper=1)
+        assert r.kind == brute_force_kind(A, b, y, 0, 1), (seed, r.certificate.reason)
+        check_result(r, A, b, y, 0, 1)
+        kinds.append(r.kind)
+    assert counts["lp"] == 0
+    assert counts["found"] == counts["tried"] >= 8, counts
+    assert kinds.count("singleton") >= 5 and kinds.count("compact") >= 20, kinds
+
+
+def test_a_boundary_point_with_a_second_point_too_close_goes_to_the_lp(monkeypatch):
+    # P = [0, w]^2 with w far below the slack Newton's method seeks (the row x1 + x2 <= 10 sets the
+    # scale): the steps aimed at the bounds stop at the corner 0, whose second point lies within
+    # 1e3 tolerances of it, so the Chebyshev LP's point decides, and it is compact.
+    module = sys.modules["reluinv.preimage"]
+    counts = {"lp": 0, "tried": 0, "found": 0}
+    _counting(monkeypatch, module._LayerSystem, "_chebyshev_point", counts, "lp")
+    _counting(monkeypatch, module, "feasible_point", counts, "tried", found="found")
+    w = 1e-7
+    A, b, y = np.array([[1.0, 0], [0, 1], [1, 1]]), np.array([-w, -w, -10]), np.zeros(3)
+    r = reluinv.preimage(A, b, y, lower=0, upper=1)
+    assert counts == {"lp": 1, "tried": 1, "found": 1}
+    assert r.kind == "compact"
+    check_result(r, A, b, y, 0, 1)
+    assert 0 < np.abs(r.certificate.second_point - r.point).max() < w

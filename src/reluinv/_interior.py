@@ -12,7 +12,9 @@ point is checked only where its move could have used up the slack found at the l
 (:func:`_checked_slack`), not in another pass over every row.
 
 The method is a shortcut, not a decision: when it does not reach a point with slack (a thin or
-empty preimage, a singleton), the caller falls back to the Chebyshev-centre LP, which decides.
+empty preimage, a singleton), the caller tries :func:`feasible_point` (the same steps aiming at the
+bounds themselves, which reaches a point of a singleton or of a set thinner than the margin), and
+falls back to the Chebyshev-centre LP, which decides.
 """
 
 from __future__ import annotations
@@ -24,17 +26,19 @@ import scipy.linalg
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-__all__ = ["CONSTANT_ROW", "first_rows", "hinge_newton", "interior_point"]
+__all__ = ["CONSTANT_ROW", "feasible_point", "first_rows", "hinge_newton", "interior_point"]
 
 F64 = NDArray[np.float64]
 Idx = NDArray[np.intp]
 
-#: Newton steps per round of row generation, and rounds, before giving the decision to the LP.
+#: Newton steps per round of row generation, and rounds, before :func:`feasible_point` and the LP.
 #: Preimages within a box can be thin (least slack at the LP's point 3e-7 to 1e-3 of the data's
 #: scale on the trained layer of ``benchmarks/preimage_trained.py --box``), and each round there
-#: meets rows the last one did not: 12 rounds instead of 4 found the point without the LP for more
-#: of them (the 39 compact decisions 18.7 s against 22.6 s); the Gaussian, shifted, strip and
-#: trained sets of ``benchmarks/compare_versions.py`` never need more than 4.
+#: meets rows the last one did not: before :func:`feasible_point`, 12 rounds instead of 4 found the
+#: point without the LP for more of them (the 39 compact decisions 18.7 s against 22.6 s).  With
+#: it, 4 and 12 rounds took the same time there (7.9 s and 7.7 s on 29 of the images); the
+#: Gaussian, shifted, strip and trained sets of ``benchmarks/compare_versions.py`` never need more
+#: than 4.
 MAX_STEPS = 40
 MAX_ROUNDS = 12
 
@@ -97,6 +101,52 @@ def interior_point(
     return None
 
 
+#: Newton steps per round of :func:`feasible_point`, and rounds.  Aimed at the bounds themselves, the
+#: steps near a point where many rows meet (a pinned singleton, or a set thinner than the margin)
+#: cut the violations slowly: on the box decisions of ``benchmarks/preimage_trained.py --box`` the
+#: rounds that reached a point took 50-90 steps, and 2-7 rounds.  Keeping the rows within ``tol``
+#: of their bound in each step (``hold``) took 4.8 s on 20 of those decisions, against 5.5 s without.
+FEASIBLE_STEPS = 200
+FEASIBLE_ROUNDS = 12
+
+
+def feasible_point(
+    rows: Callable[[Idx], F64], slack_at: Callable[[F64], F64], c: F64, tol: float
+) -> tuple[F64, F64] | None:
+    """``(z, slack)`` with ``slack = c - R z >= -tol`` on every row, or None: a point of the set to
+    the tolerance, perhaps on its boundary, by the Newton steps of :func:`hinge_newton` with no
+    margin and row generation (each round starts from the rows violated so far; ``slack_at(z)``
+    checks every row).
+
+    Where :func:`interior_point` finds no point with slack (the preimage has none, or less than the
+    margin it aims for), this often still finds a point, without the LP: on the 20 box decisions
+    of ``benchmarks/preimage_trained.py --box`` checked (every third image), all 13 that reached
+    the LP got their point here in 2-7 rounds.  The rows that hold a point of a singleton pin it
+    wherever it was found (Theorem 12), so the caller decides from this point as from the LP's.
+    """
+    subset = np.flatnonzero(c < 0.0)
+    R = rows(subset)
+    z: F64 = np.zeros(R.shape[1])
+    slack = c
+    for _ in range(FEASIBLE_ROUNDS):
+        if slack.min() >= -tol:
+            return z, slack
+        # hold: the rows a step put on their bound stay in the next one (hinge_newton)
+        step = hinge_newton(
+            R, c[subset], np.full(subset.size, 0.5 * tol), z, hold=tol, max_steps=FEASIBLE_STEPS
+        )
+        if step is None:
+            return None
+        z = step
+        slack = slack_at(z)
+        fresh = np.setdiff1d(np.flatnonzero(slack < 0.0), subset)
+        if fresh.size == 0:
+            break
+        subset = np.concatenate([subset, fresh])
+        R = np.vstack([R, rows(fresh)])
+    return (z, slack) if slack.min() >= -tol else None
+
+
 def first_rows(c: F64, margin: float) -> Idx:
     """The rows :func:`interior_point` forms first: those within ``_FIRST`` margins of their bound
     at ``z = 0``."""
@@ -127,9 +177,11 @@ def _checked_slack(
     return slack
 
 
-def hinge_newton(R: F64, c: F64, slack: F64, start: F64 | None, hold: float = 0.0) -> F64 | None:
+def hinge_newton(
+    R: F64, c: F64, slack: F64, start: F64 | None, hold: float = 0.0, max_steps: int = MAX_STEPS
+) -> F64 | None:
     """A z with ``R z <= c + slack``, by Newton steps on ``1/2 |max(0, R z - c)|^2`` from ``start``
-    (0 for None); None if :data:`MAX_STEPS` do not reach one.  Also the direction search of
+    (0 for None); None if ``max_steps`` do not reach one.  Also the direction search of
     :func:`reluinv.geometry.omni_lazy` (``R z <= -1``).
 
     Each step is the least-norm correction of the rows with ``R z - c > -hold``.  A full step puts
@@ -139,7 +191,7 @@ def hinge_newton(R: F64, c: F64, slack: F64, start: F64 | None, hold: float = 0.
     z = np.zeros(R.shape[1]) if start is None else start
     r = R @ z - c
     f = 0.5 * float(np.sum(np.maximum(r, 0.0) ** 2))
-    for _ in range(MAX_STEPS):
+    for _ in range(max_steps):
         if not np.any(r > slack):
             return z
         violated = r > -hold

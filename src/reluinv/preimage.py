@@ -18,11 +18,14 @@ Method, following Theorem 4 but exact where Algorithm 1 as printed is not:
 2. A feasible point: the caller's ``hint`` where one pass over the layer shows that it lies in P to
    the tolerance (the input that produced y does); else Newton's method on the violated
    inequalities (:mod:`reluinv._interior`), from the hint where it solves the equations and from
-   the particular solution otherwise, and where that finds no point with slack, a
+   the particular solution otherwise; where that finds no point with slack, the same steps aimed
+   at the bounds themselves (a point of P, perhaps on its boundary); and where those find none, a
    Chebyshev-centre LP in the null-space coordinates.  If the point has slack in every
    inequality, P has more than one point (when k > 0).  Otherwise the inequalities tight there
    are tested for omnidirectionality in N(A_pos) (Theorem 12): if they are, the point is the only
    one (Theorem 4 ii — a singleton pinned by inequalities, which Algorithm 1 calls "finite").
+   A boundary point whose second point lies within ``NEAR_FACTOR`` tolerances of it leaves the
+   decision to the LP's point.
 3. Boundedness is omnidirectionality of ``A-bar = [A_zero; box rows] O`` (Theorem 4 iii, Theorem
    5), decided with interior (not only hull membership) as in :mod:`reluinv.geometry`.  When every
    coordinate has both bounds the box alone bounds P.
@@ -52,7 +55,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ._interior import CONSTANT_ROW, first_rows, interior_point
+from ._interior import CONSTANT_ROW, feasible_point, first_rows, interior_point
 from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
 from ._scratch import gathered_rows
@@ -744,34 +747,10 @@ class _LayerSystem:
             if omni is not None and omni.rows is not None and omni.rows.size <= 4 * self.k + 16
             else None
         )
-        feasible = self._feasible_point(tol, seeds)
-        if isinstance(feasible, Preimage):
-            return feasible
-        x0, slack = feasible
-        tight = np.flatnonzero(slack <= tol)
-        step_dir = None
-        if tight.size:
-            pin = omni_lazy(RowSource.from_rows(self.restricted(tight)), rtol=self.rtol)
-            if pin.omnidirectional:
-                assert pin.rows is not None and pin.multipliers is not None
-                labels = self.labels[tight[pin.rows]]
-                cert = PreimageCertificate(
-                    reason=f"{tight.size} inequalities tight at the point are omnidirectional in "
-                    f"N(A_pos) (Theorem 4 ii, Theorem 12)",
-                    rows=labels,
-                    multipliers=self._multipliers(pin.multipliers, labels)[0],
-                )
-                return self._result("singleton", x0, None, min(self.rank_ratio, pin.margin), cert, tol)
-            assert pin.direction is not None
-            step_dir = self.basis.expand(pin.direction)
-        if tight.size == 0 and slack.size:
-            # Unit rows change by at most |t| along a unit direction: half the least slack keeps
-            # every inequality strict, without another product with the layer.
-            second: F64 | None = x0 + 0.5 * min(1.0, float(slack.min())) * self.basis.expand(
-                np.eye(self.k)[0]
-            )
-        else:
-            second = self._second_point(x0, slack, step_dir, tol)
+        found = self._two_points(tol, seeds)
+        if isinstance(found, Preimage):
+            return found
+        x0, second = found
         if self.box_bounded:
             cert = PreimageCertificate(
                 reason="every coordinate is boxed (Remark 3), so P is bounded",
@@ -798,6 +777,55 @@ class _LayerSystem:
             reason="direction d in N(A_pos) with A_zero d <= 0 (Theorem 4 iii)", second_point=x0 + d
         )
         return self._result("unbounded", x0, d, min(self.rank_ratio, omni.margin), cert, tol)
+
+    def _two_points(self, tol: float, seeds: Idx | None) -> Preimage | tuple[F64, F64 | None]:
+        """A point of P and a second one, or the result where the point decides it ("empty", or a
+        singleton pinned at the point).
+
+        A point from :func:`reluinv._interior.feasible_point` may lie on the boundary of P, where
+        the rows tight there decide as at any point of P (Theorem 12); but where P has further
+        points and the second point found lies within ``NEAR_FACTOR * tol`` of it (P is thinner
+        there than the tolerance can tell apart), the Chebyshev LP's point decides instead.
+        """
+        feasible = self._feasible_point(tol, seeds)
+        if isinstance(feasible, Preimage):
+            return feasible
+        x0, slack, on_boundary = feasible
+        at = self._at_point(x0, slack, tol)
+        if on_boundary and not isinstance(at, Preimage):
+            if at is None or not np.linalg.norm(at - x0) > NEAR_FACTOR * tol:
+                point = self._chebyshev_point(tol, seeds)
+                if isinstance(point, Preimage):
+                    return point
+                x0, slack = point
+                at = self._at_point(x0, slack, tol)
+        return at if isinstance(at, Preimage) else (x0, at)
+
+    def _at_point(self, x0: F64, slack: F64, tol: float) -> Preimage | F64 | None:
+        """At a point x0 of P with inequality slacks ``slack``: the singleton result when the rows
+        tight there are omnidirectional in N(A_pos) (Theorem 4 ii, Theorem 12), else a second
+        point of P (None in the degenerate case of :meth:`_second_point`)."""
+        tight = np.flatnonzero(slack <= tol)
+        step_dir = None
+        if tight.size:
+            pin = omni_lazy(RowSource.from_rows(self.restricted(tight)), rtol=self.rtol)
+            if pin.omnidirectional:
+                assert pin.rows is not None and pin.multipliers is not None
+                labels = self.labels[tight[pin.rows]]
+                cert = PreimageCertificate(
+                    reason=f"{tight.size} inequalities tight at the point are omnidirectional in "
+                    f"N(A_pos) (Theorem 4 ii, Theorem 12)",
+                    rows=labels,
+                    multipliers=self._multipliers(pin.multipliers, labels)[0],
+                )
+                return self._result("singleton", x0, None, min(self.rank_ratio, pin.margin), cert, tol)
+            assert pin.direction is not None
+            step_dir = self.basis.expand(pin.direction)
+        if tight.size == 0 and slack.size:
+            # Unit rows change by at most |t| along a unit direction: half the least slack keeps
+            # every inequality strict, without another product with the layer.
+            return x0 + 0.5 * min(1.0, float(slack.min())) * self.basis.expand(np.eye(self.k)[0])
+        return self._second_point(x0, slack, step_dir, tol)
 
     def _restrict_to_nullspace(self) -> RowSource:
         """The basis ``O``, the inequalities restricted to N(A_pos) (formed on demand), every
@@ -858,16 +886,19 @@ class _LayerSystem:
         t = 0.5 * float(np.min(slack[blocking] / gd[blocking])) if np.any(blocking) else 1.0
         return x0 + min(t, 1.0) * step_dir
 
-    def _feasible_point(self, tol: float, seed_rows: Idx | None) -> Preimage | tuple[F64, F64]:
-        """A point of P and its slacks, or an "empty" result.
+    def _feasible_point(self, tol: float, seed_rows: Idx | None) -> Preimage | tuple[F64, F64, bool]:
+        """A point of P, its slacks and whether it may lie on the boundary of P; or an "empty"
+        result.
 
         An accepted hint is that point (:meth:`_take_hint`).  Else Newton's method looks for a
         point with slack in every row (:mod:`reluinv._interior`, no LP); such a point needs no
-        further test to show P has more than one point.  When it finds none, the Chebyshev-centre
-        LP decides (:meth:`_chebyshev_point`).
+        further test to show P has more than one point.  When it finds none, the same steps aimed
+        at the bounds themselves look for any point of P (``feasible_point``: a pinned singleton
+        has no other, and a thin P no point with the slack sought), and when they find none
+        either, the Chebyshev-centre LP decides (:meth:`_chebyshev_point`).
         """
         if self.inside is not None:
-            return self.inside
+            return (*self.inside, False)
         G, O, x_p = self.G, self.O, self.x_p
         found = interior_point(
             rows=self.restricted,
@@ -880,8 +911,13 @@ class _LayerSystem:
         )
         if found is not None:
             z, slack = found
-            return x_p + O @ z, slack
-        return self._chebyshev_point(tol, seed_rows)
+            return x_p + O @ z, slack, False
+        found = feasible_point(self.restricted, lambda z: self.h - G.dot(x_p + O @ z), self.c, tol)
+        if found is not None:
+            z, slack = found
+            return x_p + O @ z, slack, True
+        point = self._chebyshev_point(tol, seed_rows)
+        return point if isinstance(point, Preimage) else (*point, False)
 
     def _chebyshev_point(self, tol: float, seed_rows: Idx | None) -> Preimage | tuple[F64, F64]:
         """A point of P with slack in as many rows as possible, or an "empty" result.
