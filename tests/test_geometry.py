@@ -624,3 +624,27 @@ def test_anderson_acceleration_finds_the_certificate_in_fewer_projections(monkey
     monkeypatch.setattr(geometry, "_PLAIN_ROUNDS", geometry._PROJECTION_ROUNDS)
     assert geometry._project_subset(rows, subset, n, 1e-9) is not None
     assert accelerated < 0.5 * len(calls)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_stiemke_lp_grown_by_column_generation_keeps_its_multipliers_exact(seed):
+    # The rows of a random omnidirectional set, given to the LP in two batches: the first (rows
+    # with a positive first coordinate) has a direction, the LP reports it; with the second the LP
+    # finds strictly positive multipliers, checked against all rows directly (tau's column, the
+    # sum of the rows, must have been brought up to date when the rows grew).
+    from reluinv.geometry import _StiemkeLP
+
+    rng = np.random.default_rng(seed)
+    n = 6
+    R = rng.standard_normal((40, n))
+    R /= np.linalg.norm(R, axis=1, keepdims=True)
+    first, second = R[R[:, 0] > 0], R[R[:, 0] <= 0]
+    lp = _StiemkeLP(n)
+    lp.add(first)
+    d, lam = lp.solve(first, 1e-9)
+    assert lam is None and d is not None and np.all(first @ d <= 1e-9)
+    lp.add(second)
+    both = np.vstack([first, second])
+    d, lam = lp.solve(both, 1e-9)
+    assert d is None and lam is not None and lam.min() >= 1.0 - 1e-12
+    np.testing.assert_allclose(both.T @ lam, 0.0, atol=1e-9 * lam.max())

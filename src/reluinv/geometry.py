@@ -240,16 +240,25 @@ class _StiemkeLP:
         self.lp = ColumnLP(np.r_[np.zeros(n), 1.0])
         self.sum_rows = np.zeros(n)
         self.count = 0
-        self.tau = self.lp.add_cols(
-            np.zeros((n + 1, 1)), np.array([-1.0]), np.array([-np.inf]), np.array([np.inf])
-        )
+        self.tau = 0  # tau's column comes first, with the first rows
 
     def add(self, rows: NDArray[np.float64]) -> None:
+        """Columns for ``rows``.  Tau's column (``sum_i a_i``, count) comes with the first ones;
+        later it is changed entry by entry (HiGHS' ``changeCoeff``: 0.06 s for a column of 438
+        entries, as much as the rest of a pin test's LP set-up)."""
         s = rows.shape[0]
-        self.lp.add_cols(np.vstack([rows.T, np.ones((1, s))]), np.zeros(s), np.zeros(s), np.full(s, np.inf))
+        first = self.count == 0
         self.sum_rows += rows.sum(axis=0)
         self.count += s
-        self.lp.set_column(self.tau, np.r_[self.sum_rows, self.count])
+        tau = np.r_[self.sum_rows, self.count]
+        columns = np.vstack([rows.T, np.ones((1, s))])
+        if first:
+            columns = np.hstack([tau[:, None], columns])
+            cost, lower = np.r_[-1.0, np.zeros(s)], np.r_[-np.inf, np.zeros(s)]
+            self.lp.add_cols(columns, cost, lower, np.full(s + 1, np.inf))
+            return
+        self.lp.add_cols(columns, np.zeros(s), np.zeros(s), np.full(s, np.inf))
+        self.lp.set_column(self.tau, tau)
 
     def solve(
         self, rows: NDArray[np.float64], rtol: float
