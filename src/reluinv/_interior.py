@@ -42,6 +42,14 @@ Idx = NDArray[np.intp]
 MAX_STEPS = 40
 MAX_ROUNDS = 12
 
+#: Newton steps per round of :func:`interior_point` (the direction search of
+#: :func:`reluinv.geometry.omni_lazy` keeps :data:`MAX_STEPS`).  Its rounds on the Gaussian and
+#: trained layers of ``benchmarks/compare_versions.py`` converge within 10 steps; on a box
+#: preimage thinner than the margin a round runs out of steps with the violations stuck (f at
+#: 2.6e-4 after 40 steps, 3.2e-4 after 20), and :func:`feasible_point` takes over: 20 steps instead
+#: of 40 took 6.2-6.4 s against 6.8-7.1 s on 29 images of ``benchmarks/preimage_trained.py --box``.
+INTERIOR_STEPS = 20
+
 #: A restricted row of at most this norm is a constant: no z of sensible size changes its slack.
 CONSTANT_ROW = 1e-12
 
@@ -86,7 +94,7 @@ def interior_point(
             # A violated constant row: only a step of absurd size could "fix" it, by rounding
             # (a preimage that is empty, or thinner than the tolerance).  The LP decides.
             return None
-        z = hinge_newton(R, c[subset] - margin * norms, 0.5 * margin * norms, z)
+        z = hinge_newton(R, c[subset] - margin * norms, 0.5 * margin * norms, z, max_steps=INTERIOR_STEPS)
         if z is None:
             return None
         slack = _checked_slack(slack_at, z, checked, max(_FRESH * margin, tol))
