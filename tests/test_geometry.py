@@ -648,3 +648,29 @@ def test_stiemke_lp_grown_by_column_generation_keeps_its_multipliers_exact(seed)
     d, lam = lp.solve(both, 1e-9)
     assert d is None and lam is not None and lam.min() >= 1.0 - 1e-12
     np.testing.assert_allclose(both.T @ lam, 0.0, atol=1e-9 * lam.max())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_small_sets_with_unbalanced_multipliers_pass_by_projections_alone(seed, monkeypatch):
+    # 53 unit rows in R^40 (at most 3n + 32, so the spread rows are every row): an orthonormal
+    # basis, minus its combination with weights 1 .. 1e-2, and 12 random rows.  They are
+    # omnidirectional with unbalanced multipliers, which 32 rounds of projections do not reach;
+    # with the rounds of the projections on every row they pass, and neither the direction search
+    # nor the Stiemke LP runs.  The certificate is checked directly and against the LP oracle.
+    from reluinv import geometry
+
+    ran = []
+    monkeypatch.setattr(geometry, "_min_norm_certificate", lambda *a, **k: ran.append("direction search"))
+    monkeypatch.setattr(geometry, "_StiemkeLP", lambda n: ran.append("LP"))
+    rng = np.random.default_rng(seed)
+    n = 40
+    Q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    R = np.vstack([Q, -(np.logspace(0, -2, n) @ Q)[None], rng.standard_normal((12, n))])
+    R /= np.linalg.norm(R, axis=1, keepdims=True)
+    cert = geometry.omni_lazy(RowSource.from_matrix(R), rtol=1e-9)
+    assert ran == [] and cert.omnidirectional
+    lam = np.zeros(R.shape[0])
+    lam[cert.rows] = cert.multipliers
+    assert cert.multipliers.min() > 0
+    np.testing.assert_allclose(R.T @ lam, 0.0, atol=1e-9 * lam.max())
+    assert brute_force_omni(R)
