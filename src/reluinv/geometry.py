@@ -372,36 +372,22 @@ def _cheap_certificate(src: RowSource, rtol: float, strict_enough: float) -> Omn
     quick = _projection_certificate(
         src, rtol, rounds=_PROJECTION_ROUNDS if few <= _FEW_FRACTION * m else _FEW_ROUNDS, gave_up=ended
     )
-    if quick is None and ended and few < m and m * n <= _MIN_NORM_ENTRIES:
+    if quick is None and ended and m * n <= _MIN_NORM_ENTRIES:
         quick = _follow_spread_rows(src, rtol, strict_enough, ended[0])
-    if quick is None and (m * n <= _MIN_NORM_ENTRIES or few < m):
-        every = src.rows(np.arange(m))  # formed once for both
-        leaning: list[_GaveUp] = []
-        if few < m:
-            quick = _project_subset(
-                every,
-                np.arange(m),
-                n,
-                rtol,
-                gave_up=leaning,
-                rounds=_EVERY_ROW_ROUNDS,
-                long_progress=_EVERY_ROW_LONG_PROGRESS,
-            )
-        if quick is None and m * n <= _MIN_NORM_ENTRIES:
-            quick = _min_norm_certificate(
-                every, rtol, toward=leaning[0].direction if leaning else None, strict_enough=strict_enough
-            )
+    if quick is None:
+        quick = _every_row_certificate(src.rows(np.arange(m)), rtol, strict_enough)
     return quick
 
 
 def _every_row_certificate(
     every: NDArray[np.float64], rtol: float, strict_enough: float
 ) -> OmniCertificate | None:
-    """The tries of :func:`_cheap_certificate` for a set whose spread rows are all its rows
-    (m <= 3n + 32): projections on every row with the budget they get on larger sets
-    (:data:`_EVERY_ROW_ROUNDS`, while they progress), then a strict direction.
+    """The last tries of :func:`_cheap_certificate`, on every row: projections (up to
+    :data:`_EVERY_ROW_ROUNDS`, while they progress), then a strict direction (for sets of at most
+    :data:`_MIN_NORM_ENTRIES` entries).  A set whose spread rows are all its rows (m <= 3n + 32)
+    goes straight here.
 
-    These sets once had 32 rounds of projections (:data:`_FEW_ROUNDS`), as spread rows that are
+    Such sets once had 32 rounds of projections (:data:`_FEW_ROUNDS`), as spread rows that are
     a large part of a larger set do, and no projections on every row after them.  The rows tight
     at the point of a pinned box singleton (``benchmarks/preimage_trained.py --box``, 553 rows in
     437 dimensions at 347 active units) failed in 32 rounds and passed in 50-200 (0.023 s), where
