@@ -609,6 +609,33 @@ def test_feasible_point_reaches_a_pinned_point_and_refuses_an_empty_set(shift):
         assert slack.min() >= -1e-9 and np.abs(z).max() <= 1e-9
 
 
+def test_feasible_point_gives_up_on_an_empty_set_once_the_violation_stops_shrinking(monkeypatch):
+    # 400 rows around a feasible region, and a pair u z <= -0.05, -u z <= -0.05 that no z meets.
+    # The steps reduce the squared violation to its least value and then move it little, without
+    # ever reaching 0: on one of these six systems for all 200 steps of a round.  They stop once 20
+    # steps leave more than half of it, so the six take far fewer steps than 242.
+    from reluinv import _interior
+
+    steps = []
+    least_squares_step = _interior._least_squares_step
+    monkeypatch.setattr(
+        _interior, "_least_squares_step", lambda V, r: steps.append(1) or least_squares_step(V, r)
+    )
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        k = 30
+        R = rng.standard_normal((400, k))
+        R /= np.linalg.norm(R, axis=1, keepdims=True)
+        c = R @ rng.standard_normal(k) + rng.uniform(0.0, 1.0, 400)
+        u = rng.standard_normal(k)
+        u /= np.linalg.norm(u)
+        R, c = np.vstack([R, u, -u]), np.r_[c, -0.05, -0.05]
+        every_row = _slack_oracle(R, c)
+        found = _interior.feasible_point(R.__getitem__, lambda z, at=every_row: at(z, None), c, tol=1e-9)
+        assert found is None
+    assert len(steps) < 120, len(steps)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_feasible_point_reaches_a_point_pinned_by_many_rows(seed):
     # {z : R z <= c} is the single point p: 2k rows through p in opposite pairs (along a random

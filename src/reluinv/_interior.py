@@ -46,9 +46,11 @@ MAX_ROUNDS = 12
 #: :func:`reluinv.geometry.omni_lazy` keeps :data:`MAX_STEPS`).  Its rounds on the Gaussian and
 #: trained layers of ``benchmarks/compare_versions.py`` converge within 10 steps; on a box
 #: preimage thinner than the margin a round runs out of steps with the violations stuck (f at
-#: 2.6e-4 after 40 steps, 3.2e-4 after 20), and :func:`feasible_point` takes over: 20 steps instead
-#: of 40 took 6.2-6.4 s against 6.8-7.1 s on 29 images of ``benchmarks/preimage_trained.py --box``.
-INTERIOR_STEPS = 20
+#: 2.6e-4 after 40 steps, 3.2e-4 after 20), and :func:`feasible_point` takes over.  On the 58
+#: images of ``benchmarks/preimage_trained.py --box``: 14.4-14.7 s with 40 steps, 13.4 s with 30,
+#: 13.7-13.9 s with 20, where one preimage that needs 21-40 steps for its interior point went to
+#: the LP (its boundary point's second point lay within 1e3 tolerances of it).
+INTERIOR_STEPS = 30
 
 #: A restricted row of at most this norm is a constant: no z of sensible size changes its slack.
 CONSTANT_ROW = 1e-12
@@ -117,6 +119,13 @@ def interior_point(
 FEASIBLE_STEPS = 200
 FEASIBLE_ROUNDS = 12
 
+#: :func:`feasible_point` gives up when this many steps leave more than half of the squared
+#: violation: on an empty set it stops shrinking (it stayed at 5e-2 and 9.5e-2 for 190 steps on two
+#: empty preimages of ``benchmarks/preimage_speed.py``'s layer), where on the 58 box preimages of
+#: ``benchmarks/preimage_trained.py --box`` every 20 steps shrank it at least 5.8 times (every 10
+#: steps at least 1.6 times).
+_STALL = 20
+
 
 def feasible_point(
     rows: Callable[[Idx], F64], slack_at: Callable[[F64], F64], c: F64, tol: float
@@ -141,7 +150,7 @@ def feasible_point(
             return z, slack
         # hold: the rows a step put on their bound stay in the next one (hinge_newton)
         step = hinge_newton(
-            R, c[subset], np.full(subset.size, 0.5 * tol), z, hold=tol, max_steps=FEASIBLE_STEPS
+            R, c[subset], np.full(subset.size, 0.5 * tol), z, hold=tol, max_steps=FEASIBLE_STEPS, stall=_STALL
         )
         if step is None:
             return None
@@ -186,10 +195,17 @@ def _checked_slack(
 
 
 def hinge_newton(
-    R: F64, c: F64, slack: F64, start: F64 | None, hold: float = 0.0, max_steps: int = MAX_STEPS
+    R: F64,
+    c: F64,
+    slack: F64,
+    start: F64 | None,
+    hold: float = 0.0,
+    max_steps: int = MAX_STEPS,
+    stall: int = 0,
 ) -> F64 | None:
     """A z with ``R z <= c + slack``, by Newton steps on ``1/2 |max(0, R z - c)|^2`` from ``start``
-    (0 for None); None if ``max_steps`` do not reach one.  Also the direction search of
+    (0 for None); None if ``max_steps`` do not reach one, or (with ``stall > 0``) as soon as
+    ``stall`` steps leave more than half of that squared violation.  Also the direction search of
     :func:`reluinv.geometry.omni_lazy` (``R z <= -1``).
 
     Each step is the least-norm correction of the rows with ``R z - c > -hold``.  A full step puts
@@ -199,9 +215,12 @@ def hinge_newton(
     z = np.zeros(R.shape[1]) if start is None else start
     r = R @ z - c
     f = 0.5 * float(np.sum(np.maximum(r, 0.0) ** 2))
+    past = [f]
     for _ in range(max_steps):
         if not np.any(r > slack):
             return z
+        if stall and len(past) > stall and f > 0.5 * past[-1 - stall]:
+            return None  # the violation has stopped shrinking: inconsistent rows
         violated = r > -hold
         step = _least_squares_step(R[violated], r[violated])
         t = 1.0
@@ -214,6 +233,7 @@ def hinge_newton(
         if not f_new < f:
             return None  # no progress: the shrunk inequalities are (nearly) inconsistent
         z, r, f = z + t * step, r_new, f_new
+        past.append(f)
     return z if not np.any(r > slack) else None
 
 
