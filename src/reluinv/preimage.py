@@ -899,25 +899,24 @@ class _LayerSystem:
         """
         if self.inside is not None:
             return (*self.inside, False)
-        G, O, x_p = self.G, self.O, self.x_p
         found = interior_point(
-            rows=self.restricted,
-            slack_at=lambda z, idx: (
-                self.h - G.dot(x_p + O @ z) if idx is None else self.h[idx] - G.dot_rows(x_p + O @ z, idx)
-            ),
-            c=self.c,
-            margin=self.margin,
-            tol=tol,
+            rows=self.restricted, slack_at=self._slack_at, c=self.c, margin=self.margin, tol=tol
         )
         if found is not None:
             z, slack = found
-            return x_p + O @ z, slack, False
-        found = feasible_point(self.restricted, lambda z: self.h - G.dot(x_p + O @ z), self.c, tol)
+            return self.x_p + self.O @ z, slack, False
+        found = feasible_point(self.restricted, self._slack_at, self.c, tol)
         if found is not None:
             z, slack = found
-            return x_p + O @ z, slack, True
+            return self.x_p + self.O @ z, slack, True
         point = self._chebyshev_point(tol, seed_rows)
         return point if isinstance(point, Preimage) else (*point, False)
+
+    def _slack_at(self, z: F64, idx: Idx | None = None) -> F64:
+        """The slacks ``h - G x`` at ``x = x_p + O z``, from the layer itself: of every inequality,
+        or of the rows ``idx`` only (the ``slack_at`` of :mod:`reluinv._interior`)."""
+        x = self.x_p + self.O @ z
+        return self.h - self.G.dot(x) if idx is None else self.h[idx] - self.G.dot_rows(x, idx)
 
     def _chebyshev_point(self, tol: float, seed_rows: Idx | None) -> Preimage | tuple[F64, F64]:
         """A point of P with slack in as many rows as possible, or an "empty" result.
