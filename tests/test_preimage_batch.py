@@ -17,15 +17,24 @@ KINDS = {"empty", "singleton", "compact", "unbounded"}
 VERDICT_KEYS = ("n_active", "kind", "rank", "nullity")
 
 
-def same_result(r, q, A, b, y, lower=None, upper=None):
+def same_result(r, q, A, b, y, lower=None, upper=None, same_lu=True):
     """q (batched) tells what r (reluinv.preimage) tells: the same verdict, rank, nullity and
     active count exactly, the same margin and tolerance up to rounding, and a certificate that
-    checks against the layer on its own."""
+    checks against the layer on its own.
+
+    ``same_lu=False``: q's LU came from torch, whose rounding differs from LAPACK's in the last
+    bits.  An unbounded verdict's margin is then the strictness of whichever direction Newton's
+    search reached, and that search may end elsewhere (on one random layer here: 0.035 against
+    0.0072 from a null basis 3e-16 away); such margins must agree only on which side of the
+    near-tolerance line they lie."""
     assert (q.kind, q.rank, q.nullity, q.n_active) == (r.kind, r.rank, r.nullity, r.n_active), (
         q.certificate.reason,
         r.certificate.reason,
     )
-    assert q.margin == pytest.approx(r.margin, rel=1e-6, abs=1e-12)
+    if same_lu or q.direction is None:
+        assert q.margin == pytest.approx(r.margin, rel=1e-6, abs=1e-12)
+    else:
+        assert q.near_tolerance == r.near_tolerance
     assert q.tolerance == pytest.approx(r.tolerance, rel=1e-12)
     assert (q.point is None) == (r.point is None)
     assert (q.direction is None) == (r.direction is None)
@@ -84,7 +93,7 @@ def test_matches_preimage_and_the_lp_oracle_on_random_layers(device, one_thread)
         assert len(batch) == len(Y)
         for y, q in zip(Y, batch, strict=True):
             r = reluinv.preimage(A, b, y, lower=lower, upper=upper)
-            same_result(r, q, A, b, y, lower, upper)
+            same_result(r, q, A, b, y, lower, upper, same_lu=device is None)
             assert q.kind == brute_force_kind(A, b, y, lower, upper), q.certificate.reason
             seen.add(q.kind)
     assert seen == KINDS  # the cases reach every verdict of Theorem 4

@@ -79,28 +79,55 @@ def wide_from_lu(
     rhs = np.empty((p, 1 + t), order="F")
     rhs[:, 0], rhs[:, 1:] = e, probes
     v = lapack.dtrtrs(lu, rhs, lower=0, trans=1, overwrite_b=1)[0]  # U^T v = [e, probes]
-    both = work_array("null basis solves", (p, k + 1 + t), order="F")
-    both[:, :k], both[:, k:] = lu[p:].T, v
-    # L1^T [-W, u, Y] = [L2^T, v]: -W, the basic solution u = E1^{-1} e, Y = E1^{-1} probes.
-    solved = lapack.dtrtrs(lu, both, lower=1, trans=1, unitdiag=1, overwrite_b=1)[0]
-    neg_w, u, Y = solved[:, :k], solved[:, k], solved[:, k + 1 :]
+    # L1^T [-W, u, Y] = [L2^T, v], solved transposed: [-W^T; u^T; Y^T] L1 = [L2; v^T]
+    # (-W, the basic solution u = E1^{-1} e, Y = E1^{-1} probes).
+    solved = work_array("null basis solves", (k + 1 + t, p), order="F")
+    solved[:k], solved[k:] = lu[p:], v.T
+    _solve_unit_lower_right(lu[:p], solved)
+    neg_wt, u, Y = solved[:k], solved[k], solved[k + 1 :].T
     # |E1|_2 <= |E1|_F <= sqrt(p) for unit rows: an upper bound only lowers the estimate.
     rcond = 1.0 / (np.sqrt(p) * _inverse_norm_estimate(lu, Y))
     if not certifies_full_rank(rcond, E.shape):
         return None
-    gram = blas.dsyrk(1.0, neg_w, trans=1, lower=0)
+    gram = blas.dsyrk(1.0, neg_wt, trans=0, lower=0)
     gram[np.diag_indices(k)] += 1.0
     C, info = lapack.dpotrf(gram, lower=0, clean=1, overwrite_a=1)
     if info != 0 or lapack.dtrcon(C, norm="1", uplo="U", diag="N")[0] < _CHOLQR_RCOND:
         return None
     C_inv = lapack.dtrtri(C, lower=0)[0]
     O = np.empty((n, k))
-    # W C^{-1} by a product with the inverse (half the time of the solve; C is well conditioned)
-    O[perm[:p]] = blas.dtrmm(-1.0, C_inv, neg_w, side=1, lower=0, overwrite_b=1)
+    # (W C^{-1})^T = -C^{-T} (-W^T), by a product with the inverse (half the time of the solve;
+    # C is well conditioned)
+    O[perm[:p]] = blas.dtrmm(-1.0, C_inv, neg_wt, side=0, lower=0, trans_a=1).T
     O[perm[p:]] = C_inv
     basic = np.zeros(n)
     basic[perm[:p]] = u
     return basic - O @ (O.T @ basic), O, float(rcond)
+
+
+#: Columns of the triangle below which :func:`_solve_unit_lower_right` calls ``dtrsm`` itself.
+_SOLVE_LEAF = 64
+
+
+def _solve_unit_lower_right(L: NDArray[np.float64], X: NDArray[np.float64]) -> None:
+    """``X <- X L^{-1}`` in place, for the unit lower triangle of the square ``L`` (its diagonal
+    and upper part are not read) and X in column-major order.
+
+    Recursive halving (``X2 L22 = B2``, then ``X1 L11 = B1 - X2 L21``) puts most of the work in
+    matrix products, which OpenBLAS runs at about twice the speed of its triangular solves: the
+    solve of the L1^T system of :func:`wide_from_lu` at nullity 184 (600 x 600 triangle, 189
+    right-hand sides) takes 2.1-2.2 ms this way, against 2.8-2.9 ms as one ``dtrsm`` or
+    ``dtrtrs`` call, on one core of the development machine.  Column blocks of X are contiguous,
+    so every call works on X itself.
+    """
+    p = L.shape[0]
+    if p <= _SOLVE_LEAF:
+        blas.dtrsm(1.0, L, X, side=1, lower=1, diag=1, overwrite_b=1)
+        return
+    h = p // 2
+    _solve_unit_lower_right(L[h:, h:], X[:, h:])
+    blas.dgemm(-1.0, X[:, h:], L[h:, :h], beta=1.0, c=X[:, :h], overwrite_c=1)
+    _solve_unit_lower_right(L[:h, :h], X[:, :h])
 
 
 #: Random probes of the estimate of ``|E1^{-1}|_2`` (fixed seed: the same answer every run).
