@@ -191,3 +191,44 @@ def test_with_a_source_the_lu_works_in_place_and_the_fallback_gets_a_fresh_copy(
     np.testing.assert_allclose(f.x_p, copying.x_p, atol=1e-12)
     np.testing.assert_allclose(E @ f.basis.matrix(), 0.0, atol=1e-12)
     assert f.basis.k == E.shape[1] - f.rank
+
+
+@settings(max_examples=40, deadline=None)
+@given(**WIDE_SYSTEMS, decay=st.sampled_from([0.0, 3.0]), spread=st.sampled_from([0.0, 3.0, 8.0]))
+def test_row_scales_passed_alongside_give_the_scaled_systems_answer(n, gap, seed, decay, spread):
+    """``row_scale``: rows given at other norms (spanning ``spread`` decades) with the scales
+    that make them E's unit rows factor as E itself does, against E's SVD; the LU then never
+    sees the scaled rows, only its solves do."""
+    E, rng = wide_system(n, gap, seed, decay)
+    p = E.shape[0]
+    e = rng.standard_normal(p)
+    norms = 10.0 ** rng.uniform(-spread / 2, spread / 2, p)
+    raw = E * norms[:, None]
+    f = EqualityFactor(raw.copy(), e, source=E.copy, row_scale=1.0 / norms)
+    assert_matches_svd(f, E, e, p)
+    lu, piv, _ = lapack.dgetrf(raw.T)
+    scaled, unscaled = wide_from_lu(E, e, lu, piv, 1.0 / norms), wide_from_lu(E, e, *lapack.dgetrf(E.T)[:2])
+    assert (scaled is None) == (unscaled is None)
+    if scaled is not None and unscaled is not None:
+        assert scaled[2] == pytest.approx(unscaled[2], rel=1e-6)  # the same rcond estimate
+
+
+@pytest.mark.parametrize("shape", [(12, 9), (7, 7), (5, 12)])
+def test_row_scales_of_tall_square_and_deficient_systems(shape):
+    """Where the LU of ``E^T`` is not the factorisation (p >= n, or dependent rows), the rows are
+    scaled before the others see them."""
+    rng = np.random.default_rng(shape[0])
+    B = rng.standard_normal(shape)
+    if shape == (5, 12):
+        B[-1] = B[0] + B[1]  # rank 4: the pivoted QR decides
+    E = unit_rows(B)
+    x = rng.standard_normal(shape[1])
+    e = E @ x
+    norms = 10.0 ** rng.uniform(-3, 3, shape[0])
+    f = EqualityFactor(E * norms[:, None], e, row_scale=1.0 / norms)
+    rank = np.linalg.matrix_rank(E)
+    assert f.rank == rank
+    np.testing.assert_allclose(E @ f.x_p, e, atol=1e-10)
+    O = f.basis.matrix()
+    np.testing.assert_allclose(E @ O, 0.0, atol=1e-10)
+    assert O.shape[1] == shape[1] - rank

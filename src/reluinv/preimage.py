@@ -596,19 +596,20 @@ class _LayerSystem:
                 return f"row {i} has a_i = 0 and b_i = {b} > 0, so y_i cannot be 0"
         return None
 
-    def _equalities(self, work: bool = False) -> F64:
-        """E, the active rows at unit norm; a new array, or with ``work`` this thread's work
-        array for it (:mod:`reluinv._scratch`).  The factorisation may overwrite either."""
-        E: F64 = gathered_rows(self.M, self.eq_rows, "layer rows") if work else self.M[self.eq_rows]
+    def _equalities(self) -> F64:
+        """E, the active rows at unit norm, as a new array."""
+        E: F64 = self.M[self.eq_rows]
         E *= self.inv[self.eq_rows, None]  # in place: a broadcast product into a new array is 4x slower
         return E
 
     def _factor(self) -> None:
         """One factorisation of A_pos: rank, null-space basis and a particular solution (step 1).
-        The default factorisation may work in place on its copy of E (asking for another when it
-        falls back to a pivoted QR)."""
+        The default factorisation works in place on the active rows as gathered into this thread's
+        work array (:mod:`reluinv._scratch`), their unit scaling passed alongside, and asks for a
+        scaled copy when it falls back to a pivoted QR."""
         if self.factor is EqualityFactor:
-            f = EqualityFactor(self._equalities(work=True), self.e, source=self._equalities)
+            gathered = gathered_rows(self.M, self.eq_rows, "layer rows")
+            f = EqualityFactor(gathered, self.e, source=self._equalities, row_scale=self.inv[self.eq_rows])
         else:
             f = self.factor(self._equalities(), self.e)
         self.r, self.rank_ratio, self.x_p, self.basis = f.rank, f.rank_ratio, f.x_p, f.basis
