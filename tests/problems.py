@@ -22,6 +22,12 @@ def brute_force_kind(A, b, y, lower=None, upper=None, *, spread_tol=1e-7) -> str
     y = np.asarray(y, float)
     m, n = A.shape
     pos = y > 0
+    # Every row at unit norm (the same polyhedron): HiGHS on the raw rows of a layer whose row
+    # norms and biases span six decades declared 7 of 267 random preimages empty whose generating
+    # input satisfies every row exactly.
+    norms = np.linalg.norm(A, axis=1)
+    scale = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 1.0)
+    A, b, y = A * scale[:, None], b * scale, y * scale
     lo = np.full(n, -np.inf) if lower is None else np.broadcast_to(np.asarray(lower, float), (n,))
     up = np.full(n, np.inf) if upper is None else np.broadcast_to(np.asarray(upper, float), (n,))
     bounds = [

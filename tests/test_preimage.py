@@ -190,6 +190,38 @@ def test_matches_brute_force_on_random_layers(shape, active, integer, box, reach
     check_result(r, A, b, y, lower, upper)
 
 
+def widely_scaled_case(rng, n, m):
+    """``(A, b, y)``: rows and biases scaled by 1e-3 to 1e3 each, some inputs that no row reads
+    (zero columns), and y from a standard normal input."""
+    A = rng.standard_normal((m, n)) * 10.0 ** rng.uniform(-3, 3, (m, 1))
+    A[:, rng.random(n) < 0.1] = 0.0
+    b = rng.standard_normal(m) * 10.0 ** rng.uniform(-3, 3, m)
+    return A, b, np.maximum(A @ rng.standard_normal(n) + b, 0.0)
+
+
+def assert_matches_brute_force_and_is_not_empty(A, b, y):
+    """The input that produced y lies in the preimage, so it is never empty; the oracle (on unit
+    rows) agrees on the kind."""
+    r = reluinv.preimage(A, b, y)
+    assert r.kind != "empty", r.certificate.reason
+    assert r.kind == brute_force_kind(A, b, y), r.certificate.reason
+    check_result(r, A, b, y)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(5, 40), rows_per_input=st.integers(1, 4), seed=st.integers(0, 2**31 - 1))
+def test_matches_brute_force_with_row_norms_and_biases_over_six_decades(n, rows_per_input, seed):
+    rng = np.random.default_rng(seed)
+    assert_matches_brute_force_and_is_not_empty(*widely_scaled_case(rng, n, rows_per_input * n + 5))
+
+
+@pytest.mark.parametrize("n,m,seed", [(29, 121, 69), (51, 158, 192), (47, 146, 46)])
+def test_widely_scaled_layers_the_raw_row_oracle_got_wrong(n, m, seed):
+    """Three such layers on which HiGHS, given the raw rows, called the preimage empty (6 of the
+    first 193 with 10-79 inputs): a singleton, and two sets unbounded along a zero column."""
+    assert_matches_brute_force_and_is_not_empty(*widely_scaled_case(np.random.default_rng(seed), n, m))
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     shape=layers,
