@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import reluinv
 from problems import CONSTRUCTED, PINNED_SINGLETON, brute_force_kind
-from reluinv.preimage import CertificateError
+from reluinv.preimage import CertificateError, _LayerSystem
 
 SCALES = [10.0**e for e in (-200, -160, -100, -30, 0, 30, 100, 160, 200)]
 
@@ -176,3 +176,40 @@ def test_layer_fed_huge_inputs_is_decided(magnitude):
         r = reluinv.preimage(W, c, y)
         r.verify(W, c, y)
         assert r.kind == brute_force_kind(W, c / magnitude, y / magnitude)
+
+
+@pytest.mark.parametrize("distance", [1e5, 1e7])
+def test_a_unit_off_far_away_does_not_loosen_the_equations(distance):
+    """Three equations in R^2 that disagree by 1e-6 (a point of norm 1.4), and one unit that is
+    off with small weights and a large negative bias, its hyperplane ``distance`` from 0.  At 1e5
+    the tolerance is the equations' own (1e-9 at their scale 1); at 1e7, 16 eps times the far
+    row's terms (about 6e-8), which its own rounding needs.  Either way the preimage is empty, as
+    the oracle says; with the scale set by every row alike, the tolerance was 1e-9 times that
+    distance (1e-4, 1e-2) and the answer a singleton."""
+    A = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1e-4, 0.0]])
+    b = np.array([0.0, 0.0, 0.0, -1e-4 * distance])
+    y = np.array([1.0, 1.0, 2.0 + 1e-6, 0.0])
+    r = reluinv.preimage(A, b, y)
+    assert r.kind == "empty" == brute_force_kind(A, b, y), r.certificate.reason
+    r.verify(A, b, y)
+    consistent = y.copy()
+    consistent[2] = 2.0
+    assert reluinv.preimage(A, b, consistent).kind == "singleton"
+
+
+def test_rows_far_beyond_the_equations_keep_every_right_hand_side_finite():
+    """A hyperplane 1e200 from 0 next to equations at scale 1: the scale rises to 2^-18 of its
+    distance (its own rounding stays below the tolerance, and no normalised right-hand side
+    exceeds 2^18), and the decision matches the oracle on the same data."""
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((12, 4))
+    x = rng.standard_normal(4)
+    b = -np.quantile(A @ x, 0.6) * np.ones(12)
+    A[-1] *= 1e-100
+    b[-1] = -1e100
+    y = np.maximum(A @ x + b, 0.0)
+    system = _LayerSystem(A, b, y, np.full(4, -np.inf), np.full(4, np.inf), 1e-9)
+    assert np.all(np.isfinite(system.h)) and np.abs(system.h).max() <= 2.0**19
+    r = reluinv.preimage(A, b, y)
+    assert r.kind == brute_force_kind(A, b, y), r.certificate.reason
+    r.verify(A, b, y)

@@ -35,9 +35,12 @@ answer violates, so a 3500 x 784 layer is decided while looking at a small fract
 
 Scale: the kind does not change when a row ``(A_i, b_i, y_i)`` is multiplied by a positive number
 or x is scaled (A by s, the box by 1/s).  So every row is scaled to unit norm and x is measured in
-units of ``2^Q``, the largest distance of a layer hyperplane from the origin (of a box face when
-all hyperplanes pass through 0); both come from power-of-two exponents (``np.frexp``), so data at
-1e-300 or 1e300 neither underflows nor overflows, and the verdict is the same at every scale.
+units of ``2^Q``, the largest distance of an equation's hyperplane from the origin (every
+solution lies at least that far out), raised to ``16 eps / rtol`` of the largest term of any row
+(``max(|b_i|, y_i) / |A_i|``) so that no row's rounding exceeds the tolerance; without equations
+off the origin, the largest distance of any layer hyperplane (of a box face when all pass through
+0).  Both come from power-of-two exponents (``np.frexp``), so data at 1e-300 or 1e300 neither
+underflows nor overflows, and the verdict is the same at every scale.
 
 Tolerances, in these units: a constraint counts as satisfied when its violation is at most
 ``tolerance = rtol * max(1, |x_p|)`` with ``x_p`` the particular solution (``rtol`` defaults to
@@ -445,33 +448,62 @@ def _row_norms(A: F64) -> RowNorms:
 
 def _unit_rhs(
     b: F64, y: F64, inv: F64, shift: NDArray[np.int64], zero: NDArray[np.bool_]
-) -> tuple[F64, NDArray[np.int64]]:
+) -> tuple[F64, NDArray[np.int64], NDArray[np.int64]]:
     """Right-hand sides ``(y_i - b_i) / |A_i|`` of the unit rows as ``mant * 2^exp`` (mant in
-    [1/2, 1) or 0), with ``1/|A_i| = inv_i * 2^-shift_i``; no intermediate overflows."""
-    pb = np.frexp(np.maximum(np.abs(b), y))[1].astype(np.int64)
+    [1/2, 1) or 0), with ``1/|A_i| = inv_i * 2^-shift_i``; no intermediate overflows.  Also each
+    row's offset exponent: ``max(|b_i|, y_i) / |A_i| < 2^offset_i``, the size of the terms whose
+    rounding the right-hand side carries (``y_i - b_i`` may cancel)."""
+    terms = np.maximum(np.abs(b), y)
+    pb = np.frexp(terms)[1].astype(np.int64)
     num = np.ldexp(y, (-pb).astype(np.int32)) - np.ldexp(b, (-pb).astype(np.int32))  # |num| <= 2
     mant, e = np.frexp(np.where(zero, 0.0, num * inv))
-    return mant, e + pb - shift
+    offset = np.where((terms > 0) & ~zero, pb + np.frexp(inv)[1] - shift, _NO_OFFSET)
+    return mant, e + pb - shift, offset
 
 
-def _x_scale(mant: F64, exp: NDArray[np.int64], lo: F64, up: F64) -> tuple[int, bool]:
+def _x_scale(
+    mant: F64,
+    exp: NDArray[np.int64],
+    offset: NDArray[np.int64],
+    equal: NDArray[np.bool_],
+    lo: F64,
+    up: F64,
+    rtol: float,
+) -> tuple[int, bool]:
     """``(Q, homogeneous)``: x is measured in units of 2^Q (see :class:`_LayerSystem`).
 
-    Q is the exponent of the largest right-hand side of a unit layer row, raised where the box
-    lies more than 2^_BOX_RANGE further out; the box alone sets it when every layer hyperplane
-    passes through the origin.  ``homogeneous``: every right-hand side is 0, so P is a cone.
+    Q is the exponent of the largest right-hand side of an equation (a unit active row): every
+    solution is at least that far from the origin, so it is the scale of x that the tolerance
+    is relative to.  It is raised where the terms of some row (``max(|b_i|, y_i) / |A_i|``, see
+    :func:`_unit_rhs`; for an inactive row its hyperplane's distance) are more than
+    ``rtol / (16 eps)`` times larger, so that every row's own rounding stays below the
+    tolerance; and where the box lies more than 2^_BOX_RANGE further out.  Without equations
+    (or with all of them through the origin) the largest right-hand side of any row sets Q, and
+    the box alone where every layer hyperplane passes through the origin.  ``homogeneous``:
+    every right-hand side is 0, so P is a cone.
+
+    (Q once came from every row alike.  Then one unit that is off far away, with small weights
+    and a large negative bias, loosened the tolerance of every equation: on a layer whose row
+    norms spanned 1e-4 to 1e4, equations inconsistent by 1e-4 at a point of norm 2.4 passed,
+    against a tolerance of 4e-4 set by an inactive hyperplane 4e5 from the origin.)
     """
     box = np.concatenate([lo, up])
     box = box[np.isfinite(box) & (box != 0)]
     q_box = int(np.frexp(box)[1].max()) if box.size else None
     nonzero = mant != 0
-    if nonzero.any():
+    if not nonzero.any():
+        return (q_box, False) if q_box is not None else (0, True)
+    equations = nonzero & equal
+    if equations.any():
+        far = max(0, int(np.floor(np.log2(rtol / (16 * np.finfo(float).eps)))))
+        q = max(int(exp[equations].max()), int(offset.max()) - far)
+    else:
         q = int(exp[nonzero].max())
-        return (q if q_box is None else max(q, q_box - _BOX_RANGE)), False
-    if q_box is not None:
-        return q_box, False
-    return 0, True
+    return (q if q_box is None else max(q, q_box - _BOX_RANGE)), False
 
+
+#: The offset exponent of a row without terms (a zero row, or ``b_i = y_i = 0``).
+_NO_OFFSET = -(1 << 40)
 
 #: The box sets the scale of x only where it lies more than 2^50 beyond the layer's hyperplanes
 #: (normalised box bounds stay below 2^50, far inside what HiGHS treats as finite).
@@ -483,8 +515,8 @@ class _LayerSystem:
 
     Every layer row ``(A_i, b_i, y_i)`` is divided by ``|A_i|`` (unit rows: the kind depends on
     each row only up to a positive factor), and x is measured in units of ``2^Q``
-    (``x = 2^Q x_hat``), where ``2^Q`` is the largest distance of a layer hyperplane from the
-    origin (of a box face where the layer's hyperplanes all pass through it).  Norms and
+    (``x = 2^Q x_hat``), where ``2^Q`` is the scale of the equations' hyperplanes, or of the
+    farthest row where its rounding needs more (:func:`_x_scale`).  Norms and
     right-hand sides are formed from power-of-two exponents (``np.frexp``), so nothing overflows
     or underflows at any scale of A, b, y or the box; tolerances are relative to this scale.
     Points, directions and multipliers are mapped back to the user's problem in :meth:`_result`.
@@ -512,9 +544,10 @@ class _LayerSystem:
         # 1/|A_i| = inv_i * 2^-shift_i
         inv = 1.0 / np.where(self.zero_norm, 1.0, norms)
         self.inv, self.shift = inv, shift
-        rho_mant, rho_exp = _unit_rhs(b, y, inv, shift, self.zero_norm)
-        self.Q, self.homogeneous = _x_scale(rho_mant, rho_exp, lo, up)
-        # (y_i - b_i) / |A_i| / 2^Q, at most 1 in magnitude
+        rho_mant, rho_exp, offset = _unit_rhs(b, y, inv, shift, self.zero_norm)
+        equal = (y > 0) & ~self.zero_norm
+        self.Q, self.homogeneous = _x_scale(rho_mant, rho_exp, offset, equal, lo, up, rtol)
+        # (y_i - b_i) / |A_i| / 2^Q: at most 1 for equations, about rtol / (16 eps) for any row
         rho = np.ldexp(rho_mant, np.clip(rho_exp - self.Q, -2000, 2000).astype(np.int32))
         lo, up = np.ldexp(lo, -self.Q), np.ldexp(up, -self.Q)
         with np.errstate(over="ignore"):  # a hint beyond the range fails its check below
