@@ -213,3 +213,33 @@ def test_rows_far_beyond_the_equations_keep_every_right_hand_side_finite():
     r = reluinv.preimage(A, b, y)
     assert r.kind == brute_force_kind(A, b, y), r.certificate.reason
     r.verify(A, b, y)
+
+
+def test_verify_holds_the_equations_to_their_own_scale():
+    """The point (1, 1) of the consistent system misses the third equation by 7e-5 once its output
+    is raised by 1e-4; a unit off 1e7 from the origin must not make that pass (verify's scale
+    was once every row's largest distance, here 1e7, and its tolerance 10)."""
+    A = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1e-4, 0.0]])
+    b = np.array([0.0, 0.0, 0.0, -1e3])
+    y = np.array([1.0, 1.0, 2.0, 0.0])
+    r = reluinv.preimage(A, b, y)
+    r.verify(A, b, y)
+    raised = y + np.array([0.0, 0.0, 1e-4, 0.0])
+    with pytest.raises(CertificateError, match="misses the equations"):
+        r.verify(A, b, raised)
+
+
+@pytest.mark.parametrize("x", [(0.1, 0.2), (0.123, 0.456), (0.3, 0.6)])
+def test_outputs_rounded_next_to_a_large_bias_are_reached(x):
+    """Three units with bias 1e12 and outputs 1e12 + (about 1): y = A x + b is rounded to the
+    float64 spacing there (1.2e-4), so the three equations disagree by up to 1.2e-4 at the input
+    that produced them.  That is the rounding of the data, not an empty preimage: the scale and
+    verify's per-row allowance follow each row's largest term (once "empty", near_tolerance
+    False, at the tolerance 1e-9 of the equations' own scale)."""
+    A = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+    b = np.array([1e12, 1e12, 1e12, -5.0])
+    y = np.maximum(A @ np.array(x) + b, 0.0)
+    r = reluinv.preimage(A, b, y)
+    assert r.kind == "singleton", r.certificate.reason
+    r.verify(A, b, y)
+    np.testing.assert_allclose(r.point, x, atol=1e-3)

@@ -26,6 +26,10 @@ F64 = NDArray[np.float64]
 Idx = NDArray[np.intp]
 
 
+#: Each row's check allows this many eps times its largest term (see :class:`_UnitLayer`).
+_ROUNDING = 64 * np.finfo(float).eps
+
+
 class CertificateError(AssertionError):
     """A certificate of a :class:`~reluinv.preimage.Preimage` failed an independent check."""
 
@@ -55,8 +59,12 @@ def verify_preimage(r: Preimage, A: Any, b: Any, y: Any, *, lower: Any, upper: A
 
 class _UnitLayer:
     """The layer's rows scaled to unit norm and their distances ``rho`` from the origin, so every
-    test is relative (to a row's own norm, and to the scale ``max(max |rho|, max |box|, max |x|)``
-    of the points) and holds at any scale of the data.
+    test is relative (to a row's own norm, and to the scale of the points: ``max |rho|`` over the
+    equations, else over every row, ``max |box|`` and ``max |x|``) and holds at any scale of the
+    data.  Each row's test also allows its own rounding, ``64 eps`` times its largest term
+    ``max(|b_i|, y_i) / |A_i|``: a unit that is off far from the origin must not loosen the test
+    of every equation (it once let a point that misses equations at scale 1 by 1e-4 pass, the
+    scale being an inactive hyperplane 4e5 away).
 
     Inequality labels are those of :class:`reluinv.preimage.PreimageCertificate`.
     """
@@ -78,9 +86,21 @@ class _UnitLayer:
             self.rho = np.where(
                 live, np.ldexp(num / np.where(live, self.norm, 1.0), pb - np.where(live, p, 0)), 0.0
             )
+            # each row's largest term, max(|b_i|, y_i) / |A_i|: its rho carries that much rounding
+            terms = np.where(
+                live,
+                np.ldexp(
+                    np.ldexp(np.maximum(np.abs(self.b), self.y), -pb) / np.where(live, self.norm, 1.0),
+                    pb - np.where(live, p, 0),
+                ),
+                0.0,
+            )
+        self.floor = np.where(np.isfinite(terms), _ROUNDING * terms, 0.0)
         box = np.concatenate([self.lo, self.up])
+        equations = self.pos & live & (self.rho != 0) & np.isfinite(self.rho)
+        distances = self.rho[equations] if equations.any() else self.rho[np.isfinite(self.rho)]
         self.scale = max(
-            float(np.abs(self.rho[np.isfinite(self.rho)]).max(initial=0.0)),
+            float(np.abs(distances).max(initial=0.0)),
             float(np.abs(box[np.isfinite(box)]).max(initial=0.0)),
         )
         self.U_pos = self.U[self.pos & live]
@@ -100,9 +120,9 @@ class _UnitLayer:
         atol = self.rtol * max(self.scale, float(np.abs(x).max(initial=0.0)))
         z = self.U @ x - self.rho
         eq, ineq = self.pos & self.live, ~self.pos & self.live
-        if not np.all(np.abs(z[eq]) <= atol):
+        if not np.all(np.abs(z[eq]) <= atol + self.floor[eq]):
             raise CertificateError(f"{what} misses the equations by {np.abs(z[eq]).max():.3g}")
-        if not np.all(z[ineq] <= atol):
+        if not np.all(z[ineq] <= atol + self.floor[ineq]):
             raise CertificateError(f"{what} violates an inactive row by {z[ineq].max():.3g}")
         if np.any(x < self.lo - atol) or np.any(x > self.up + atol):
             raise CertificateError(f"{what} lies outside the box")
@@ -204,7 +224,8 @@ def _verify_bounded(r: Preimage, point: F64, layer: _UnitLayer, null: F64) -> No
         raise CertificateError("certifying rows do not span N(A_pos)")
     if r.kind == "singleton":
         slack = layer.rows_rhs(cert.rows) - layer.rows_matrix(cert.rows) @ point
-        if not np.abs(slack).max(initial=0.0) <= layer.rtol * max(layer.scale, float(np.abs(point).max())):
+        floor = np.where(cert.rows < layer.m, layer.floor[np.minimum(cert.rows, layer.m - 1)], 0.0)
+        if not np.all(np.abs(slack) <= layer.rtol * max(layer.scale, float(np.abs(point).max())) + floor):
             raise CertificateError("pinning rows are not tight at the point")
 
 
