@@ -241,10 +241,8 @@ class EqualityFactor:
             if self._try_lu_wide(E, e, overwrite=source is not None, row_scale=row_scale):
                 return
             if source is not None:
-                E = source()
-            elif row_scale is not None:
-                E = E * row_scale[:, None]
-        elif row_scale is not None:
+                E, row_scale = source(), None  # source() gives the scaled rows
+        if row_scale is not None:
             if source is None:
                 E = E * row_scale[:, None]
             else:  # E may be overwritten: in place, 4x faster than a broadcast product

@@ -80,21 +80,14 @@ class _UnitLayer:
         self.U, self.p, self.norm = unit_rows(A)
         self.live = self.norm > 0
         live, p = self.live, self.p
+        largest = np.maximum(np.abs(self.b), self.y)
+        pb = np.frexp(largest)[1]
+        norm, exp = np.where(live, self.norm, 1.0), pb - np.where(live, p, 0)
         with np.errstate(over="ignore"):  # beyond float64: inf, which no finite point satisfies
-            pb = np.frexp(np.maximum(np.abs(self.b), self.y))[1]
             num = np.ldexp(self.y, -pb) - np.ldexp(self.b, -pb)
-            self.rho = np.where(
-                live, np.ldexp(num / np.where(live, self.norm, 1.0), pb - np.where(live, p, 0)), 0.0
-            )
+            self.rho = np.where(live, np.ldexp(num / norm, exp), 0.0)
             # each row's largest term, max(|b_i|, y_i) / |A_i|: its rho carries that much rounding
-            terms = np.where(
-                live,
-                np.ldexp(
-                    np.ldexp(np.maximum(np.abs(self.b), self.y), -pb) / np.where(live, self.norm, 1.0),
-                    pb - np.where(live, p, 0),
-                ),
-                0.0,
-            )
+            terms = np.where(live, np.ldexp(np.ldexp(largest, -pb) / norm, exp), 0.0)
         self.floor = np.where(np.isfinite(terms), _ROUNDING * terms, 0.0)
         box = np.concatenate([self.lo, self.up])
         equations = self.pos & live & (self.rho != 0) & np.isfinite(self.rho)
@@ -150,6 +143,13 @@ class _UnitLayer:
             ],
             dtype=np.float64,
         )
+
+    def rows_floor(self, labels: Idx) -> F64:
+        """Their allowances for rounding (0 for box rows, whose bounds are the user's numbers)."""
+        out = np.zeros(labels.size)
+        layer = labels < self.m
+        out[layer] = self.floor[labels[layer]]
+        return out
 
     def on_unit_rows(self, values: F64, labels: Idx) -> tuple[F64, NDArray[np.int64]]:
         """Multipliers on the user's rows times the rows' norms (a common power of two apart)."""
@@ -224,8 +224,8 @@ def _verify_bounded(r: Preimage, point: F64, layer: _UnitLayer, null: F64) -> No
         raise CertificateError("certifying rows do not span N(A_pos)")
     if r.kind == "singleton":
         slack = layer.rows_rhs(cert.rows) - layer.rows_matrix(cert.rows) @ point
-        floor = np.where(cert.rows < layer.m, layer.floor[np.minimum(cert.rows, layer.m - 1)], 0.0)
-        if not np.all(np.abs(slack) <= layer.rtol * max(layer.scale, float(np.abs(point).max())) + floor):
+        atol = layer.rtol * max(layer.scale, float(np.abs(point).max()))
+        if not np.all(np.abs(slack) <= atol + layer.rows_floor(cert.rows)):
             raise CertificateError("pinning rows are not tight at the point")
 
 
