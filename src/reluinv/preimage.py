@@ -397,21 +397,26 @@ class _RestrictedRows:
         self.stored = np.empty((min(G.size, 5 * k + 64), k), order="F")
         self.count = 0
 
+    def form(self, idx: NDArray[np.intp]) -> None:
+        """Store the rows of ``idx`` not yet formed, once each, in the order of ``idx``."""
+        missing = idx[self.position[idx] < 0]
+        if not missing.size:
+            return
+        missing = missing[np.sort(np.unique(missing, return_index=True)[1])]  # once each, in order
+        end = self.count + missing.size
+        if end > self.stored.shape[0]:
+            grown = np.empty((max(end, 2 * self.stored.shape[0]), self.stored.shape[1]), order="F")
+            grown[: self.count] = self.stored[: self.count]
+            self.stored = grown
+        self.G.restricted(missing, self.O, out=self.stored[self.count : end])
+        self.position[missing] = np.arange(self.count, end)
+        self.count = end
+
     def __call__(self, idx: NDArray[np.intp]) -> F64:
         """``G[idx] @ O``, read-only (a view of the store where the rows lie in one block).  Rows
-        not yet formed are stored in the order of ``idx``."""
+        not yet formed are stored first (:meth:`form`)."""
         idx = np.asarray(idx, dtype=np.intp)
-        missing = idx[self.position[idx] < 0]
-        if missing.size:
-            missing = missing[np.sort(np.unique(missing, return_index=True)[1])]  # once each, in order
-            end = self.count + missing.size
-            if end > self.stored.shape[0]:
-                grown = np.empty((max(end, 2 * self.stored.shape[0]), self.stored.shape[1]), order="F")
-                grown[: self.count] = self.stored[: self.count]
-                self.stored = grown
-            self.G.restricted(missing, self.O, out=self.stored[self.count : end])
-            self.position[missing] = np.arange(self.count, end)
-            self.count = end
+        self.form(idx)
         at = self.position[idx]
         if at.size and at[-1] - at[0] == at.size - 1 and np.all(np.diff(at) == 1):
             out: F64 = self.stored[at[0] : at[-1] + 1]
@@ -887,7 +892,7 @@ class _LayerSystem:
         the test reads them as one block; the store forms a row asked for twice once.  With an
         accepted hint there is no interior point to seek, and only the spread rows are formed."""
         spread = spread_rows(self.G.size, self.k)
-        self.restricted(
+        self.restricted.form(
             spread if self.inside is not None else np.concatenate([spread, first_rows(self.c, self.margin)])
         )
 
