@@ -33,7 +33,7 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 from numpy.typing import NDArray
-from scipy.linalg import lapack
+from scipy.linalg import blas, lapack
 
 from ._interior import hinge_newton
 from ._lp import ColumnLP
@@ -899,10 +899,11 @@ def _range_projector(rows: NDArray[np.float64]) -> tuple[_Projector, float] | No
     if info == 0:
         rcond = lapack.dtrcon(r, norm="1", uplo="U", diag="N")[0]
         if rcond > _GRAM_RCOND and rcond * min(float(np.abs(np.diag(r)).max()), 1.0) > rank_rule:
-            inv = lapack.dtrtri(r, lower=0)[0]  # R^-1 (upper; zeros below, as r is clean)
-
+            # Two triangular solves per projection, not products with an explicit R^-1: as fast
+            # per round, and the 184 x 184 inverse took 0.26 ms at nullity 184.
             def gram_coefficients(v: NDArray[np.float64]) -> NDArray[np.float64]:
-                return np.asarray(inv @ (inv.T @ (rows.T @ v)))
+                u = blas.dtrsv(r, rows.T @ v, lower=0, trans=1, overwrite_x=1)  # R^T u = rows^T v
+                return np.asarray(blas.dtrsv(r, u, lower=0, overwrite_x=1))  # R w = u
 
             return _Projector(gram_coefficients, lambda v: rows @ gram_coefficients(v)), float(rcond)
     q, r = scipy.linalg.qr(rows, mode="economic", check_finite=False)
