@@ -6,6 +6,7 @@ Public API (everything else lives in topic modules)::
     reluinv.preimage(A, b, y, hint=x)                   # the same, x (say, y's input) checked as a point
     reluinv.layer_preimage(module, x)                   # the same for torch Linear / Conv2d
     reluinv.preimage_batch(A, b, Y)                     # the same for many outputs of one layer
+    reluinv.PrecisionWarning                            # an "empty" that float32 rounding of y explains
     reluinv.is_omnidirectional(A)                       # Definition 1 / Theorem 5
     reluinv.linearize(model, x, upto=None)              # (J, c) on x's linear region (Definition 7)
     reluinv.activation_pattern(model, x)                # the index sets I^l of Definition 7
@@ -19,7 +20,7 @@ Public API (everything else lives in topic modules)::
 from .geometry import OmniCertificate, is_omnidirectional, omnidirectional_certificate
 from .invariance import InvarianceResult, invariance_search, network_preimage, preimage_extent
 from .network import activation_pattern, linearize
-from .preimage import Preimage, PreimageCertificate, layer_preimage, preimage
+from .preimage import PrecisionWarning, Preimage, PreimageCertificate, layer_preimage, preimage
 from .preimage_batch import preimage_batch
 from .stability import LayerSpectrum, check_lemma8, lemma9_curve, relu_effect, spectra
 
@@ -27,6 +28,7 @@ __all__ = [
     "InvarianceResult",
     "LayerSpectrum",
     "OmniCertificate",
+    "PrecisionWarning",
     "Preimage",
     "PreimageCertificate",
     "activation_pattern",

@@ -32,6 +32,18 @@ def as_finite_array(value: Any, name: str, *, ndim: int | None = None) -> NDArra
     return arr
 
 
+def coarse_float_dtype(value: Any) -> np.dtype[Any] | None:
+    """The floating dtype of ``value`` where it holds fewer digits than float64 (float32, float16),
+    else None (float64, integers, Python numbers, or anything that is not an array of floats)."""
+    try:
+        dtype = np.asarray(value).dtype
+    except (RuntimeError, TypeError, ValueError):  # refused, with its message, by as_real_array
+        return None
+    if np.issubdtype(dtype, np.floating) and np.finfo(dtype).eps > np.finfo(np.float64).eps:
+        return dtype
+    return None
+
+
 def as_real_array(value: Any, name: str) -> NDArray[np.float64]:
     """``value`` as a float64 array; ``ValueError`` naming ``name`` for anything that is not real.
 

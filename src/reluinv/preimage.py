@@ -50,6 +50,7 @@ Tolerances, in these units: a constraint counts as satisfied when its violation 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -63,7 +64,7 @@ from ._lp import ColumnLP
 from ._nullspace import EqualityFactor
 from ._scratch import gathered_rows
 from ._threads import single_blas_pool
-from ._validate import as_bounds, as_finite_array, as_model_input, as_real_array
+from ._validate import as_bounds, as_finite_array, as_model_input, as_real_array, coarse_float_dtype
 from .geometry import (
     DEFAULT_RTOL,
     ZERO_ROW,
@@ -75,7 +76,14 @@ from .geometry import (
 )
 from .preimage_verify import CertificateError, verify_preimage
 
-__all__ = ["Preimage", "PreimageCertificate", "CertificateError", "preimage", "layer_preimage"]
+__all__ = [
+    "Preimage",
+    "PreimageCertificate",
+    "CertificateError",
+    "PrecisionWarning",
+    "preimage",
+    "layer_preimage",
+]
 
 Kind = Literal["empty", "singleton", "compact", "unbounded", "unknown"]
 F64 = NDArray[np.float64]
@@ -171,6 +179,37 @@ class Preimage:
         verify_preimage(self, A, b, y, lower=lower, upper=upper, rtol=rtol)
 
 
+class PrecisionWarning(UserWarning):
+    """An "empty" verdict that the rounding of an output given in float32 or float16 can explain.
+
+    A layer computed in float32 (as most trained networks are) rounds each ``y_i`` by up to about
+    ``n * eps`` of its terms (the standard bound for an n-term product, ``eps`` of float32 being
+    1.2e-7), far more than the decision's tolerance of 1e-9.  Where more units are active than there
+    are inputs, the equations of the active units then have no common solution, and the preimage
+    of the y given is empty, though the input that produced it is there to float32's precision.
+    """
+
+
+def _rounding_warning(results: list[Preimage], dtype: np.dtype[Any], n: int, rtol: float) -> None:
+    """Warn (:class:`PrecisionWarning`) when an "empty" verdict's margin, the violation that proves
+    it, is within ``n * eps`` of ``dtype``, the rounding an output in that precision may carry."""
+    bound = n * float(np.finfo(dtype).eps)
+    within = [r.margin for r in results if r.kind == "empty" and r.margin <= bound]
+    if not within:
+        return
+    suggest = f"{10.0 ** np.ceil(np.log10(bound)):.0e}"
+    which = "the 'empty' verdict lies" if len(results) == 1 else f"{len(within)} 'empty' verdicts lie"
+    warnings.warn(
+        f"y is {dtype.name}, and {which} within its rounding: the violation that proves it, "
+        f"{min(within):.2g}, is below {bound:.1g}, about the largest error of a product of {n} terms "
+        f"in {dtype.name}, so an output that a network computed in {dtype.name} can have an empty "
+        f"preimage at rtol={rtol:g}. Recompute y in float64 from float64 A, b and the input, use "
+        f"reluinv.layer_preimage, or pass rtol={suggest} to decide to {dtype.name}'s precision",
+        PrecisionWarning,
+        stacklevel=3,
+    )
+
+
 def preimage(
     A: Any,
     b: Any,
@@ -187,7 +226,8 @@ def preimage(
         A: weights, shape (m, n).
         b: bias, shape (m,).
         y: the layer output, shape (m,), non-negative.  An output no x can produce is not an
-            error: its preimage is "empty".
+            error: its preimage is "empty".  An output computed in float32 carries that
+            precision's rounding (see Warns).
         lower, upper: optional box on x (scalars or shape (n,); None or +-inf = no bound).
         rtol: relative tolerance (module docstring).
         hint: optional input of shape (n,) thought to lie in the preimage, such as the input
@@ -206,6 +246,13 @@ def preimage(
             grad (named), and a preimage whose points lie beyond the float64 range (rows of A
             tiny against b, y).
 
+    Warns:
+        PrecisionWarning: y is float32 or float16 and the verdict is "empty" by a violation that
+            its rounding can explain (at most ``n * eps`` of that precision): with more active
+            units than inputs, a y computed in float32 makes the equations inconsistent at the
+            default tolerance.  The verdict is right for the y given; for the network's output,
+            recompute y in float64, use :func:`layer_preimage`, or pass the rtol the warning names.
+
     Example:
         >>> r = preimage([[1, 0], [0, 1], [1, -1]], [0, 0, -1], [1, 0, 0])
         >>> r.kind, r.point.round(6).tolist(), r.nullity
@@ -214,6 +261,7 @@ def preimage(
     A, row_norms = _layer_matrix(A)
     m, n = A.shape
     b = as_finite_array(b, "b", ndim=1)
+    coarse = coarse_float_dtype(y)
     y = as_finite_array(y, "y", ndim=1)
     if b.shape != (m,):
         raise ValueError(f"b must have shape ({m},) to match A of shape {A.shape}, got {b.shape}")
@@ -225,7 +273,10 @@ def preimage(
     lo, up = as_bounds(lower, upper, n)
     x_hint = _hint_vector(hint, n)
     with single_blas_pool():
-        return _LayerSystem(A, b, y, lo, up, rtol, row_norms, hint=x_hint).decide()
+        result = _LayerSystem(A, b, y, lo, up, rtol, row_norms, hint=x_hint).decide()
+    if coarse is not None:
+        _rounding_warning([result], coarse, n, rtol)
+    return result
 
 
 def _hint_vector(hint: Any, n: int) -> F64 | None:

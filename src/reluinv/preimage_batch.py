@@ -65,9 +65,9 @@ from scipy.linalg import lapack
 
 from ._nullspace import EqualityFactor, ExplicitBasis, certifies_full_rank, square_pick, wide_from_lu
 from ._threads import single_blas_pool
-from ._validate import as_bounds, as_finite_array
+from ._validate import as_bounds, as_finite_array, coarse_float_dtype
 from .geometry import DEFAULT_RTOL
-from .preimage import Preimage, RowNorms, _LayerSystem, _row_norms
+from .preimage import Preimage, RowNorms, _LayerSystem, _rounding_warning, _row_norms
 
 __all__ = ["preimage_batch", "layer_outputs"]
 
@@ -117,6 +117,10 @@ def preimage_batch(
     Returns:
         One :class:`Preimage` per sample, in order.
 
+    Warns:
+        PrecisionWarning: as :func:`reluinv.preimage` does, once for all samples, where Y is
+            float32 or float16 (X is always taken to float64 first).
+
     Raises:
         ValueError: what :func:`reluinv.preimage` refuses (named), both or neither of Y and X,
             rows of Y, X or hints of the wrong length, hints not one per sample, a non-positive
@@ -133,10 +137,12 @@ def preimage_batch(
         raise ValueError(f"group must be a positive integer, got {group!r}")
     A, b = _layer(A, b)
     m, n = A.shape
+    coarse = None
     if X is not None:
         X = _samples(X, "X", n)
         Y = _forward(A, b, X)
     else:
+        coarse = coarse_float_dtype(Y)
         Y = _samples(Y, "Y", m)
         if np.any(Y < 0):
             s, i = (int(v[0]) for v in np.nonzero(Y < 0))
@@ -155,10 +161,13 @@ def preimage_batch(
         dev = _torch_device(device)  # checked even for an empty batch
         factors = _torch_factors(norms, Y, dev, int(group)) if Y.shape[0] else factors
     with single_blas_pool():
-        return [
+        results = [
             _LayerSystem(A, b, y, lo, up, rtol, row_norms=norms, factor=f, hint=h).decide()
             for y, f, h in zip(Y, factors, H, strict=True)
         ]
+    if coarse is not None:
+        _rounding_warning(results, coarse, n, rtol)
+    return results
 
 
 # --- inputs -----------------------------------------------------------------------------------
