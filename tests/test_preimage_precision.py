@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 import reluinv
 from reluinv._validate import coarse_float_dtype
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the layer of Figure 4's size
 from preimage_speed import make_case, make_layer  # noqa: E402
 
 
