@@ -34,6 +34,7 @@ test-all: setup
 bench: setup
 	$(PY) benchmarks/preimage_speed.py
 	$(PY) benchmarks/cold_start.py
+	$(PY) benchmarks/qr_floors.py
 	$(PY) benchmarks/spectra_speed.py
 	$(PY) benchmarks/invariance_speed.py
 
